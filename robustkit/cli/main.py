@@ -1,0 +1,78 @@
+"""The ``robustkit`` entry point: a typer app with one command per module.
+
+Exit codes: 0 success, 1 usage or input error, 2 internal error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from robustkit.errors import InputError
+
+app = typer.Typer(
+    name="robustkit",
+    help="Train small ReLU nets to be verifiably robust, then prove it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each entry: module under robustkit.cli defining a function ``register(app)``.
+COMMAND_MODULES = [
+    "train",
+    "export",
+    "verify",
+    "attack",
+    "bounds",
+    "vnnlib_cmd",
+    "bench",
+    "stats",
+    "table",
+    "regularizers_cmd",
+]
+
+for _name in COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(f"robustkit.cli.{_name}")
+    except ModuleNotFoundError as _exc:  # a command not yet present in this build
+        if _exc.name != f"robustkit.cli.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; map errors to exit codes (1 input, 2 internal)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, standalone_mode=False)
+    except InputError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        return 1
+    except KeyboardInterrupt:
+        typer.secho("interrupted; finished results are kept", err=True)
+        return 130
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        return int(code or 0)
+    except Exception as exc:  # click usage errors and internal errors
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            typer.secho("aborted", err=True)
+            return 130
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return 1
+        logging.getLogger("robustkit").exception("internal error")
+        typer.secho(f"internal error: {type(exc).__name__}: {exc}", err=True, fg=typer.colors.RED)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""robustkit's network representation: ONNX in, a sequence of flat layers out."""
+
+from robustkit.network.layers import Conv2d, Dense, Elementwise, Layer, LinearLayer, ReLU
+from robustkit.network.network import Network, NetworkModule, simplify
+from robustkit.network.onnx_loader import SUPPORTED_OPS, load_onnx, network_from_onnx
+from robustkit.network.ort import OrtModel
+
+__all__ = [
+    "Conv2d", "Dense", "Elementwise", "Layer", "LinearLayer", "ReLU", "Network", "NetworkModule", "simplify",
+    "SUPPORTED_OPS", "load_onnx", "network_from_onnx", "OrtModel",
+]

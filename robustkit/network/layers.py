@@ -1,0 +1,290 @@
+"""The layers of robustkit's network representation.
+
+A network is a sequence of layers acting on *flat* activations: a batch is a tensor of shape
+``(B, n)`` where ``n`` is the number of elements of one sample in row-major (C, H, W) order,
+the same order ONNX's Flatten and Reshape use. Shape-only ONNX operators (Flatten, Reshape,
+Squeeze, ...) therefore disappear; what remains are linear layers (``Dense``, ``Conv2d``,
+``Elementwise``) and ``ReLU``.
+
+Each layer has one meaning on numbers (``forward``), one on intervals (``interval``) and, for
+linear layers, one as a matrix (``matrix``/``bias_vector``), which the MILP encoder turns into
+solver rows and bound propagation uses through ``backward`` (the product ``A @ W``).
+Weights are stored exactly as read (float32 from ONNX); computations run in the dtype of the
+input (float32 for attacks, float64 for bounds and the MILP).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+
+class Layer(ABC):
+    """A layer mapping flat ``(B, in_dim)`` activations to ``(B, out_dim)``."""
+
+    @property
+    @abstractmethod
+    def in_dim(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def out_dim(self) -> int: ...
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to a batch of flat activations."""
+
+    @abstractmethod
+    def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image of the box ``[lower, upper]`` under the layer, by interval arithmetic."""
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}({self.in_dim} -> {self.out_dim})"
+
+
+class LinearLayer(Layer):
+    """An affine layer ``y = W x + b``; subclasses differ in how ``W`` is stored and applied."""
+
+    @abstractmethod
+    def matrix(self) -> sp.csr_matrix:
+        """``W`` as a float64 sparse matrix of shape ``(out_dim, in_dim)``."""
+
+    @abstractmethod
+    def bias_vector(self) -> np.ndarray:
+        """``b`` as a float64 vector of length ``out_dim``."""
+
+    @abstractmethod
+    def backward(self, a: torch.Tensor) -> torch.Tensor:
+        """``a @ W`` for ``a`` of shape ``(..., out_dim)``: pulls a linear function back one layer."""
+
+    @abstractmethod
+    def bias_tensor(self, dtype: torch.dtype) -> torch.Tensor:
+        """``b`` as a tensor of the given dtype."""
+
+    def abs_backward(self, a: torch.Tensor) -> torch.Tensor:
+        """``a @ |W|`` (for interval arithmetic); ``a`` must be non-negative."""
+        raise NotImplementedError
+
+    def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        center = (upper + lower) / 2
+        radius = (upper - lower) / 2
+        c = self.forward(center)
+        r = self.abs_forward(radius)
+        return c - r, c + r
+
+    @abstractmethod
+    def abs_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``|W| x`` (no bias), for interval arithmetic."""
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class Dense(LinearLayer):
+    """Fully connected layer ``y = W x + b`` (ONNX Gemm, MatMul + Add)."""
+
+    weight: torch.Tensor  # (out, in)
+    bias: torch.Tensor  # (out,)
+
+    def __post_init__(self) -> None:
+        if self.weight.dim() != 2 or self.bias.shape != (self.weight.shape[0],):
+            raise ValueError(f"Dense: weight {tuple(self.weight.shape)} and bias {tuple(self.bias.shape)} disagree")
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.weight.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, _cast(self.weight, x.dtype), _cast(self.bias, x.dtype))
+
+    def abs_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, _cast(self.weight, x.dtype).abs())
+
+    def backward(self, a: torch.Tensor) -> torch.Tensor:
+        return a @ _cast(self.weight, a.dtype)
+
+    def abs_backward(self, a: torch.Tensor) -> torch.Tensor:
+        return a @ _cast(self.weight, a.dtype).abs()
+
+    def bias_tensor(self, dtype: torch.dtype) -> torch.Tensor:
+        return _cast(self.bias, dtype)
+
+    def matrix(self) -> sp.csr_matrix:
+        return sp.csr_matrix(self.weight.detach().double().cpu().numpy())
+
+    def bias_vector(self) -> np.ndarray:
+        return self.bias.detach().double().cpu().numpy()
+
+
+@dataclass(frozen=True, eq=False)
+class Conv2d(LinearLayer):
+    """2-D convolution (ONNX Conv, group 1, dilation 1) on flat ``(C, H, W)`` activations."""
+
+    weight: torch.Tensor  # (C_out, C_in, kh, kw)
+    bias: torch.Tensor  # (C_out,)
+    in_shape: tuple[int, int, int]  # (C_in, H, W)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right (ONNX pads order: t, l, b, r)
+
+    def __post_init__(self) -> None:
+        if self.weight.dim() != 4 or self.weight.shape[1] != self.in_shape[0]:
+            raise ValueError(f"Conv2d: weight {tuple(self.weight.shape)} does not match input {self.in_shape}")
+        if self.bias.shape != (self.weight.shape[0],):
+            raise ValueError("Conv2d: bias length differs from output channels")
+
+    @cached_property
+    def out_shape(self) -> tuple[int, int, int]:
+        c_in, h, w = self.in_shape
+        kh, kw = self.weight.shape[2:]
+        pt, pl, pb, pr = self.padding
+        ho = (h + pt + pb - kh) // self.stride[0] + 1
+        wo = (w + pl + pr - kw) // self.stride[1] + 1
+        if ho <= 0 or wo <= 0:
+            raise ValueError(f"Conv2d: empty output for input {self.in_shape}")
+        return (int(self.weight.shape[0]), int(ho), int(wo))
+
+    @property
+    def in_dim(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    @property
+    def out_dim(self) -> int:
+        return int(np.prod(self.out_shape))
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        b = x.shape[0]
+        x = x.reshape(b, *self.in_shape)
+        pt, pl, pb, pr = self.padding
+        if pt == pb and pl == pr:
+            y = F.conv2d(x, weight, bias, stride=self.stride, padding=(pt, pl))
+        else:
+            y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), weight, bias, stride=self.stride)
+        return y.reshape(b, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv(x, _cast(self.weight, x.dtype), _cast(self.bias, x.dtype))
+
+    def abs_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv(x, _cast(self.weight, x.dtype).abs(), None)
+
+    def _transpose(self, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        lead = a.shape[:-1]
+        a = a.reshape(-1, *self.out_shape)
+        _, h, w = self.in_shape
+        kh, kw = weight.shape[2:]
+        pt, pl, pb, pr = self.padding
+        # conv_transpose2d computes the adjoint of conv2d on the padded input; crop the padding.
+        hp, wp = h + pt + pb, w + pl + pr
+        out_pad = (
+            hp - ((self.out_shape[1] - 1) * self.stride[0] + kh),
+            wp - ((self.out_shape[2] - 1) * self.stride[1] + kw),
+        )
+        full = F.conv_transpose2d(a, weight, stride=self.stride, output_padding=out_pad)
+        full = full[:, :, pt : pt + h, pl : pl + w]
+        return full.reshape(*lead, self.in_dim)
+
+    def backward(self, a: torch.Tensor) -> torch.Tensor:
+        return self._transpose(a, _cast(self.weight, a.dtype))
+
+    def abs_backward(self, a: torch.Tensor) -> torch.Tensor:
+        return self._transpose(a, _cast(self.weight, a.dtype).abs())
+
+    def bias_tensor(self, dtype: torch.dtype) -> torch.Tensor:
+        return _cast(self.bias, dtype).repeat_interleave(self.out_shape[1] * self.out_shape[2])
+
+    def matrix(self) -> sp.csr_matrix:
+        """The convolution as a sparse matrix, built from index arithmetic (no dense identity)."""
+        c_out, ho, wo = self.out_shape
+        c_in, h, w = self.in_shape
+        kh, kw = self.weight.shape[2:]
+        pt, pl = self.padding[0], self.padding[1]
+        wt = self.weight.detach().double().cpu().numpy()
+        co, ci, ki, kj, oi, oj = np.meshgrid(
+            np.arange(c_out), np.arange(c_in), np.arange(kh), np.arange(kw), np.arange(ho), np.arange(wo), indexing="ij"
+        )
+        ii = oi * self.stride[0] - pt + ki
+        jj = oj * self.stride[1] - pl + kj
+        valid = (ii >= 0) & (ii < h) & (jj >= 0) & (jj < w)
+        rows = ((co * ho + oi) * wo + oj)[valid]
+        cols = ((ci * h + ii) * w + jj)[valid]
+        vals = wt[co[valid], ci[valid], ki[valid], kj[valid]]
+        keep = vals != 0
+        return sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(self.out_dim, self.in_dim))
+
+    def bias_vector(self) -> np.ndarray:
+        return self.bias_tensor(torch.float64).detach().cpu().numpy()
+
+
+@dataclass(frozen=True, eq=False)
+class Elementwise(LinearLayer):
+    """Elementwise affine map ``y = x * scale + shift`` (normalization: ONNX Sub, Div, Mul, Add,
+    BatchNormalization in inference mode). ``scale`` and ``shift`` are flat, length ``dim``."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.scale.shape != self.shift.shape or self.scale.dim() != 1:
+            raise ValueError("Elementwise: scale and shift must be flat and of equal length")
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.scale.shape[0])
+
+    @property
+    def out_dim(self) -> int:
+        return self.in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * _cast(self.scale, x.dtype) + _cast(self.shift, x.dtype)
+
+    def abs_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * _cast(self.scale, x.dtype).abs()
+
+    def backward(self, a: torch.Tensor) -> torch.Tensor:
+        return a * _cast(self.scale, a.dtype)
+
+    def abs_backward(self, a: torch.Tensor) -> torch.Tensor:
+        return a * _cast(self.scale, a.dtype).abs()
+
+    def bias_tensor(self, dtype: torch.dtype) -> torch.Tensor:
+        return _cast(self.shift, dtype)
+
+    def matrix(self) -> sp.csr_matrix:
+        return sp.diags(self.scale.detach().double().cpu().numpy()).tocsr()
+
+    def bias_vector(self) -> np.ndarray:
+        return self.shift.detach().double().cpu().numpy()
+
+
+@dataclass(frozen=True, eq=False)
+class ReLU(Layer):
+    """Elementwise ``max(x, 0)``."""
+
+    dim: int
+
+    @property
+    def in_dim(self) -> int:
+        return self.dim
+
+    @property
+    def out_dim(self) -> int:
+        return self.dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+    def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.relu(lower), torch.relu(upper)

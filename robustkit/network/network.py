@@ -1,0 +1,119 @@
+"""A network: an input shape, a sequence of layers on flat activations, and metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustkit.network.layers import Dense, Elementwise, Layer, LinearLayer, ReLU
+
+
+@dataclass(frozen=True, eq=False)
+class Network:
+    """A feed-forward ReLU network over flat activations.
+
+    ``sample_shape`` is the shape of one input sample as the ONNX model sees it without the
+    batch dimension (e.g. ``(1, 28, 28)``, ``(784, 1)``); ``onnx_input_shape`` is what
+    onnxruntime must be fed for one sample (with the batch dimension when the model has one).
+    """
+
+    layers: tuple[Layer, ...]
+    sample_shape: tuple[int, ...]
+    onnx_input_shape: tuple[int, ...]
+    input_name: str = "input"
+    output_name: str = "output"
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        dim = self.in_dim
+        for i, layer in enumerate(self.layers):
+            if layer.in_dim != dim:
+                raise ValueError(f"layer {i} ({layer.describe()}) expects {layer.in_dim} inputs, gets {dim}")
+            dim = layer.out_dim
+
+    @property
+    def in_dim(self) -> int:
+        return int(np.prod(self.sample_shape))
+
+    @property
+    def out_dim(self) -> int:
+        return self.layers[-1].out_dim if self.layers else self.in_dim
+
+    @property
+    def relu_indices(self) -> list[int]:
+        """Positions of the ReLU layers in ``layers``."""
+        return [i for i, layer in enumerate(self.layers) if isinstance(layer, ReLU)]
+
+    @property
+    def num_relus(self) -> int:
+        return sum(layer.dim for layer in self.layers if isinstance(layer, ReLU))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Evaluate on a batch: ``x`` has shape ``(B, *sample_shape)`` or ``(B, in_dim)``."""
+        h = x.reshape(x.shape[0], -1)
+        for layer in self.layers:
+            h = layer.forward(h)
+        return h
+
+    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of every layer (index i = output of ``layers[i]``)."""
+        h = x.reshape(x.shape[0], -1)
+        outs = []
+        for layer in self.layers:
+            h = layer.forward(h)
+            outs.append(h)
+        return outs
+
+    def to_torch(self) -> nn.Module:
+        """A torch module computing the same function (float32), for attacks and evaluation."""
+        return NetworkModule(self)
+
+    def describe(self) -> str:
+        lines = [f"input {self.sample_shape} ({self.in_dim})"]
+        lines += [f"  {i}: {layer.describe()}" for i, layer in enumerate(self.layers)]
+        return "\n".join(lines)
+
+
+class NetworkModule(nn.Module):
+    """``nn.Module`` view of a :class:`Network` (weights as float32 buffers, not trained)."""
+
+    def __init__(self, net: Network) -> None:
+        super().__init__()
+        self.net = net
+        self.sample_shape = net.sample_shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward(x)
+
+
+def simplify(layers: list[Layer]) -> list[Layer]:
+    """Fold an ``Elementwise`` into a following ``Dense`` (exact: ``W (s*x + t) + b``), and
+    merge consecutive ``Elementwise`` layers. Elementwise maps before a Conv stay separate,
+    because folding them would be wrong at zero-padded borders."""
+    out: list[Layer] = []
+    for layer in layers:
+        prev = out[-1] if out else None
+        if isinstance(layer, Dense) and isinstance(prev, Elementwise):
+            w = layer.weight.double()
+            weight = w * prev.scale.double().unsqueeze(0)
+            bias = layer.bias.double() + w @ prev.shift.double()
+            out[-1] = Dense(weight.float() if _exact_in_float32(weight) else weight, bias)
+        elif isinstance(layer, Elementwise) and isinstance(prev, Elementwise):
+            scale = prev.scale.double() * layer.scale.double()
+            shift = prev.shift.double() * layer.scale.double() + layer.shift.double()
+            out[-1] = Elementwise(scale, shift)
+        else:
+            out.append(layer)
+    return out
+
+
+def _exact_in_float32(t: torch.Tensor) -> bool:
+    return bool(torch.equal(t.float().double(), t))
+
+
+def linear_layers(net: Network) -> list[tuple[int, LinearLayer]]:
+    """The linear layers of ``net`` with their positions."""
+    return [(i, layer) for i, layer in enumerate(net.layers) if isinstance(layer, LinearLayer)]

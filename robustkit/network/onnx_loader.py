@@ -1,0 +1,391 @@
+"""Read an ONNX model into a :class:`~robustkit.network.network.Network`.
+
+The graph must be a chain: one dynamic input flows through the nodes; every other node input
+is a constant (initializer or Constant node). Supported operators: Gemm, MatMul, Add, Sub,
+Mul, Div, Conv, Relu, BatchNormalization (inference), Flatten, Reshape, Squeeze, Unsqueeze,
+Transpose (only when it keeps the flat element order), Identity, Dropout, Constant. Anything
+else is refused with its op type and node name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from robustkit.errors import ModelFormatError, UnsupportedOperatorError
+from robustkit.network.layers import Conv2d, Dense, Elementwise, Layer, LinearLayer, ReLU
+from robustkit.network.network import Network, simplify
+
+SUPPORTED_OPS = (
+    "Gemm MatMul Add Sub Mul Div Conv Relu BatchNormalization Flatten Reshape Squeeze Unsqueeze "
+    "Transpose Identity Dropout Constant"
+).split()
+
+
+def load_onnx(path: str | Path) -> Network:
+    """Load an ONNX file; raise ``ModelFormatError`` / ``UnsupportedOperatorError`` on bad input."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFormatError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelFormatError(f"{path} is a directory, not an ONNX file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelFormatError(f"{path} is not a readable ONNX model: {exc}") from exc
+    if len(model.graph.node) == 0 and len(model.graph.input) == 0:
+        raise ModelFormatError(f"{path} is not an ONNX model (empty graph)")
+    return network_from_onnx(model, source=str(path))
+
+
+def network_from_onnx(model: onnx.ModelProto, source: str = "<model>") -> Network:
+    """Convert a loaded ``ModelProto``."""
+    return _GraphReader(model, source).read()
+
+
+class _GraphReader:
+    def __init__(self, model: onnx.ModelProto, source: str) -> None:
+        self.model = model
+        self.source = source
+        self.graph = model.graph
+        self.consts: dict[str, np.ndarray] = {}
+        for init in self.graph.initializer:
+            self.consts[init.name] = numpy_helper.to_array(init)
+        self.layers: list[Layer] = []
+        self.dyn: str = ""
+        self.shape: tuple[int, ...] = ()  # current activation shape, including a batch dim if any
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _fail(self, node: onnx.NodeProto, detail: str) -> UnsupportedOperatorError:
+        return UnsupportedOperatorError(node.op_type, node.name or node.output[0], detail)
+
+    def _attrs(self, node: onnx.NodeProto) -> dict:
+        return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def _split_inputs(self, node: onnx.NodeProto) -> tuple[int, list[np.ndarray | None]]:
+        """Index of the dynamic input among the node's inputs, and the constant values."""
+        dyn_pos = -1
+        values: list[np.ndarray | None] = []
+        for k, name in enumerate(node.input):
+            if name == self.dyn:
+                if dyn_pos >= 0:
+                    raise self._fail(node, "uses the network input twice (not a chain)")
+                dyn_pos = k
+                values.append(None)
+            elif name == "":
+                values.append(None)
+            elif name in self.consts:
+                values.append(self.consts[name])
+            else:
+                raise self._fail(node, f"input {name!r} is neither a constant nor the running activation "
+                                       "(only single-path networks are supported)")
+        return dyn_pos, values
+
+    @property
+    def _flat(self) -> int:
+        return int(np.prod(self.shape[self.batch_dims:]))
+
+    def _push(self, layer: Layer) -> None:
+        self.layers.append(layer)
+
+    def _broadcast_flat(self, node: onnx.NodeProto, c: np.ndarray) -> np.ndarray:
+        """A constant broadcast against the current activation (incl. batch dim), flattened."""
+        try:
+            full = np.broadcast_to(c.astype(np.float64), self.shape)
+        except ValueError as exc:
+            raise self._fail(node, f"constant of shape {c.shape} does not broadcast to activation {self.shape}") from exc
+        if self.batch_dims and full.shape[0] != 1:
+            raise self._fail(node, "batch dimension larger than 1")
+        return np.ascontiguousarray(full.reshape(-1))
+
+    # -- main loop ---------------------------------------------------------------------------
+    def read(self) -> Network:
+        graph = self.graph
+        inputs = [i for i in graph.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            raise ModelFormatError(f"{self.source}: expected exactly one (non-constant) graph input, found "
+                                   f"{[i.name for i in inputs]}")
+        if len(graph.output) != 1:
+            raise ModelFormatError(f"{self.source}: expected exactly one graph output, found {len(graph.output)}")
+        inp = inputs[0]
+        dims = []
+        for d in inp.type.tensor_type.shape.dim:
+            dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1)
+        if not dims:
+            raise ModelFormatError(f"{self.source}: input {inp.name!r} has no shape")
+        # A leading dimension that is symbolic or 1 in a tensor of rank >= 2 is the batch dimension.
+        self.batch_dims = 1 if len(dims) >= 2 and dims[0] in (-1, 1) else 0
+        if any(d < 0 for d in dims[self.batch_dims:]):
+            raise ModelFormatError(f"{self.source}: input {inp.name!r} has symbolic non-batch dims {dims}")
+        if self.batch_dims:
+            dims[0] = 1
+        self.shape = tuple(dims)
+        sample_shape = self.shape[self.batch_dims:]
+        self.dyn = inp.name
+
+        handlers: dict[str, Callable[[onnx.NodeProto], None]] = {
+            "Gemm": self._gemm, "MatMul": self._matmul, "Add": self._arith, "Sub": self._arith,
+            "Mul": self._arith, "Div": self._arith, "Conv": self._conv, "Relu": self._relu,
+            "BatchNormalization": self._batchnorm, "Flatten": self._flatten, "Reshape": self._reshape,
+            "Squeeze": self._squeeze, "Unsqueeze": self._unsqueeze, "Transpose": self._transpose,
+            "Identity": self._noop, "Dropout": self._noop,
+        }
+        for node in graph.node:
+            if node.op_type == "Constant":
+                self._constant(node)
+                continue
+            if self.dyn not in node.input:
+                if node.op_type in handlers or node.op_type in ("Shape", "Gather", "Concat", "Cast"):
+                    # constant subgraph (e.g. shape computations): evaluate only if trivially constant
+                    raise self._fail(node, "computes from constants only; constant folding is not supported "
+                                           "(simplify the model, e.g. with onnxsim)")
+                raise self._fail(node, "not connected to the network input")
+            handler = handlers.get(node.op_type)
+            if handler is None:
+                raise self._fail(node, f"supported operators are: {', '.join(SUPPORTED_OPS)}")
+            handler(node)
+            self.dyn = node.output[0]
+        if graph.output[0].name != self.dyn:
+            raise ModelFormatError(f"{self.source}: graph output {graph.output[0].name!r} is not the end of the chain")
+        layers = simplify(self.layers)
+        for i, layer in enumerate(layers):
+            _check_finite(layer, i, self.source)
+        metadata = {p.key: p.value for p in self.model.metadata_props}
+        try:
+            return Network(
+                layers=tuple(layers),
+                sample_shape=tuple(int(d) for d in sample_shape),
+                onnx_input_shape=tuple(int(d) for d in ((1,) + tuple(sample_shape) if self.batch_dims else sample_shape)),
+                input_name=inp.name,
+                output_name=graph.output[0].name,
+                metadata=metadata,
+            )
+        except ValueError as exc:
+            raise ModelFormatError(f"{self.source}: inconsistent layer sizes: {exc}") from exc
+
+    # -- operators ---------------------------------------------------------------------------
+    def _constant(self, node: onnx.NodeProto) -> None:
+        attrs = self._attrs(node)
+        if "value" not in attrs:
+            raise self._fail(node, "only tensor-valued Constant nodes are supported")
+        self.consts[node.output[0]] = numpy_helper.to_array(attrs["value"])
+
+    def _noop(self, node: onnx.NodeProto) -> None:
+        pass
+
+    def _relu(self, node: onnx.NodeProto) -> None:
+        self._push(ReLU(self._flat))
+
+    def _dense(self, node: onnx.NodeProto, w: np.ndarray, b: np.ndarray | None, out_shape: tuple[int, ...]) -> None:
+        """Append ``y = w @ x + b`` (w: (out, in) over the flat activation)."""
+        if w.shape[1] != self._flat:
+            raise self._fail(node, f"weight has {w.shape[1]} inputs, activation has {self._flat} elements")
+        bias = np.zeros(w.shape[0]) if b is None else b
+        self._push(Dense(torch.from_numpy(np.array(w, dtype=np.float64)), torch.from_numpy(np.array(bias, dtype=np.float64))))
+        self.shape = out_shape
+
+    def _gemm(self, node: onnx.NodeProto) -> None:
+        pos, vals = self._split_inputs(node)
+        attrs = self._attrs(node)
+        alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+        trans_a, trans_b = int(attrs.get("transA", 0)), int(attrs.get("transB", 0))
+        if len(self.shape) != 2:
+            raise self._fail(node, f"Gemm needs a 2-D activation, got shape {self.shape}")
+        c = vals[2] if len(vals) > 2 else None
+        if pos == 0:
+            rows, k = (self.shape[1], self.shape[0]) if trans_a else self.shape
+            if rows != 1:
+                raise self._fail(node, "only a single row (batch 1) on the activation side is supported")
+            bmat = vals[1]
+            assert bmat is not None
+            bmat = bmat.T if trans_b else bmat  # (k, n)
+            w = alpha * bmat.T.astype(np.float64)
+            n = w.shape[0]
+            bias = beta * np.broadcast_to(c.astype(np.float64), (1, n)).reshape(-1) if c is not None else None
+            self._dense(node, w, bias, (1, n))
+        elif pos == 1:
+            amat = vals[0]
+            assert amat is not None
+            amat = amat.T if trans_a else amat  # (m, k)
+            k, cols = (self.shape[1], self.shape[0]) if trans_b else self.shape
+            if cols != 1:
+                raise self._fail(node, "only a single column on the activation side is supported")
+            w = alpha * amat.astype(np.float64)
+            m = w.shape[0]
+            bias = beta * np.broadcast_to(c.astype(np.float64), (m, 1)).reshape(-1) if c is not None else None
+            self._dense(node, w, bias, (m, 1))
+        else:
+            raise self._fail(node, "the bias input C must be a constant")
+
+    def _matmul(self, node: onnx.NodeProto) -> None:
+        pos, vals = self._split_inputs(node)
+        if pos == 0:
+            wmat = vals[1]
+            assert wmat is not None
+            if wmat.ndim != 2 or self.shape[-1] != wmat.shape[0] or int(np.prod(self.shape[:-1])) != 1:
+                raise self._fail(node, f"activation {self.shape} @ weight {wmat.shape} is not a vector-matrix product")
+            self._dense(node, wmat.T.astype(np.float64), None, tuple(self.shape[:-1]) + (wmat.shape[1],))
+        elif pos == 1:
+            wmat = vals[0]
+            assert wmat is not None
+            if wmat.ndim != 2:
+                raise self._fail(node, "weight must be a matrix")
+            if len(self.shape) == 1 and self.shape[0] == wmat.shape[1]:
+                out = (wmat.shape[0],)
+            elif len(self.shape) >= 2 and self.shape[-2] == wmat.shape[1] and self.shape[-1] == 1 \
+                    and int(np.prod(self.shape[:-2])) == 1:
+                out = tuple(self.shape[:-2]) + (wmat.shape[0], 1)
+            else:
+                raise self._fail(node, f"weight {wmat.shape} @ activation {self.shape} is not a matrix-vector product")
+            self._dense(node, wmat.astype(np.float64), None, out)
+        else:
+            raise self._fail(node, "needs the running activation as one operand")
+
+    def _arith(self, node: onnx.NodeProto) -> None:
+        pos, vals = self._split_inputs(node)
+        other = vals[1 - pos]
+        if other is None or pos < 0:
+            raise self._fail(node, "needs one constant operand")
+        out_shape = tuple(np.broadcast_shapes(self.shape, other.shape))
+        if out_shape != self.shape:
+            raise self._fail(node, f"constant of shape {other.shape} would broadcast the activation {self.shape}")
+        c = self._broadcast_flat(node, other)
+        n = c.shape[0]
+        op = node.op_type
+        if op == "Add":
+            prev = self.layers[-1] if self.layers else None
+            if isinstance(prev, Dense):  # MatMul + Add -> one affine layer
+                self.layers[-1] = Dense(prev.weight, torch.from_numpy(prev.bias.double().numpy() + c))
+                return
+            scale, shift = np.ones(n), c
+        elif op == "Sub":
+            scale, shift = (np.ones(n), -c) if pos == 0 else (-np.ones(n), c)
+        elif op == "Mul":
+            scale, shift = c, np.zeros(n)
+        else:  # Div
+            if pos != 0:
+                raise self._fail(node, "division by the activation is not piecewise linear")
+            if np.any(c == 0):
+                raise self._fail(node, "division by zero")
+            scale, shift = 1.0 / c, np.zeros(n)
+        self._push(Elementwise(torch.from_numpy(scale.astype(np.float64)), torch.from_numpy(shift.astype(np.float64))))
+
+    def _conv(self, node: onnx.NodeProto) -> None:
+        pos, vals = self._split_inputs(node)
+        if pos != 0:
+            raise self._fail(node, "the activation must be the first input")
+        attrs = self._attrs(node)
+        if int(attrs.get("group", 1)) != 1:
+            raise self._fail(node, "grouped convolution is not supported")
+        if any(int(d) != 1 for d in attrs.get("dilations", [1, 1])):
+            raise self._fail(node, "dilated convolution is not supported")
+        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            raise self._fail(node, "auto_pad SAME_* is not supported; give explicit pads")
+        w = vals[1]
+        assert w is not None
+        if w.ndim != 4:
+            raise self._fail(node, "only 2-D convolutions are supported")
+        if len(self.shape) != 4 or self.shape[0] != 1:
+            raise self._fail(node, f"needs an activation of shape (1, C, H, W), got {self.shape}")
+        b = vals[2] if len(vals) > 2 and vals[2] is not None else np.zeros(w.shape[0], dtype=w.dtype)
+        pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
+        strides = tuple(int(s) for s in attrs.get("strides", [1, 1]))
+        layer = Conv2d(
+            weight=torch.from_numpy(np.array(w, copy=True)),
+            bias=torch.from_numpy(np.array(b, copy=True)),
+            in_shape=tuple(int(d) for d in self.shape[1:]),  # type: ignore[arg-type]
+            stride=strides,  # type: ignore[arg-type]
+            padding=(pads[0], pads[1], pads[2], pads[3]),
+        )
+        self._push(layer)
+        self.shape = (1,) + layer.out_shape
+
+    def _batchnorm(self, node: onnx.NodeProto) -> None:
+        pos, vals = self._split_inputs(node)
+        if pos != 0 or any(v is None for v in vals[1:5]):
+            raise self._fail(node, "scale, bias, mean and variance must be constants")
+        eps = float(self._attrs(node).get("epsilon", 1e-5))
+        gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in vals[1:5])  # type: ignore[arg-type]
+        s = gamma / np.sqrt(var + eps)
+        t = beta - mean * s
+        ch = (1, -1) + (1,) * (len(self.shape) - 2)
+        scale = self._broadcast_flat(node, s.reshape(ch))
+        shift = self._broadcast_flat(node, t.reshape(ch))
+        self._push(Elementwise(torch.from_numpy(scale), torch.from_numpy(shift)))
+
+    def _flatten(self, node: onnx.NodeProto) -> None:
+        axis = int(self._attrs(node).get("axis", 1))
+        axis = axis + len(self.shape) if axis < 0 else axis
+        self.shape = (int(np.prod(self.shape[:axis])), int(np.prod(self.shape[axis:])))
+
+    def _set_shape(self, node: onnx.NodeProto, new: tuple[int, ...]) -> None:
+        if int(np.prod(new)) != int(np.prod(self.shape)):
+            raise self._fail(node, f"cannot reshape {self.shape} to {new}")
+        self.shape = new
+
+    def _reshape(self, node: onnx.NodeProto) -> None:
+        _, vals = self._split_inputs(node)
+        target = vals[1]
+        if target is None:
+            raise self._fail(node, "the target shape must be a constant")
+        allowzero = int(self._attrs(node).get("allowzero", 0))
+        dims = [int(d) for d in target.reshape(-1)]
+        dims = [self.shape[i] if d == 0 and not allowzero else d for i, d in enumerate(dims)]
+        if dims.count(-1) > 1:
+            raise self._fail(node, "more than one -1 in the target shape")
+        if -1 in dims:
+            known = int(np.prod([d for d in dims if d != -1]))
+            dims[dims.index(-1)] = int(np.prod(self.shape)) // max(known, 1)
+        self._set_shape(node, tuple(dims))
+
+    def _axes(self, node: onnx.NodeProto, vals: list[np.ndarray | None], rank: int) -> list[int] | None:
+        axes = self._attrs(node).get("axes")
+        if axes is None and len(vals) > 1 and vals[1] is not None:
+            axes = [int(a) for a in vals[1].reshape(-1)]
+        if axes is None:
+            return None
+        return sorted(a + rank if a < 0 else a for a in axes)
+
+    def _squeeze(self, node: onnx.NodeProto) -> None:
+        _, vals = self._split_inputs(node)
+        axes = self._axes(node, vals, len(self.shape))
+        if axes is None:
+            new = tuple(d for d in self.shape if d != 1)
+        else:
+            if any(self.shape[a] != 1 for a in axes):
+                raise self._fail(node, f"cannot squeeze non-1 axes {axes} of {self.shape}")
+            new = tuple(d for i, d in enumerate(self.shape) if i not in axes)
+        self._set_shape(node, new)
+
+    def _unsqueeze(self, node: onnx.NodeProto) -> None:
+        _, vals = self._split_inputs(node)
+        raw = self._attrs(node).get("axes")
+        if raw is None and len(vals) > 1 and vals[1] is not None:
+            raw = [int(a) for a in vals[1].reshape(-1)]
+        if raw is None:
+            raise self._fail(node, "axes missing")
+        rank = len(self.shape) + len(raw)
+        new = list(self.shape)
+        for a in sorted(int(a) + rank if int(a) < 0 else int(a) for a in raw):
+            new.insert(a, 1)
+        self._set_shape(node, tuple(new))
+
+    def _transpose(self, node: onnx.NodeProto) -> None:
+        perm = self._attrs(node).get("perm", list(reversed(range(len(self.shape)))))
+        moved = [p for p in perm if self.shape[p] != 1]
+        if moved != sorted(moved):
+            raise self._fail(node, f"permutation {list(perm)} of {self.shape} reorders elements")
+        self.shape = tuple(self.shape[p] for p in perm)
+
+
+def _check_finite(layer: Layer, index: int, source: str) -> None:
+    if isinstance(layer, LinearLayer):
+        for name in ("weight", "bias", "scale", "shift"):
+            t = getattr(layer, name, None)
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise ModelFormatError(f"{source}: layer {index} ({layer.describe()}) has NaN or infinite {name}")

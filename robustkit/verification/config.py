@@ -1,0 +1,56 @@
+"""Settings of a verification run (frozen, validated)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from robustkit.errors import InputError
+
+Method = Literal["milp", "interval", "crown", "alpha-crown"]
+Tighten = Literal["interval", "crown", "alpha-crown", "lp"]
+Formulation = Literal["per-target", "max"]
+
+METHODS = ("milp", "interval", "crown", "alpha-crown")
+TIGHTEN = ("interval", "crown", "alpha-crown", "lp")
+FORMULATIONS = ("per-target", "max")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """How one property is decided.
+
+    ``method``: ``milp`` is complete (verified / falsified); the bound methods alone are
+    incomplete (verified / unknown, plus falsified when the attack finds a witness).
+    ``tighten``: the bounds that build the MILP (big-M constants, stable ReLUs).
+    ``safety_margin``: a property is proven only if the worst case is below ``-safety_margin``.
+    """
+
+    eps: float = 0.0
+    timeout: float = 60.0
+    method: Method = "milp"
+    tighten: Tighten = "crown"
+    formulation: Formulation = "per-target"
+    attack_steps: int = 50
+    attack_restarts: int = 3
+    safety_margin: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.eps >= 0:
+            raise InputError(f"eps must be >= 0, got {self.eps}")
+        if not self.timeout > 0:
+            raise InputError(f"timeout must be positive, got {self.timeout}")
+        if self.method not in METHODS:
+            raise InputError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.tighten not in TIGHTEN:
+            raise InputError(f"unknown tightening {self.tighten!r}; choose one of {', '.join(TIGHTEN)}")
+        if self.formulation not in FORMULATIONS:
+            raise InputError(f"unknown formulation {self.formulation!r}; choose one of {', '.join(FORMULATIONS)}")
+        if self.attack_steps < 0 or self.attack_restarts < 1:
+            raise InputError("attack steps must be >= 0 and restarts >= 1")
+        if not self.safety_margin > 0:
+            raise InputError("safety_margin must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,211 @@
+"""Deciding one property: attack first, then bounds, then the MILP (Tjeng, Xiao & Tedrake).
+
+Statuses (robustness of one sample): ``verified``, ``falsified`` (witness re-checked in
+onnxruntime), ``misclassified`` (the clean input is already wrong), ``timeout``, ``unknown``.
+For a general specification (VNN-LIB) the same stages give ``unsat`` / ``sat`` / ``timeout`` /
+``unknown``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustkit.bounds import NetBounds, interval_bounds
+from robustkit.errors import SolverError
+from robustkit.milp import encode, solve_violation
+from robustkit.spec import InputBox, OutputSpec, Specification, eps_box, robustness_spec
+from robustkit.verification.config import VerifyConfig
+from robustkit.verification.model import ModelContext
+from robustkit.verification.witness import Witness, validate_witness
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Verdict:
+    """The outcome for one specification, with what decided it and what it cost."""
+
+    result: str  # "unsat" (holds) | "sat" (witness) | "timeout" | "unknown"
+    stage: str  # "attack" | "bounds" | "milp" | "none"
+    time: float
+    witness: Witness | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _spec_objective(output: OutputSpec) -> "callable":  # type: ignore[valid-type]
+    C, d, owner = output.stacked()
+    Ct = torch.as_tensor(C, dtype=torch.float32)
+    dt = torch.as_tensor(d, dtype=torch.float32)
+    groups = [torch.as_tensor(np.flatnonzero(owner == k)) for k in range(len(output))]
+
+    def objective(logits: torch.Tensor) -> torch.Tensor:
+        slack = dt - logits.reshape(logits.shape[0], -1) @ Ct.T  # (B, rows)
+        per = torch.stack([slack[:, g].min(dim=1).values for g in groups], dim=1)
+        return per.max(dim=1).values
+
+    return objective
+
+
+def compute_bounds(ctx: ModelContext, box: InputBox, method: str, C: np.ndarray | None) -> tuple[NetBounds, np.ndarray | None]:
+    """Layer bounds over ``box`` by ``method`` and, when the method gives them, lower bounds of ``C y``."""
+    lo = torch.as_tensor(box.lower[None], dtype=torch.float64)
+    hi = torch.as_tensor(box.upper[None], dtype=torch.float64)
+    if method == "interval":
+        return interval_bounds(ctx.net, lo, hi), None
+    from robustkit.bounds.methods import compute_bounds as _compute  # bound propagation beyond IBP
+
+    Ct = None if C is None else torch.as_tensor(C[None], dtype=torch.float64)
+    nb, spec = _compute(ctx.net, lo, hi, method, C=Ct)
+    rows_lower = None if spec is None else spec.lower.reshape(-1).detach().numpy()
+    return nb, rows_lower
+
+
+def _deadline_left(deadline: float) -> float:
+    return deadline - time.perf_counter()
+
+
+def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: VerifyConfig, deadline: float,
+                  strict_label: int | None = None) -> Verdict:
+    """Decide whether some input in ``box`` satisfies ``output`` (the violation)."""
+    t0 = time.perf_counter()
+    details: dict[str, Any] = {}
+    start_x: np.ndarray | None = None
+    order = list(range(len(output)))
+    # 1. attack
+    if cfg.attack_steps > 0:
+        ta = time.perf_counter()
+        lo = torch.tensor(box.lower, dtype=torch.float32).reshape(1, *ctx.net.sample_shape)
+        hi = torch.tensor(box.upper, dtype=torch.float32).reshape(1, *ctx.net.sample_shape)
+        from robustkit.attacks import attack_box
+
+        x_adv, best = attack_box(ctx.module, lo, hi, _spec_objective(output), steps=cfg.attack_steps,
+                                 restarts=cfg.attack_restarts, seed=cfg.seed, stop_above=0.0)
+        start_x = x_adv.reshape(-1).double().numpy()
+        details["time_attack"] = time.perf_counter() - ta
+        details["attack_best"] = float(best[0])
+        if float(best[0]) >= 0:
+            w = validate_witness(ctx, start_x, box, output, strict_label)
+            if w is not None:
+                return Verdict("sat", "attack", time.perf_counter() - t0, w, details)
+        with torch.no_grad():
+            y = ctx.module(x_adv).reshape(-1).double().numpy()
+        order.sort(key=lambda k: -float(np.min(output[k].slack(y))))
+    # 2. bounds
+    tb = time.perf_counter()
+    C, d, owner = output.stacked()
+    method = cfg.method if cfg.method != "milp" else cfg.tighten
+    try:
+        nb, rows_lower = compute_bounds(ctx, box, method, C)
+    except ImportError:
+        log.warning("bound method %s unavailable; using interval bounds", method)
+        method = "interval"
+        nb, rows_lower = compute_bounds(ctx, box, "interval", C)
+    from robustkit.milp.solve import row_bounds
+
+    ylo, yhi = (t.reshape(-1).numpy() for t in nb.output())
+    lo_rows, _ = row_bounds(C, ylo, yhi)
+    if rows_lower is not None:
+        lo_rows = np.maximum(lo_rows, rows_lower)
+    slack_ub = d - lo_rows
+    t_ub = np.array([slack_ub[owner == k].min() for k in range(len(output))])
+    details["time_bounds"] = time.perf_counter() - tb
+    details["bounds_method"] = method
+    details["bound_margin"] = float(t_ub.max())  # proven upper bound of the violation measure
+    unstable = []
+    for pos in ctx.net.relu_indices:
+        pl, pu = nb.pre_activation(ctx.net, pos)
+        unstable.append(int(((pl < 0) & (pu > 0)).sum()))
+    details["unstable_per_layer"] = unstable
+    open_k = [k for k in order if t_ub[k] >= -cfg.safety_margin]
+    if not open_k:
+        return Verdict("unsat", "bounds", time.perf_counter() - t0, None, details)
+    if cfg.method != "milp":
+        return Verdict("unknown", "bounds", time.perf_counter() - t0, None, details)
+    if _deadline_left(deadline) <= 0:
+        return Verdict("timeout", "bounds", time.perf_counter() - t0, None, details)
+    # 3. MILP
+    tm = time.perf_counter()
+    enc = encode(ctx.net, nb)
+    details["n_binaries"] = enc.num_binaries
+    rows_lower_k = [lo_rows[owner == k] for k in range(len(output))]
+    groups = [[k] for k in open_k] if cfg.formulation == "per-target" else [open_k]
+    statuses = []
+    result, witness = "unsat", None
+    for group in groups:
+        left = _deadline_left(deadline)
+        if left <= 0:
+            result = "timeout"
+            break
+        try:
+            res = solve_violation(enc, [output[k] for k in group], left, cfg.safety_margin, start_x,
+                                  rows_lower=[rows_lower_k[k] for k in group])
+        except SolverError as exc:
+            details["solver_error"] = str(exc)
+            result = "unknown"
+            break
+        statuses.append(res.solver_status)
+        if res.outcome == "candidate":
+            assert res.x is not None
+            witness = validate_witness(ctx, res.x, box, output, strict_label)
+            if witness is not None:
+                result = "sat"
+                break
+            details["rejected_candidate"] = True
+            result = "unknown"
+        elif res.outcome == "timeout":
+            result = "timeout"
+            break
+        elif res.outcome == "undecided":
+            result = "unknown" if result != "timeout" else result
+    details["time_milp"] = time.perf_counter() - tm
+    details["solver_status"] = statuses
+    return Verdict(result, "milp", time.perf_counter() - t0, witness, details)
+
+
+def verify_spec(ctx: ModelContext, spec: Specification, cfg: VerifyConfig, strict_label: int | None = None) -> Verdict:
+    """Decide a specification: ``sat`` if any region has a witness, ``unsat`` if all hold."""
+    t0 = time.perf_counter()
+    deadline = t0 + cfg.timeout
+    verdicts = []
+    for box, output in spec:
+        v = verify_region(ctx, box, output, cfg, deadline, strict_label)
+        verdicts.append(v)
+        if v.result == "sat":
+            v.time = time.perf_counter() - t0
+            return v
+    results = {v.result for v in verdicts}
+    result = "unsat" if results == {"unsat"} else ("timeout" if "timeout" in results else "unknown")
+    details = verdicts[0].details if len(verdicts) == 1 else {"regions": [v.details for v in verdicts]}
+    stage = max((v.stage for v in verdicts), key=["none", "attack", "bounds", "milp"].index)
+    return Verdict(result, stage, time.perf_counter() - t0, None, details)
+
+
+ROBUSTNESS_STATUS = {"unsat": "verified", "sat": "falsified", "timeout": "timeout", "unknown": "unknown"}
+
+
+def verify_sample(ctx: ModelContext, x0: np.ndarray, label: int, cfg: VerifyConfig,
+                  value_range: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+    """Robustness of one sample in the L-inf ball of radius ``cfg.eps`` ∩ the valid range: a record."""
+    t0 = time.perf_counter()
+    x0 = np.asarray(x0, dtype=np.float32).reshape(-1)
+    pred = ctx.predict(x0)
+    record: dict[str, Any] = {"label": int(label), "pred": pred}
+    if pred != label:
+        record.update(status="misclassified", stage="clean", time=time.perf_counter() - t0)
+        return record
+    box = eps_box(x0.astype(np.float64), cfg.eps, *value_range)
+    spec = robustness_spec(label, ctx.net.out_dim, box)
+    v = verify_spec(ctx, spec, cfg, strict_label=label)
+    record.update(status=ROBUSTNESS_STATUS[v.result], stage=v.stage, time=time.perf_counter() - t0)
+    record.update(v.details)
+    if v.witness is not None:
+        record["counterexample"] = [float(a) for a in v.witness.x]
+        record["counterexample_pred"] = int(np.argmax(v.witness.y))
+        record["counterexample_linf"] = float(np.abs(v.witness.x.astype(np.float64) - x0).max())
+    return record
