@@ -131,7 +131,7 @@ def _set_start(enc: Encoding, disjuncts: list[LinearConstraints], x: np.ndarray,
                ncols: int, safety_margin: float, t_ub: float) -> None:
     col = enc.start_vector(x)
     y = col[enc.output_cols]
-    values = [float(np.min(dj.slack(y))) for dj in disjuncts]
+    values = [float(np.min(dj.slack(y), initial=np.inf)) for dj in disjuncts]
     best = int(np.argmax(values))
     t = min(values[best], t_ub)
     if t < -safety_margin:
@@ -165,7 +165,7 @@ def _read_result(enc: Encoding, disjuncts: list[LinearConstraints], t_col: int, 
     col = np.asarray(h.getSolution().col_value)
     t = float(col[t_col])
     y = col[enc.output_cols]
-    values = [float(np.min(dj.slack(y))) for dj in disjuncts]
+    values = [float(np.min(dj.slack(y), initial=np.inf)) for dj in disjuncts]
     best = int(np.argmax(values))
     x = col[enc.input_cols].copy()
     # sanity: the solver's point must lie inside the proven output bounds (up to tolerance)

@@ -46,7 +46,8 @@ def _spec_objective(output: OutputSpec) -> "callable":  # type: ignore[valid-typ
 
     def objective(logits: torch.Tensor) -> torch.Tensor:
         slack = dt - logits.reshape(logits.shape[0], -1) @ Ct.T  # (B, rows)
-        per = torch.stack([slack[:, g].min(dim=1).values for g in groups], dim=1)
+        inf = torch.full((slack.shape[0],), float("inf"), dtype=slack.dtype)
+        per = torch.stack([slack[:, g].min(dim=1).values if g.numel() else inf for g in groups], dim=1)
         return per.max(dim=1).values
 
     return objective
@@ -54,8 +55,8 @@ def _spec_objective(output: OutputSpec) -> "callable":  # type: ignore[valid-typ
 
 def compute_bounds(ctx: ModelContext, box: InputBox, method: str, C: np.ndarray | None) -> tuple[NetBounds, np.ndarray | None]:
     """Layer bounds over ``box`` by ``method`` and, when the method gives them, lower bounds of ``C y``."""
-    lo = torch.as_tensor(box.lower[None], dtype=torch.float64)
-    hi = torch.as_tensor(box.upper[None], dtype=torch.float64)
+    lo = torch.tensor(box.lower[None], dtype=torch.float64)
+    hi = torch.tensor(box.upper[None], dtype=torch.float64)
     if method == "interval":
         return interval_bounds(ctx.net, lo, hi), None
     from robustkit.bounds.methods import compute_bounds as _compute  # bound propagation beyond IBP
@@ -77,6 +78,10 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     details: dict[str, Any] = {}
     start_x: np.ndarray | None = None
     order = list(range(len(output)))
+    if any(dj.k == 0 for dj in output):  # a disjunct without output conditions: any input violates
+        w = validate_witness(ctx, box.center, box, output, strict_label)
+        if w is not None:
+            return Verdict("sat", "attack", time.perf_counter() - t0, w, details)
     # 1. attack
     if cfg.attack_steps > 0:
         ta = time.perf_counter()
@@ -95,7 +100,7 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
                 return Verdict("sat", "attack", time.perf_counter() - t0, w, details)
         with torch.no_grad():
             y = ctx.module(x_adv).reshape(-1).double().numpy()
-        order.sort(key=lambda k: -float(np.min(output[k].slack(y))))
+        order.sort(key=lambda k: -float(np.min(output[k].slack(y), initial=np.inf)))
     # 2. bounds
     tb = time.perf_counter()
     C, d, owner = output.stacked()
@@ -113,7 +118,7 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     if rows_lower is not None:
         lo_rows = np.maximum(lo_rows, rows_lower)
     slack_ub = d - lo_rows
-    t_ub = np.array([slack_ub[owner == k].min() for k in range(len(output))])
+    t_ub = np.array([slack_ub[owner == k].min(initial=np.inf) for k in range(len(output))])
     details["time_bounds"] = time.perf_counter() - tb
     details["bounds_method"] = method
     details["bound_margin"] = float(t_ub.max())  # proven upper bound of the violation measure

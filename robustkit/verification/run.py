@@ -1,0 +1,244 @@
+"""Verifying many samples of a dataset: tasks, worker processes, the resumable store, a summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from robustkit.errors import InputError
+from robustkit.verification.config import VerifyConfig
+from robustkit.verification.model import ModelContext
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("verified", "falsified", "misclassified", "timeout", "unknown", "error")
+
+
+@dataclass(frozen=True)
+class SampleTask:
+    """One sample to verify (picklable; the model travels once per worker, not per task)."""
+
+    key: str
+    index: int
+    x: np.ndarray
+    label: int
+    cfg: VerifyConfig
+    value_range: tuple[float, float]
+
+
+class _WorkerState:
+    """The model of this worker process, loaded once by :func:`init_worker`."""
+
+    ctx: ModelContext | None = None
+
+
+def init_worker(model_bytes: bytes, source: str) -> None:
+    _WorkerState.ctx = ModelContext.from_bytes(model_bytes, source)
+
+
+def verify_task(task: SampleTask) -> dict[str, Any]:
+    """Worker entry point: verify one sample and return its record."""
+    from robustkit.verification.pipeline import verify_sample
+
+    if _WorkerState.ctx is None:
+        raise RuntimeError("worker not initialised")
+    record = verify_sample(_WorkerState.ctx, task.x, task.label, task.cfg, task.value_range)
+    record["index"] = task.index
+    record["eps"] = task.cfg.eps
+    return record
+
+
+@dataclass(frozen=True)
+class DatasetChoice:
+    """Which samples: a dataset name, a data dir (None = embedded subset), the index range."""
+
+    dataset: str
+    n: int
+    start: int = 0
+    data_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.n <= 0 or self.start < 0:
+            raise InputError("--n must be positive and --start non-negative")
+
+
+def model_dataset(ctx: ModelContext, override: str | None) -> str:
+    """The dataset a model was trained on: ``--dataset`` or the model's metadata, else an error."""
+    if override:
+        return override
+    name = ctx.net.metadata.get("robustkit.dataset")
+    if name:
+        return json.loads(name) if name.startswith('"') else name
+    raise InputError("the model carries no robustkit metadata naming its dataset; pass --dataset mnist|cifar10")
+
+
+def model_value_range(ctx: ModelContext) -> tuple[float, float]:
+    raw = ctx.net.metadata.get("robustkit.value_range")
+    if raw:
+        try:
+            lo, hi = json.loads(raw)
+            return float(lo), float(hi)
+        except (ValueError, TypeError):
+            log.warning("ignoring unreadable robustkit.value_range metadata %r", raw)
+    return (0.0, 1.0)
+
+
+def load_samples(choice: DatasetChoice, ctx: ModelContext) -> tuple[np.ndarray, np.ndarray, str]:
+    """Flat float32 images and labels of the chosen samples, and where they came from."""
+    from robustkit.data import load_dataset
+
+    ds = load_dataset(choice.dataset, "test", choice.data_dir)  # embedded subset when no data dir is set
+    total = int(ds.images.shape[0])
+    if choice.start >= total:
+        raise InputError(f"--start {choice.start} is beyond the {total} test images of {ds.source}")
+    stop = min(total, choice.start + choice.n)
+    if stop - choice.start < choice.n:
+        log.warning("only %d images available from %s (asked for %d)", stop - choice.start, ds.source, choice.n)
+    x = ds.images[choice.start:stop].reshape(stop - choice.start, -1).numpy().astype(np.float32)
+    if x.shape[1] != ctx.net.in_dim:
+        raise InputError(
+            f"{choice.dataset} images have {x.shape[1]} values but the model expects {ctx.net.in_dim} "
+            f"(input shape {ctx.net.sample_shape}); wrong --dataset?"
+        )
+    y = ds.labels[choice.start:stop].numpy().astype(np.int64)
+    return x, y, str(ds.source)
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The table a researcher reports, computed from per-sample records only."""
+    n = len(records)
+    counts = {s: sum(1 for r in records if r.get("status") == s) for s in STATUSES}
+    correct = n - counts["misclassified"]
+    by_attack = sum(1 for r in records if r.get("status") == "falsified" and r.get("stage") == "attack")
+    decided = [r for r in records if r.get("status") not in ("misclassified",)]
+    times = [float(r["time"]) for r in decided if "time" in r]
+    unstable = [sum(r["unstable_per_layer"]) for r in records if r.get("unstable_per_layer") is not None]
+    binaries = [r["n_binaries"] for r in records if r.get("n_binaries") is not None]
+
+    def pct(k: int) -> float:
+        return 100.0 * k / n if n else 0.0
+
+    return {
+        "n": n,
+        "clean_accuracy": pct(correct),
+        "pgd_accuracy": pct(correct - by_attack),
+        "verified_accuracy": pct(counts["verified"]),
+        **{s: counts[s] for s in STATUSES},
+        "mean_time": statistics.fmean(times) if times else 0.0,
+        "median_time": statistics.median(times) if times else 0.0,
+        "mean_unstable_relus": statistics.fmean(unstable) if unstable else 0.0,
+        "mean_binaries": statistics.fmean(binaries) if binaries else 0.0,
+    }
+
+
+def make_tasks(x: np.ndarray, y: np.ndarray, start: int, dataset: str, cfg: VerifyConfig,
+               value_range: tuple[float, float]) -> list[SampleTask]:
+    return [
+        SampleTask(f"{dataset}:{start + i}", start + i, x[i], int(y[i]), cfg, value_range) for i in range(len(y))
+    ]
+
+
+def run_tasks(tasks: list[SampleTask], ctx: ModelContext, source: str, workers: int, cfg: VerifyConfig,
+              on_result: Callable[[dict], None], cluster: str | None = None, scheduler: str | None = None) -> None:
+    """Run the tasks on the local pool (hard timeout = the sample timeout + slack) or on Dask."""
+    hard = cfg.timeout * 1.5 + 30.0
+    if cluster or scheduler:
+        from robustkit.runner.dask_backend import run_dask
+
+        run_dask(tasks, verify_task, on_result, cluster=cluster, scheduler=scheduler,
+                 initializer=init_worker, initargs=(ctx.model_bytes, source))
+        return
+    from robustkit.runner.pool import run_pool
+
+    run_pool(tasks, verify_task, workers, hard, on_result, initializer=init_worker,
+             initargs=(ctx.model_bytes, source))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where results go and how samples are executed."""
+
+    out: Path | None = None  # a .jsonl file, or None for <results_root>/<settings hash>/records.jsonl
+    results_root: Path = Path("robustkit-results")
+    workers: int = 1
+    rerun: tuple[str, ...] = ()
+    quiet: bool = False
+    cluster: str | None = None
+    scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise InputError("--workers must be >= 0")
+        bad = set(self.rerun) - {"timeout", "unknown", "error", "all"}
+        if bad:
+            raise InputError(f"--rerun takes timeout, unknown, error or all; got {sorted(bad)}")
+
+
+@dataclass
+class RunOutcome:
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    records_path: Path
+    skipped: int
+
+
+def open_store(ctx: ModelContext, settings: dict[str, Any], opts: RunOptions):  # type: ignore[no-untyped-def]
+    """The result store for these settings; a plain ``--out FILE.jsonl`` keeps its settings hash in
+    ``FILE.jsonl.run.json`` and refuses to mix results of other settings into the file."""
+    from robustkit.runner.store import ResultStore, RunDir, settings_hash
+
+    if opts.out is None:
+        return RunDir.for_settings(opts.results_root, ctx.model_bytes, settings).store()
+    out = Path(opts.out)
+    digest = settings_hash(ctx.model_bytes, settings)
+    meta = out.with_name(out.name + ".run.json")
+    if meta.exists():
+        stored = json.loads(meta.read_text()).get("settings_hash")
+        if stored != digest:
+            raise InputError(f"{out} holds results of other settings or another model (hash {str(stored)[:12]} vs "
+                             f"{digest[:12]}); choose another --out or delete it")
+    elif out.exists() and out.stat().st_size > 0:
+        raise InputError(f"{out} exists but was not written by this kind of run; choose another --out")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps({"settings_hash": digest, "settings": settings}, indent=2, default=str) + "\n")
+    return ResultStore(out)
+
+
+def verify_dataset(model_path: Path, cfg: VerifyConfig, choice: DatasetChoice, opts: RunOptions) -> RunOutcome:
+    """Verify ``choice.n`` test samples; resumes from the store, skipping finished samples."""
+    from robustkit.runner.progress import RunProgress
+    from robustkit.runner.store import versions
+
+    ctx = ModelContext.from_path(model_path)
+    value_range = model_value_range(ctx)
+    x, y, source = load_samples(choice, ctx)
+    settings = {"verify": cfg.to_dict(), "dataset": choice.dataset, "value_range": list(value_range),
+                "versions": versions()}
+    store = open_store(ctx, settings, opts)
+    rerun = ("timeout", "unknown", "error", "verified", "falsified", "misclassified") if "all" in opts.rerun \
+        else opts.rerun
+    done = store.done_keys(rerun=rerun)
+    tasks = [t for t in make_tasks(x, y, choice.start, choice.dataset, cfg, value_range) if t.key not in done]
+    skipped = len(y) - len(tasks)
+    if skipped:
+        log.info("resuming: %d of %d samples already finished in %s", skipped, len(y), store.path)
+    with RunProgress(len(tasks), f"verify eps={cfg.eps:g}", quiet=opts.quiet) as progress:
+        def on_result(record: dict) -> None:
+            record.setdefault("index", int(str(record["key"]).rsplit(":", 1)[-1]))
+            record.setdefault("eps", cfg.eps)
+            store.append(record)
+            progress.update(record)
+
+        if tasks:
+            run_tasks(tasks, ctx, str(model_path), opts.workers, cfg, on_result, opts.cluster, opts.scheduler)
+    wanted = {t.key for t in make_tasks(x, y, choice.start, choice.dataset, cfg, value_range)}
+    records = [r for k, r in store.records().items() if k in wanted]
+    records.sort(key=lambda r: int(r.get("index", 0)))
+    return RunOutcome(records, summarize(records), Path(store.path), skipped)

@@ -1,0 +1,587 @@
+"""VNN-LIB reader: tokenizer, s-expression parser and translation to a :class:`Specification`.
+
+VNN-LIB (the SMT-LIB 2 subset used by VNN-COMP, www.vnnlib.org) declares the flat network
+inputs ``X_i`` and outputs ``Y_i`` as ``Real`` constants and asserts a formula describing a
+**counterexample**: the property is violated iff some input satisfying the formula's input part
+yields outputs satisfying its output part.
+
+Supported:
+
+* comments (``;`` to end of line), ``(declare-const X_i Real)`` / ``(declare-const Y_i Real)``,
+  ``(assert F)`` (several top-level asserts form a conjunction); ``check-sat``, ``get-model``,
+  ``set-logic``, ``set-info``, ``set-option`` and ``exit`` commands are accepted and ignored;
+* formulas: ``and``, ``or`` (any nesting; converted to disjunctive normal form), ``true``,
+  ``false``, and comparisons ``<=``, ``>=``, ``<``, ``>``, ``=`` (chains allowed, SMT-LIB style);
+* linear terms: numbers (integers, decimals, scientific notation, with an optional sign as in
+  ``-0.5``), ``(- t)``, ``(+ t ...)``, ``(- t u ...)``, ``(* c t)`` (at most one non-constant
+  factor), ``(/ t c)`` with constant ``c``, and declared variables.
+
+Strict comparisons (``<``, ``>``) are read as their non-strict versions: the violation region
+becomes its topological closure. A sound verifier that proves the closure empty has proven the
+strict region empty; a counterexample on the boundary of a strict inequality is a limit of true
+counterexamples, which is what VNN-COMP's tolerance-based checker accepts anyway.
+
+Each atom must mention only inputs or only outputs. Input atoms must bound single variables
+(the input set is a union of boxes); input atoms inside a disjunct give that disjunct its own
+box, and disjuncts with the same box are grouped into one region. Every input needs a finite
+lower and upper bound in each disjunct. Output atoms become rows of ``C @ y <= d``.
+
+Errors are :class:`VnnlibError` (an ``InputError``) carrying the file name, line and column.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from robustkit.errors import InputError
+from robustkit.spec import InputBox, LinearConstraints, OutputSpec, Specification
+
+__all__ = [
+    "END_OF_TEXT",
+    "SList",
+    "SourceText",
+    "Sym",
+    "VnnlibError",
+    "parse_vnnlib",
+    "parse_vnnlib_text",
+    "read_sexprs",
+    "read_text_file",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_DISJUNCTS = 100_000
+"""Upper limit on the DNF size; formulas that expand further are rejected."""
+
+# Every non-whitespace character starts one of these; whitespace between tokens is skipped.
+_TOKEN = re.compile(r"[()]|;[^\n]*|[^\s();]+")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+_VAR = re.compile(r"([XY])_(0|[1-9]\d*)\Z")
+_IGNORED_COMMANDS = frozenset({"check-sat", "get-model", "set-logic", "set-info", "set-option", "exit"})
+_COMPARISONS = frozenset({"<=", ">=", "<", ">", "="})
+_ARITHMETIC = frozenset({"+", "-", "*", "/"})
+
+PathOrText = Union[str, "os.PathLike[str]"]
+
+
+class VnnlibError(InputError):
+    """A malformed or unsupported VNN-LIB file; ``source``, ``line`` and ``column`` locate it."""
+
+    def __init__(self, message: str, source: str, line: int, column: int) -> None:
+        self.source = source
+        self.line = line
+        self.column = column
+        self.detail = message
+        super().__init__(f"{source}:{line}:{column}: {message}")
+
+
+class Sym:
+    """An atom of the s-expression: a symbol or a number, with its offset in the text."""
+
+    __slots__ = ("text", "pos")
+
+    def __init__(self, text: str, pos: int) -> None:
+        self.text = text
+        self.pos = pos
+
+    def __repr__(self) -> str:
+        return f"Sym({self.text!r}, {self.pos})"
+
+
+class SList:
+    """A parenthesised list, with the offset of its ``(``."""
+
+    __slots__ = ("items", "pos")
+
+    def __init__(self, items: tuple[Sym | SList, ...], pos: int) -> None:
+        self.items = items
+        self.pos = pos
+
+    @property
+    def head(self) -> str | None:
+        """The first item's text if it is a symbol, else ``None``."""
+        if self.items and isinstance(self.items[0], Sym):
+            return self.items[0].text
+        return None
+
+    def __repr__(self) -> str:
+        return f"SList({list(self.items)!r}, {self.pos})"
+
+
+Node = Union[Sym, SList]
+
+
+class SourceText:
+    """The text being read and its name; turns node positions into line/column errors.
+
+    Node positions are token indices (cheap to record); they are mapped to character offsets
+    only when an error is reported, by scanning the text again.
+    """
+
+    def __init__(self, text: str, name: str) -> None:
+        self.text = text
+        self.name = name
+
+    def offset(self, token_index: int) -> int:
+        """Character offset of token ``token_index`` (the end of the text if past the last)."""
+        for k, m in enumerate(_TOKEN.finditer(self.text)):
+            if k == token_index:
+                return m.start()
+        return len(self.text)
+
+    def error(self, token_index: int, message: str) -> VnnlibError:
+        pos = self.offset(token_index)
+        line = self.text.count("\n", 0, pos) + 1
+        column = pos - self.text.rfind("\n", 0, pos)
+        return VnnlibError(message, self.name, line, column)
+
+
+END_OF_TEXT = 1 << 62
+"""A position past every token: errors there point at the end of the text."""
+
+
+def read_sexprs(text: str, source: str = "<string>") -> list[Node]:
+    """Tokenize ``text`` and return its top-level s-expressions (iteratively, no recursion).
+
+    Each node's ``pos`` is the index of its first token (see :class:`SourceText`). Raises
+    :class:`VnnlibError` on unbalanced parentheses or bare top-level atoms.
+    """
+    stack: list[tuple[list[Node], int]] = []
+    top: list[Node] = []
+    current = top
+    for k, token in enumerate(_TOKEN.findall(text)):
+        if token == "(":
+            stack.append((current, k))
+            current = []
+        elif token == ")":
+            if not stack:
+                raise SourceText(text, source).error(k, "unbalanced parentheses: ')' without a matching '('")
+            parent, pos = stack.pop()
+            parent.append(SList(tuple(current), pos))
+            current = parent
+        elif token[0] != ";":
+            if not stack:
+                raise SourceText(text, source).error(k, f"unexpected {token!r} outside parentheses")
+            current.append(Sym(token, k))
+    if stack:
+        raise SourceText(text, source).error(stack[-1][1], "unbalanced parentheses: this '(' is never closed")
+    return top
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """Read a UTF-8 text file (transparently gunzipping ``*.gz``); errors become InputError."""
+    if not path.is_file():
+        raise InputError(
+            f"{what} not found: {path} (give the path to an existing file; VNN-COMP benchmarks"
+            f" live under ../shared/benchmarks/vnncomp/ next to the repository)"
+        )
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        return raw.decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {what} {path}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear terms and atoms
+# ---------------------------------------------------------------------------------------------
+
+_Var = tuple[str, int]  # ("X", i) or ("Y", i)
+
+
+@dataclass(slots=True)
+class _Linear:
+    """``sum(coefs[v] * v) + const``."""
+
+    coefs: dict[_Var, float]
+    const: float
+
+    def scaled(self, factor: float) -> _Linear:
+        return _Linear({v: c * factor for v, c in self.coefs.items()}, self.const * factor)
+
+    def add(self, other: _Linear, sign: float = 1.0) -> None:
+        for v, c in other.coefs.items():
+            self.coefs[v] = self.coefs.get(v, 0.0) + sign * c
+        self.const += sign * other.const
+
+
+@dataclass(frozen=True, slots=True)
+class _Atom:
+    """``sum(coefs[v] * v) + const <= 0`` with all variables of one kind (or none)."""
+
+    coefs: dict[_Var, float]
+    const: float
+    kind: str | None  # "X", "Y", or None for a constant comparison
+    pos: int
+
+
+class _Translator:
+    """Turns the s-expressions of one VNN-LIB file into a :class:`Specification`."""
+
+    def __init__(self, src: SourceText) -> None:
+        self.src = src
+        self.decl_pos: dict[_Var, int] = {}
+
+    # -- declarations -------------------------------------------------------------------------
+    def declare(self, node: SList) -> None:
+        items = node.items
+        if len(items) != 3 or not isinstance(items[1], Sym) or not isinstance(items[2], Sym):
+            raise self.src.error(node.pos, "expected (declare-const <name> Real)")
+        name, sort = items[1], items[2]
+        m = _VAR.match(name.text)
+        if not m:
+            raise self.src.error(
+                name.pos, f"variable {name.text!r}: VNN-LIB variables are named X_<i> (inputs) or Y_<i> (outputs)"
+            )
+        if sort.text != "Real":
+            raise self.src.error(sort.pos, f"variable {name.text} has sort {sort.text!r}; only Real is supported")
+        var = (m.group(1), int(m.group(2)))
+        if var in self.decl_pos:
+            raise self.src.error(name.pos, f"variable {name.text} is declared twice")
+        self.decl_pos[var] = name.pos
+
+    def dimensions(self) -> tuple[int, int]:
+        sizes = {}
+        for kind, role in (("X", "input"), ("Y", "output")):
+            indices = sorted(i for k, i in self.decl_pos if k == kind)
+            if not indices:
+                raise self.src.error(0, f"no {role} variables declared (expected (declare-const {kind}_0 Real) ...)")
+            if indices[-1] != len(indices) - 1:
+                missing = next(i for i, j in enumerate(indices) if i != j)
+                raise self.src.error(
+                    self.decl_pos[(kind, indices[-1])],
+                    f"{role} variables must be {kind}_0 ... {kind}_{indices[-1]} without gaps; {kind}_{missing} is not declared",
+                )
+            sizes[kind] = len(indices)
+        return sizes["X"], sizes["Y"]
+
+    # -- terms --------------------------------------------------------------------------------
+    def linear(self, node: Node) -> _Linear:
+        if isinstance(node, Sym):
+            text = node.text
+            if _NUMBER.match(text):
+                value = float(text)
+                if not math.isfinite(value):
+                    raise self.src.error(node.pos, f"number {text} is out of the float64 range")
+                return _Linear({}, value)
+            m = _VAR.match(text)
+            if m:
+                var = (m.group(1), int(m.group(2)))
+                if var not in self.decl_pos:
+                    raise self.src.error(node.pos, f"undeclared variable {text} (add (declare-const {text} Real))")
+                return _Linear({var: 1.0}, 0.0)
+            raise self.src.error(node.pos, f"unknown symbol {text!r}: expected a number or a declared X_i/Y_i")
+        op = node.head
+        if op is None:
+            raise self.src.error(node.pos, "expected an operator such as +, -, * after '('")
+        args = node.items[1:]
+        if op not in _ARITHMETIC:
+            raise self.src.error(
+                node.pos, f"unsupported operator {op!r} in a term; supported: + - * / (linear arithmetic)"
+            )
+        if not args:
+            raise self.src.error(node.pos, f"operator {op!r} needs at least one argument")
+        terms = [self.linear(a) for a in args]
+        if op == "+":
+            result = _Linear({}, 0.0)
+            for t in terms:
+                result.add(t)
+            return result
+        if op == "-":
+            if len(terms) == 1:
+                return terms[0].scaled(-1.0)
+            result = _Linear(dict(terms[0].coefs), terms[0].const)
+            for t in terms[1:]:
+                result.add(t, -1.0)
+            return result
+        if op == "*":
+            variable = [t for t in terms if t.coefs]
+            if len(variable) > 1:
+                raise self.src.error(node.pos, "nonlinear term: '*' may have at most one non-constant factor")
+            factor = math.prod(t.const for t in terms if not t.coefs)
+            return variable[0].scaled(factor) if variable else _Linear({}, factor)
+        # "/"
+        if len(terms) < 2 or any(t.coefs for t in terms[1:]):
+            raise self.src.error(node.pos, "'/' needs a term divided by non-zero constants, e.g. (/ X_0 2)")
+        divisor = math.prod(t.const for t in terms[1:])
+        if divisor == 0.0:
+            raise self.src.error(node.pos, "division by zero")
+        return terms[0].scaled(1.0 / divisor)
+
+    def atom(self, left: Node, right: Node, pos: int) -> _Atom:
+        """``left <= right`` as ``left - right <= 0``."""
+        lin = self.linear(left)
+        lin.add(self.linear(right), -1.0)
+        coefs = {v: c for v, c in lin.coefs.items() if c != 0.0}
+        kinds = {k for k, _ in coefs}
+        if len(kinds) > 1:
+            raise self.src.error(
+                pos, "constraint mixes input (X) and output (Y) variables; each atom must use only one kind"
+            )
+        return _Atom(coefs, lin.const, kinds.pop() if kinds else None, pos)
+
+    # -- formulas -----------------------------------------------------------------------------
+    def dnf(self, node: Node) -> list[list[_Atom]]:
+        """The formula as a list of conjunctions (each a list of atoms)."""
+        if isinstance(node, Sym):
+            if node.text == "true":
+                return [[]]
+            if node.text == "false":
+                return []
+            raise self.src.error(node.pos, f"expected a formula such as (<= X_0 1), got {node.text!r}")
+        op = node.head
+        args = node.items[1:]
+        if op == "and":
+            return self.conjunction(args)
+        if op == "or":
+            result: list[list[_Atom]] = []
+            for a in args:
+                result.extend(self.dnf(a))
+                self.check_size(len(result), node.pos)
+            return result
+        if op in _COMPARISONS:
+            if len(args) < 2:
+                raise self.src.error(node.pos, f"comparison {op!r} needs at least two arguments")
+            atoms: list[_Atom] = []
+            for a, b in zip(args, args[1:]):
+                if op in ("<=", "<", "="):
+                    atoms.append(self.atom(a, b, node.pos))
+                if op in (">=", ">", "="):
+                    atoms.append(self.atom(b, a, node.pos))
+            return [atoms]
+        if op is None:
+            raise self.src.error(node.pos, "expected a formula: (and ...), (or ...) or a comparison")
+        raise self.src.error(
+            node.pos,
+            f"unsupported operator {op!r} in a formula; supported: and, or, <=, >=, <, >, = over linear terms",
+        )
+
+    def conjunction_parts(
+        self, formulas: tuple[Node, ...] | list[Node]
+    ) -> tuple[list[_Atom], list[list[_Atom]]]:
+        """DNF of ``(and formulas...)`` as ``(common, terms)``: the DNF is ``common + t`` for
+        each ``t`` in ``terms`` (``terms == []`` means false). Single-term parts are collected
+        once in ``common`` instead of being copied into every disjunct."""
+        common: list[_Atom] = []
+        branches: list[list[list[_Atom]]] = []
+        for f in formulas:
+            terms = self.dnf(f)
+            if not terms:
+                return common, []
+            if len(terms) == 1:
+                common.extend(terms[0])
+            else:
+                branches.append(terms)
+        product: list[list[_Atom]] = [[]]
+        for terms in branches:
+            self.check_size(len(product) * len(terms), formulas[0].pos if formulas else 0)
+            product = [p + t for p in product for t in terms]
+        return common, product
+
+    def conjunction(self, formulas: tuple[Node, ...] | list[Node]) -> list[list[_Atom]]:
+        common, terms = self.conjunction_parts(formulas)
+        return [common + t for t in terms]
+
+    def check_size(self, n: int, pos: int) -> None:
+        if n > MAX_DISJUNCTS:
+            raise self.src.error(pos, f"formula expands to more than {MAX_DISJUNCTS} disjuncts")
+
+    # -- assembly -----------------------------------------------------------------------------
+    def translate(self, nodes: list[Node]) -> Specification:
+        asserts: list[Node] = []
+        for node in nodes:
+            assert isinstance(node, SList)  # read_sexprs rejects bare top-level atoms
+            head = node.head
+            if head == "declare-const":
+                self.declare(node)
+            elif head == "assert":
+                if len(node.items) != 2:
+                    raise self.src.error(node.pos, "expected (assert <formula>) with exactly one formula")
+                asserts.append(node.items[1])
+            elif head in _IGNORED_COMMANDS:
+                continue
+            else:
+                what = repr(head) if head is not None else "a list"
+                raise self.src.error(
+                    node.pos, f"unsupported top-level command {what}; expected declare-const or assert"
+                )
+        n_in, n_out = self.dimensions()
+        if not asserts:
+            raise self.src.error(END_OF_TEXT, "no (assert ...) in the file")
+        # Top-level asserts are conjoined; their shared atoms are applied once.
+        common, terms = self.conjunction_parts(asserts)
+        base = _Partial.empty(n_in, n_out)
+        self.apply(base, common)
+        groups: dict[bytes, tuple[InputBox, list[LinearConstraints]]] = {}
+        first_empty: tuple[int, str] | None = base.infeasible
+        for term in terms:
+            part = base.copy()
+            self.apply(part, term)
+            if part.infeasible is not None:
+                first_empty = first_empty or part.infeasible
+                continue
+            box = self.box(part)
+            key = part.lower.tobytes() + part.upper.tobytes()
+            if key not in groups:
+                groups[key] = (box, [])
+            groups[key][1].append(part.constraints())
+        if not groups:
+            pos, why = first_empty if first_empty else (END_OF_TEXT, "the formula is false")
+            raise self.src.error(
+                pos, f"the specification describes no possible counterexample ({why}); nothing to verify"
+            )
+        if first_empty is not None:
+            logger.warning("%s: dropped infeasible disjunct(s): %s", self.src.name, first_empty[1])
+        return Specification(tuple((box, OutputSpec(tuple(cons))) for box, cons in groups.values()))
+
+    def apply(self, part: _Partial, atoms: list[_Atom]) -> None:
+        """Add ``atoms`` to a disjunct under construction (tightening bounds, adding rows)."""
+        lower, upper = part.lower, part.upper
+        for atom in atoms:
+            if atom.kind == "Y":
+                row = np.zeros(part.n_out)
+                for (_, j), c in atom.coefs.items():
+                    row[j] = c
+                part.rows.append(row)
+                part.bounds.append(-atom.const)
+            elif atom.kind == "X":
+                if len(atom.coefs) != 1:
+                    raise self.src.error(
+                        atom.pos,
+                        "input constraints must bound one variable each, e.g. (<= X_3 0.5);"
+                        " general linear input constraints are not supported",
+                    )
+                ((_, i), a), = atom.coefs.items()
+                value = -atom.const / a
+                if a > 0.0 and value < upper[i]:
+                    upper[i], part.upper_pos[i] = value, atom.pos
+                elif a < 0.0 and value > lower[i]:
+                    lower[i], part.lower_pos[i] = value, atom.pos
+            elif atom.const > 0.0 and part.infeasible is None:  # a false constant comparison
+                part.infeasible = (atom.pos, "a constant comparison is false")
+        if part.infeasible is None:
+            empty = np.flatnonzero(lower > upper)
+            if empty.size:
+                i = int(empty[0])
+                part.infeasible = (
+                    int(max(part.lower_pos[i], part.upper_pos[i])),
+                    f"X_{i} has lower bound {lower[i]!r} > upper bound {upper[i]!r}",
+                )
+
+    def box(self, part: _Partial) -> InputBox:
+        """The disjunct's input box; every input must have both bounds."""
+        for arr, side, op in ((part.lower, "lower", ">="), (part.upper, "upper", "<=")):
+            missing = np.flatnonzero(~np.isfinite(arr))
+            if missing.size:
+                i = int(missing[0])
+                raise self.src.error(
+                    self.decl_pos[("X", i)],
+                    f"input X_{i} has no {side} bound ({missing.size} input(s) lack one); every input"
+                    f" needs (>= X_i lo) and (<= X_i hi), e.g. (assert ({op} X_{i} 0.0))",
+                )
+        return InputBox(part.lower, part.upper)
+
+
+@dataclass(slots=True)
+class _Partial:
+    """A disjunct under construction: input bounds (with where they were set) and output rows."""
+
+    n_out: int
+    lower: np.ndarray
+    upper: np.ndarray
+    lower_pos: np.ndarray
+    upper_pos: np.ndarray
+    rows: list[np.ndarray]
+    bounds: list[float]
+    infeasible: tuple[int, str] | None = None
+
+    @classmethod
+    def empty(cls, n_in: int, n_out: int) -> _Partial:
+        return cls(
+            n_out,
+            np.full(n_in, -np.inf),
+            np.full(n_in, np.inf),
+            np.full(n_in, -1, dtype=np.int64),
+            np.full(n_in, -1, dtype=np.int64),
+            [],
+            [],
+        )
+
+    def copy(self) -> _Partial:
+        return _Partial(
+            self.n_out,
+            self.lower.copy(),
+            self.upper.copy(),
+            self.lower_pos.copy(),
+            self.upper_pos.copy(),
+            list(self.rows),
+            list(self.bounds),
+            self.infeasible,
+        )
+
+    def constraints(self) -> LinearConstraints:
+        C = np.array(self.rows) if self.rows else np.zeros((0, self.n_out))
+        return LinearConstraints(C, np.array(self.bounds, dtype=np.float64))
+
+
+def parse_vnnlib_text(
+    text: str, source: str = "<string>", n_inputs: int | None = None, n_outputs: int | None = None
+) -> Specification:
+    """Parse VNN-LIB ``text``; ``source`` names it in error messages. See :func:`parse_vnnlib`."""
+    src = SourceText(text, source)
+    nodes = read_sexprs(text, source)
+    if not nodes:
+        raise src.error(0, "empty VNN-LIB file: no declarations or assertions")
+    translator = _Translator(src)
+    try:
+        spec = translator.translate(nodes)
+    except RecursionError as exc:
+        raise InputError(f"{source}: formula is nested too deeply to translate") from exc
+    for given, actual, kind in ((n_inputs, spec.n_in, "X"), (n_outputs, spec.n_out, "Y")):
+        if given is not None and given != actual:
+            role = "input" if kind == "X" else "output"
+            raise src.error(
+                translator.decl_pos[(kind, actual - 1)],
+                f"the file declares {actual} {role} variables ({kind}_0..{kind}_{actual - 1})"
+                f" but the network has {given} {role}s",
+            )
+    return spec
+
+
+def _looks_like_path(value: str) -> bool:
+    """A one-line string without '(' (or naming an existing file) is a path, not VNN-LIB text."""
+    stripped = value.strip()
+    if not stripped or "\n" in stripped or stripped.startswith(";"):
+        return False
+    return "(" not in stripped or os.path.isfile(value)
+
+
+def parse_vnnlib(
+    path_or_text: PathOrText, n_inputs: int | None = None, n_outputs: int | None = None
+) -> Specification:
+    """Parse a VNN-LIB property into a :class:`Specification` (see the module docstring).
+
+    ``path_or_text`` is a path (``Path``/``os.PathLike``, or a ``str`` that contains no ``(`` or
+    newline, or names an existing file; ``.gz`` files are decompressed) or the VNN-LIB text
+    itself. ``n_inputs``/``n_outputs``, when given, must match the declared ``X``/``Y`` counts
+    (the network's flat input and output sizes). Raises :class:`VnnlibError` (an
+    :class:`InputError`) with file name, line and column for malformed or unsupported files.
+    """
+    if isinstance(path_or_text, os.PathLike) or (
+        isinstance(path_or_text, str) and _looks_like_path(path_or_text)
+    ):
+        path = Path(path_or_text)
+        text = read_text_file(path, "VNN-LIB file")
+        return parse_vnnlib_text(text, str(path), n_inputs, n_outputs)
+    if not isinstance(path_or_text, str):
+        raise InputError(f"expected a path or VNN-LIB text, got {type(path_or_text).__name__}")
+    return parse_vnnlib_text(path_or_text, "<string>", n_inputs, n_outputs)
