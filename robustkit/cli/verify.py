@@ -1,0 +1,55 @@
+"""``robustkit verify``: robustness of the first N test images of a model's dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from robustkit.numbers import parse_eps, parse_number
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)
+
+
+def verify(
+    model: Path = typer.Argument(..., help="ONNX model file."),
+    eps: str = typer.Option(..., "--eps", help="L-inf radius in input units, e.g. 0.1 or 8/255."),
+    n: int = typer.Option(100, "--n", help="Number of test images."),
+    start: int = typer.Option(0, "--start", help="Index of the first test image."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="mnist or cifar10 (default: from the model's metadata)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset directory (default: $ROBUSTKIT_DATA, else the embedded test subset)."),
+    method: str = typer.Option("milp", "--method", help="milp (complete) or interval|crown|alpha-crown (incomplete, fast)."),
+    tighten: str = typer.Option("crown", "--tighten", help="Bounds for the MILP: interval|crown|alpha-crown|lp."),
+    formulation: str = typer.Option("per-target", "--formulation", help="per-target (one MILP per class) or max (one MILP)."),
+    timeout: str = typer.Option("60", "--timeout", help="Seconds per sample."),
+    attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
+    attack_restarts: int = typer.Option(3, "--attack-restarts"),
+    workers: int = typer.Option(1, "--workers", help="Worker processes (0 = in this process, no hard timeout)."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Dask: local:N starts a LocalCluster."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask: address of an existing scheduler."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Per-sample JSONL file (resumable). Default: robustkit-results/<settings hash>/records.jsonl."),
+    rerun: list[str] = typer.Option([], "--rerun", help="Redo finished samples with this status: timeout|unknown|error|all."),
+    fmt: str = typer.Option("md", "--format", help="Table format: md|csv|json."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Verify robustness of test images: attack, then bounds, then MILP; print the table."""
+    from robustkit.report.summary import format_rows
+    from robustkit.verification import VerifyConfig
+    from robustkit.verification.model import ModelContext
+    from robustkit.verification.run import DatasetChoice, RunOptions, model_dataset, verify_dataset
+
+    cfg = VerifyConfig(
+        eps=parse_eps(eps), timeout=parse_number(timeout, "timeout"), method=method, tighten=tighten,  # type: ignore[arg-type]
+        formulation=formulation, attack_steps=attack_steps, attack_restarts=attack_restarts,  # type: ignore[arg-type]
+    )
+    ds_name = model_dataset(ModelContext.from_path(model), dataset)
+    choice = DatasetChoice(ds_name, n, start, data_dir)
+    opts = RunOptions(out=out, workers=workers, rerun=tuple(rerun), quiet=quiet, cluster=cluster, scheduler=scheduler)
+    result = verify_dataset(model, cfg, choice, opts)
+    row = {"model": model.name, "eps": f"{cfg.eps:g}", **result.summary}
+    typer.echo(format_rows([row], fmt, label_key="model"))
+    typer.echo(f"per-sample records: {result.records_path}" + (f" ({result.skipped} resumed)" if result.skipped else ""),
+               err=True)
