@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,6 +88,16 @@ class NetworkModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward(x)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def, override]
+        """Device/dtype moves (``.to``, ``.cuda``) apply to the layers' weight tensors too."""
+        layers = []
+        for layer in self.net.layers:
+            moved = {f.name: fn(getattr(layer, f.name)) for f in dataclasses.fields(layer)
+                     if isinstance(getattr(layer, f.name), torch.Tensor)}
+            layers.append(dataclasses.replace(layer, **moved) if moved else layer)
+        self.net = dataclasses.replace(self.net, layers=tuple(layers))
+        return super()._apply(fn, recurse)
 
 
 def simplify(layers: list[Layer]) -> list[Layer]:

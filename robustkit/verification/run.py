@@ -152,7 +152,7 @@ def run_tasks(tasks: list[SampleTask], ctx: ModelContext, source: str, workers: 
         from robustkit.runner.dask_backend import run_dask
 
         run_dask(tasks, verify_task, on_result, cluster=cluster, scheduler=scheduler,
-                 initializer=init_worker, initargs=(ctx.model_bytes, source))
+                 initializer=init_worker, initargs=(ctx.model_bytes, source), hard_timeout=hard)
         return
     from robustkit.runner.pool import run_pool
 
