@@ -78,7 +78,8 @@ class Encoding:
                     col[info.binary_cols] = (col[info.pre_cols[info.unstable]] > 0).astype(float)
             else:
                 cols = self.linear_cols[pos]
-                col[cols] = values
+                used = cols != ZERO
+                col[cols[used]] = values[used]
         return col
 
 
@@ -126,17 +127,24 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) 
         if isinstance(layer, LinearLayer):
             l_out = bounds.lower[pos].reshape(-1).numpy().astype(np.float64)
             u_out = bounds.upper[pos].reshape(-1).numpy().astype(np.float64)
+            # neurons feeding a stably inactive ReLU are never needed: no column, no row
+            needed = np.ones(layer.out_dim, dtype=bool)
+            if pos + 1 < len(net.layers) and isinstance(net.layers[pos + 1], ReLU):
+                needed = u_out > 0
+            rows_idx = np.flatnonzero(needed)
             w = layer.matrix()
             keep = np.flatnonzero(expr != ZERO)
-            w_keep = w[:, keep].tocsr()
-            z_cols = _add_cols(h, l_out, u_out, ncols)
-            ncols += z_cols.size
+            w_keep = w[rows_idx][:, keep].tocsr()
+            new_cols = _add_cols(h, l_out[rows_idx], u_out[rows_idx], ncols)
+            ncols += new_cols.size
             # rows: z - W a = b  ->  [I | -W] with column map [z_cols, expr[keep]]
-            block = sp.hstack([sp.identity(layer.out_dim, format="csr"), -w_keep], format="csr")
-            colmap = np.concatenate([z_cols, expr[keep]]).astype(np.int32)
+            block = sp.hstack([sp.identity(rows_idx.size, format="csr"), -w_keep], format="csr")
+            colmap = np.concatenate([new_cols, expr[keep]]).astype(np.int32)
             block = sp.csr_matrix((block.data, colmap[block.indices], block.indptr), shape=(block.shape[0], ncols))
-            b = layer.bias_vector()
+            b = layer.bias_vector()[rows_idx]
             _add_rows_csr(h, block, b, b)
+            z_cols = np.full(layer.out_dim, ZERO, dtype=np.int64)
+            z_cols[rows_idx] = new_cols
             enc.linear_cols.append(z_cols)
             expr = z_cols
         elif isinstance(layer, ReLU):
