@@ -1,0 +1,160 @@
+"""Sparse manifold regularization (Jin & Rinard 2020, "Manifold Regularization for Locally
+Stable Deep Neural Networks").
+
+Sec. 5.4: for every sample draw a random maximal perturbation ``rho in {+-eps}^d`` and the pair
+of opposite corners ``x+ = x + rho``, ``x- = x - rho`` (clipped to the valid input range here;
+Sec. 5.3 explains why opposite corners: their convex hull covers the eps-box with high
+probability and the Laplacian weight ``L(x+, x-)`` is a constant that can be dropped).
+
+* Intrinsic regularizer, Eq. (7) specialised to the corner pair:
+  ``||f||_I^2 ~ mean_i ||f(x_i+) - f(x_i-)||_2^2`` on the logits.
+* Hamming regularizer, Sec. 5.3 relaxation ``H_alpha(z, y) = |tanh(alpha z) - tanh(alpha y)|``
+  on the ReLU pre-activations; Sec. 5.4: "use the l2 norm to combine the Hamming distances
+  between pre-activations within a layer and normalize by twice the number of elements in each
+  layer. We sum then normalize by the total number of layers." -- per sample
+  ``mean_l ||H_alpha(z_l+, z_l-)||_2 / (2 n_l)``, then the batch mean. As ``alpha -> inf``,
+  ``H_alpha -> 2 * 1[sign differs]``, so ``sum(H_alpha) / 2`` is the Hamming distance of the
+  activation patterns (:func:`hamming_relaxation`).
+
+Final objective (Sec. 5.4): ``CE + gamma_I ||f||_I^2 + gamma_H ||H||_I^2``. Appendix B: alpha = 8;
+gamma_I and gamma_H "increase linearly up to a factor of 10 from epochs 20 to 80" of a 100-epoch
+run; the small (verification) model starts at gamma_I = 0.4, gamma_H = 9000, the large model
+(PreActResNet18) at 0.8 and 2400. The ramp is given in epochs of a ``reference_epochs`` = 100 run
+and scaled to the trainer's ``state.total_epochs`` (identical for a 100-epoch run); set
+``reference_epochs = 0`` to use the epochs as they are.
+
+Cost: x+ and x- go through the net in ONE batched forward of ``cat([x+, x-])``; the clean forward
+that the trainer already made (``clean``) is not needed by these terms and is not repeated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from robustkit.errors import InputError
+from robustkit.nets import Activations, forward_with_activations
+from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
+from robustkit.regularizers.options import require_nonneg, require_positive
+from robustkit.regularizers.perturb import clip_to_range, random_corner
+
+
+@dataclass(frozen=True)
+class JinRinardConfig:
+    """``intrinsic_weight`` = gamma_I and ``hamming_weight`` = gamma_H at the start of the ramp;
+    ``weight`` multiplies both; ``eps``: None = the trainer's ``state.eps``."""
+
+    weight: float = 1.0
+    intrinsic_weight: float = 0.4
+    hamming_weight: float = 9000.0
+    alpha: float = 8.0
+    eps: float | None = None
+    ramp_start: float = 20.0
+    ramp_end: float = 80.0
+    ramp_factor: float = 10.0
+    reference_epochs: float = 100.0
+
+    def __post_init__(self) -> None:
+        require_nonneg(
+            "jin-rinard",
+            weight=self.weight,
+            intrinsic_weight=self.intrinsic_weight,
+            hamming_weight=self.hamming_weight,
+            eps=self.eps,
+            ramp_start=self.ramp_start,
+            reference_epochs=self.reference_epochs,
+        )
+        require_positive("jin-rinard", alpha=self.alpha, ramp_factor=self.ramp_factor)
+        if self.ramp_end < self.ramp_start:
+            raise InputError(
+                f"jin-rinard: ramp_end ({self.ramp_end}) must be >= ramp_start ({self.ramp_start})"
+            )
+
+    def ramp(self, epoch: float, total_epochs: int) -> float:
+        """Appendix B multiplier: 1 before the ramp, ``ramp_factor`` after, linear between."""
+        scale = total_epochs / self.reference_epochs if self.reference_epochs > 0 else 1.0
+        begin, end = self.ramp_start * scale, self.ramp_end * scale
+        if end <= begin:
+            t = 1.0 if epoch >= end else 0.0
+        else:
+            t = min(max((epoch - begin) / (end - begin), 0.0), 1.0)
+        return 1.0 + t * (self.ramp_factor - 1.0)
+
+
+def hamming_relaxation(z_plus: torch.Tensor, z_minus: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Sec. 5.3: elementwise ``|tanh(alpha z+) - tanh(alpha z-)|`` (-> 2 * pattern mismatch)."""
+    return (torch.tanh(alpha * z_plus) - torch.tanh(alpha * z_minus)).abs()
+
+
+def hamming_term(
+    preacts_plus: list[torch.Tensor], preacts_minus: list[torch.Tensor], alpha: float
+) -> torch.Tensor:
+    """Sec. 5.4 per-sample Hamming regularizer: mean over layers of ``||H_alpha||_2 / (2 n_l)``."""
+    if not preacts_plus:
+        raise ValueError("the Hamming regularizer needs a net with ReLU layers")
+    per_layer = []
+    for zp, zm in zip(preacts_plus, preacts_minus):
+        h = hamming_relaxation(zp.flatten(1), zm.flatten(1), alpha)
+        per_layer.append(torch.linalg.vector_norm(h, dim=1) / (2.0 * h.shape[1]))
+    return torch.stack(per_layer, dim=0).mean(dim=0)
+
+
+def intrinsic_term(logits_plus: torch.Tensor, logits_minus: torch.Tensor) -> torch.Tensor:
+    """Eq. (7) on the corner pair: per-sample ``||f(x+) - f(x-)||_2^2``."""
+    return (logits_plus - logits_minus).pow(2).sum(dim=1)
+
+
+def corner_pair(
+    x: torch.Tensor, eps: float, input_range: tuple[float, float], generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sec. 5.4: ``(clip(x + rho), clip(x - rho))`` with a random corner ``rho``."""
+    rho = random_corner(x, eps, generator)
+    x0 = x.detach()
+    return clip_to_range(x0 + rho, input_range), clip_to_range(x0 - rho, input_range)
+
+
+class JinRinard(Regularizer):
+    """gamma_I * intrinsic + gamma_H * Hamming, one batched forward of the corner pair."""
+
+    name = "jin-rinard"
+    paper = "Jin & Rinard 2020, Manifold Regularization for Locally Stable Deep Neural Networks, Sec. 5.3-5.4, Eq. (7), Appendix B"
+
+    def __init__(self, config: JinRinardConfig | None = None) -> None:
+        self.config = config or JinRinardConfig()
+
+    def __call__(
+        self,
+        model: nn.Sequential,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        state: ScheduleState,
+        clean: Activations,
+    ) -> RegOutput:
+        cfg = self.config
+        out = RegOutput()
+        factor = cfg.weight * cfg.ramp(state.epoch, state.total_epochs)
+        gamma_i, gamma_h = factor * cfg.intrinsic_weight, factor * cfg.hamming_weight
+        if gamma_i == 0 and gamma_h == 0:
+            return out
+        eps = state.eps if cfg.eps is None else cfg.eps
+        x_plus, x_minus = corner_pair(x, eps, state.input_range)
+        acts = forward_with_activations(model, torch.cat([x_plus, x_minus], dim=0))
+        # chunk (not two slices): its backward is one cat instead of two zero-filled copies
+        pairs = [z.chunk(2, dim=0) for z in acts.preacts]
+        if cfg.intrinsic_weight > 0:
+            logits_plus, logits_minus = acts.logits.chunk(2, dim=0)
+            intrinsic = intrinsic_term(logits_plus, logits_minus).mean()
+            out.terms["intrinsic"] = gamma_i * intrinsic
+            out.metrics["intrinsic_raw"] = float(intrinsic.detach())
+            out.metrics["gamma_i"] = gamma_i
+        if cfg.hamming_weight > 0:
+            hamming = hamming_term([p for p, _ in pairs], [m for _, m in pairs], cfg.alpha).mean()
+            out.terms["hamming"] = gamma_h * hamming
+            out.metrics["hamming_raw"] = float(hamming.detach())
+            out.metrics["gamma_h"] = gamma_h
+            with torch.no_grad():
+                flips = sum(((p > 0) != (m > 0)).flatten(1).sum(1).float() for p, m in pairs)
+            out.metrics["pattern_flips"] = float(flips.mean())
+        return out

@@ -1,0 +1,38 @@
+"""The ``none`` baseline: plain cross-entropy training, no extra term."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from robustkit.nets import Activations
+from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
+
+
+@dataclass(frozen=True)
+class NoneConfig:
+    """No options (``weight`` is accepted and ignored so that ``none=1`` parses)."""
+
+    weight: float = 0.0
+
+
+class NoRegularizer(Regularizer):
+    """Adds nothing: the trainer's loss is the clean cross-entropy alone."""
+
+    name = "none"
+    paper = "baseline: standard back-propagation on the clean cross-entropy"
+
+    def __init__(self, config: NoneConfig | None = None) -> None:
+        self.config = config or NoneConfig()
+
+    def __call__(
+        self,
+        model: nn.Sequential,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        state: ScheduleState,
+        clean: Activations,
+    ) -> RegOutput:
+        return RegOutput()

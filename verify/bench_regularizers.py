@@ -1,0 +1,133 @@
+"""Per-step training time of every regularizer relative to ``none``, measured side by side.
+
+Setting: net ``small`` (MNIST 1x28x28), batch 128, CPU, ``torch.set_num_threads(1)``, Adam.
+One *step* = clean forward with activations + the regularizer + backward + optimizer step, i.e.
+what the trainer does per batch. The regularizers are interleaved round-robin (every round times
+each of them for a few steps) so that background load on a shared machine hits all of them
+alike; the reported figure is the median over rounds.
+
+Run from the repository root:  python verify/bench_regularizers.py [--rounds 7] [--steps 5]
+Writes the table to verify/results/regularizer_step_time.md and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from robustkit.nets import NetConfig, build_net, forward_with_activations
+from robustkit.regularizers import ScheduleState, build_regularizers
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT.parent / "shared" / "data" / "mnist" / "train-images-idx3-ubyte.gz"
+LABELS = ROOT.parent / "shared" / "data" / "mnist" / "train-labels-idx1-ubyte.gz"
+OUT = ROOT / "verify" / "results" / "regularizer_step_time.md"
+
+SPECS = [
+    ("none", "none", "-"),
+    ("contractive", "contractive", "closed form on the clean pass (no extra pass)"),
+    ("relu-stability", "relu-stability", "IBP: 1 interval pass (2 matmuls per layer)"),
+    ("intrinsic", "intrinsic", "1 batched forward of cat([x+, x-])"),
+    ("hamming", "hamming", "1 batched forward of cat([x+, x-])"),
+    ("jin-rinard", "jin-rinard", "1 batched forward of cat([x+, x-]) for both terms"),
+    ("advprop", "advprop", "1 fwd+bwd to the input, 1 forward (clean CE replaced)"),
+    ("mrnet", "mrnet", "1 fwd+bwd to the input, 1 forward"),
+    ("mat", "mat", "1 fwd+bwd (power iteration), 1 forward"),
+    ("pgd (10 steps)", "pgd", "10 fwd+bwd to the input, 1 forward (clean CE replaced)"),
+]
+
+
+def _batch(batch: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    if MNIST.exists() and LABELS.exists():
+        with gzip.open(MNIST, "rb") as f:
+            images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)[:batch]
+        with gzip.open(LABELS, "rb") as f:
+            labels = np.frombuffer(f.read(), np.uint8, offset=8)[:batch]
+        x = torch.tensor(images, dtype=torch.float32) / 255
+        return x, torch.tensor(labels, dtype=torch.long), "MNIST (first 128 training images)"
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(batch, 1, 28, 28, generator=gen), torch.randint(0, 10, (batch,), generator=gen), "random"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per regularizer per round")
+    parser.add_argument("--batch", type=int, default=128)
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    x, y, source = _batch(args.batch)
+    # state: past MRnet's warm-up, inside the Jin-Rinard ramp, MNIST eps 0.1
+    state = ScheduleState(epoch=30.0, step=0, eps=0.1, total_epochs=100)
+    setups = []
+    for label, spec, passes in SPECS:
+        torch.manual_seed(0)
+        net = build_net(NetConfig("small", (1, 28, 28)))
+        regs = build_regularizers([spec])
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+        setups.append((label, passes, net, regs, opt))
+
+    def step(net, regs, opt) -> None:  # noqa: ANN001
+        clean = forward_with_activations(net, x)
+        loss, replaced = torch.zeros(()), False
+        for reg in regs:
+            out = reg(net, x, y, state, clean)
+            replaced |= out.replaces_clean_loss
+            loss = loss + sum(out.terms.values(), torch.zeros(()))
+        if not replaced:
+            loss = loss + F.cross_entropy(clean.logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _, _, net, regs, opt in setups:  # warm-up (allocator, kernels)
+        for _ in range(2):
+            step(net, regs, opt)
+    times: dict[str, list[float]] = {label: [] for label, *_ in setups}
+    for _ in range(args.rounds):
+        for label, _, net, regs, opt in setups:
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step(net, regs, opt)
+            times[label].append((time.perf_counter() - t0) / args.steps)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    base = statistics.median(times["none"])
+    lines = [
+        "# Per-step training time of each regularizer relative to `none`",
+        "",
+        f"Net `small` (Conv16-Conv32-FC100-FC10), batch {args.batch}, input {source}, CPU, "
+        f"1 thread, Adam; torch {torch.__version__}, Python {platform.python_version()}, "
+        f"{platform.machine()}. One step = clean forward + regularizer + backward + optimizer step. "
+        f"Median over {args.rounds} interleaved rounds of {args.steps} steps "
+        "(round-robin, so background load on the shared machine affects all rows alike). "
+        f"Produced by `python verify/bench_regularizers.py`. {os.cpu_count()} CPU cores, "
+        f"1-minute load average {load:.1f} at the end of the run (shared machine: absolute times "
+        "are noisy, the ratios less so).",
+        "",
+        "| regularizer | ms / step | x none | min-max over rounds (ms) | extra work per step |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for label, passes, *_ in setups:
+        med = statistics.median(times[label])
+        lo, hi = min(times[label]), max(times[label])
+        lines.append(f"| {label} | {med * 1e3:.1f} | {med / base:.2f} | {lo * 1e3:.1f}-{hi * 1e3:.1f} | {passes} |")
+    text = "\n".join(lines) + "\n"
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
