@@ -1,0 +1,40 @@
+"""``robustkit bench vnncomp``: run a VNN-COMP benchmark folder and compare with the published tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+bench_app = typer.Typer(help="Benchmarks against published results.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("vnncomp")
+def vnncomp(
+    folder: Path = typer.Argument(..., help="Benchmark folder with instances.csv (e.g. ../shared/benchmarks/vnncomp/mnist_fc_2022)."),
+    timeout_scale: float = typer.Option(1.0, "--timeout-scale", help="Multiply every instance's timeout by this."),
+    workers: int = typer.Option(1, "--workers", help="Instances run at the same time (1 keeps timings honest)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first K (matching) instances."),
+    filter_text: Optional[str] = typer.Option(None, "--filter", help="Only instances whose 'onnx vnnlib' contains this."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (records.jsonl, results/, summary.md); resumable."),
+    tighten: str = typer.Option("crown", "--tighten", help="Bounds for the MILP: interval|crown|alpha-crown|lp."),
+    method: str = typer.Option("milp", "--method", help="milp (complete) or interval|crown|alpha-crown (incomplete)."),
+    attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
+    rerun: list[str] = typer.Option([], "--rerun", help="Redo finished instances with this status: timeout|unknown|error|all."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Verify every instance with its timeout x scale; print the table next to the published tools."""
+    from robustkit.verification import VerifyConfig
+    from robustkit.vnnlib.bench import BenchOptions, run_benchmark
+
+    cfg = VerifyConfig(method=method, tighten=tighten, attack_steps=attack_steps)  # type: ignore[arg-type]
+    opts = BenchOptions(timeout_scale=timeout_scale, workers=workers, limit=limit, filter=filter_text, out=out,
+                        rerun=tuple(rerun), quiet=quiet)
+    outcome = run_benchmark(folder, cfg, opts)
+    typer.echo(outcome.summary_md)
+    typer.echo(f"summary: {outcome.out / 'summary.md'}; records: {outcome.out / 'records.jsonl'}", err=True)

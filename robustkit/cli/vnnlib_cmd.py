@@ -1,0 +1,47 @@
+"""``robustkit vnnlib``: verify one VNN-COMP instance (ONNX network + VNN-LIB property)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from robustkit.numbers import parse_number
+
+
+def register(app: typer.Typer) -> None:
+    app.command("vnnlib")(vnnlib)
+
+
+def vnnlib(
+    model: Path = typer.Argument(..., help="ONNX network."),
+    prop: Path = typer.Argument(..., help="VNN-LIB property (describes the violation)."),
+    timeout: str = typer.Option("120", "--timeout", help="Seconds for the whole instance (hard limit)."),
+    result: Optional[Path] = typer.Option(None, "--result", help="Write the VNN-COMP result file here."),
+    tighten: str = typer.Option("crown", "--tighten", help="Bounds for the MILP: interval|crown|alpha-crown|lp."),
+    method: str = typer.Option("milp", "--method", help="milp (complete) or interval|crown|alpha-crown (incomplete)."),
+    attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
+    attack_restarts: int = typer.Option(3, "--attack-restarts"),
+    check: bool = typer.Option(False, "--check", help="Only load and check the instance (sizes, operators); no solving."),
+    started_at: Optional[float] = typer.Option(
+        None, "--started-at", envvar="ROBUSTKIT_STARTED_AT", hidden=True,
+        help="Wall-clock time (Unix seconds) the timeout counts from (set by vnncomp/run_instance.sh)."),
+) -> None:
+    """Verify one instance; print sat/unsat/timeout/unknown (exit 0 for any of them)."""
+    from robustkit.verification import VerifyConfig
+    from robustkit.vnnlib.instance import load_instance, verify_instance
+
+    if check:
+        ctx, spec = load_instance(model, prop)
+        typer.echo(f"ok: {model.name} ({ctx.net.in_dim} inputs, {ctx.net.out_dim} outputs, "
+                   f"{ctx.net.num_relus} ReLUs), {prop.name}: {len(spec)} region(s)")
+        return
+    cfg = VerifyConfig(timeout=parse_number(timeout, "timeout"), method=method, tighten=tighten,  # type: ignore[arg-type]
+                       attack_steps=attack_steps, attack_restarts=attack_restarts)
+    res = verify_instance(model, prop, cfg, result_path=result, started_at=started_at)
+    typer.echo(res.status)
+    typer.echo(f"{res.status} in {res.time:.2f} s (stage {res.record.get('stage', '-')})"
+               + (f"; result file {res.result_path}" if res.result_path else ""), err=True)
+    if res.status == "error":
+        raise typer.Exit(2)
