@@ -1,0 +1,252 @@
+"""alpha-CROWN: CROWN with optimised ReLU lower slopes (Xu et al. 2021, "Fast and Complete:
+Enabling Complete Neural Network Verification with Rapid and Massively Parallel Incomplete
+Verifiers", Sec. 3.1; the slopes are the ``alpha`` of their Eq. 4).
+
+For an unstable ReLU, ``relu(z) >= alpha z`` holds for every ``alpha`` in [0, 1], so a CROWN
+bound computed with any such slopes is valid, and the bound is a differentiable function of the
+slopes. The slopes are optimised by projected gradient ascent (Adam, projection = clipping to
+[0, 1]) from CROWN's adaptive choice, and the best value seen for each bounded quantity is kept
+(each one valid, so the element-wise best is valid too).
+
+Slopes:
+
+* final bound (rows ``[C; -C]``, i.e. lower and upper bounds of ``C y``): one slope per
+  (sample, specification row, ReLU neuron), as in Xu et al.;
+* intermediate bounds: ``intermediate="per-row"``: one slope per (sample, target neuron,
+  side (lower/upper), ReLU neuron), as auto_LiRPA does; ``"shared"``: one slope per (sample,
+  target layer, side, ReLU neuron), shared by the neurons of the target layer (far less memory);
+  ``"auto"`` (default): per target layer, per-row when one sample's slopes for all its neurons
+  would fit ``alpha_memory_mb``, else shared (only the unstable ones are allocated);
+  ``"fixed"``: CROWN's intermediate bounds are kept (cheapest).
+  Only target neurons unstable after CROWN (in some sample of the batch) are re-bounded: the
+  relaxation of a stable neuron does not depend on its bounds. The intermediate bounds are
+  recomputed at every iteration (so the final bound sees the tightened pre-activation bounds)
+  and optimised only through the final objective, as in auto_LiRPA.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from robustkit.bounds.crown import (
+    CrownConfig,
+    SpecBounds,
+    adaptive_alpha,
+    as_box,
+    check_spec,
+    crown_bounds,
+    intersect,
+    interval_spec,
+    layer_bounds,
+    needs_backward,
+    pre_bounds,
+    refresh,
+    spec_bounds_from,
+    spec_lower,
+)
+from robustkit.bounds.types import NetBounds, widen
+from robustkit.network import Network
+
+logger = logging.getLogger(__name__)
+
+INTERMEDIATE_MODES = ("auto", "per-row", "shared", "fixed")
+
+
+@dataclass(frozen=True)
+class AlphaCrownConfig:
+    """Optimiser settings: ``iterations`` Adam steps of size ``lr`` (multiplied by ``lr_decay``
+    after each step); ``intermediate``: one of ``INTERMEDIATE_MODES`` (see the module docstring);
+    ``alpha_memory_mb``: in ``"auto"`` mode, the most that the per-row slopes of one target layer
+    may take for one sample if all its neurons were unstable."""
+
+    iterations: int = 30
+    lr: float = 0.1
+    lr_decay: float = 0.98
+    intermediate: str = "auto"
+    alpha_memory_mb: float = 512.0
+    crown: CrownConfig = CrownConfig()
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        if not self.lr > 0 or not 0 < self.lr_decay <= 1:
+            raise ValueError(f"need lr > 0 and 0 < lr_decay <= 1, got {self.lr}, {self.lr_decay}")
+        if self.intermediate not in INTERMEDIATE_MODES:
+            raise ValueError(f"intermediate must be one of {INTERMEDIATE_MODES}, got {self.intermediate!r}")
+
+
+def alpha_crown_bounds(
+    net: Network,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    C: torch.Tensor | None = None,
+    config: AlphaCrownConfig = AlphaCrownConfig(),
+    base: NetBounds | None = None,
+    time_budget: float | None = None,
+    crown_result: tuple[NetBounds, SpecBounds | None] | None = None,
+) -> tuple[NetBounds, SpecBounds | None]:
+    """alpha-CROWN bounds of every layer and of ``C y`` (or of the output, without ``C``).
+
+    Starts from CROWN (intersected with ``base`` when given; ``crown_result``: CROWN's bounds for
+    this same box and ``C`` when already computed), so every bound is at least as tight as
+    CROWN's; stops early when ``time_budget`` seconds are spent. Widened like CROWN."""
+    start = time.perf_counter()
+    lo, hi = as_box(lower, upper)
+    batch = lo.shape[0]
+    C = check_spec(net, C, batch)
+    if crown_result is None:
+        crown_result = crown_bounds(net, lo, hi, C, config.crown, base)
+    crown_nb, crown_spec = crown_result
+    if (crown_spec is None) != (C is None):
+        raise ValueError("crown_result must have spec bounds exactly when C is given")
+    eye = torch.eye(net.out_dim, dtype=torch.float64).unsqueeze(0).expand(batch, -1, -1)
+    spec = C if C is not None else eye
+    k = spec.shape[1]
+    rows = torch.cat([spec, -spec], dim=1)  # lower bounds of these = [lower of C y; -upper of C y]
+
+    optim = _Optimiser(net, lo, hi, crown_nb, rows, config)
+    best = optim.run(start, time_budget)
+    with torch.no_grad():
+        return _finish(net, optim.bounds(), best, k, C, crown_nb, crown_spec)
+
+
+def _finish(
+    net: Network, out: NetBounds, best: torch.Tensor, k: int, C: torch.Tensor | None, crown_nb: NetBounds,
+    crown_spec: SpecBounds | None,
+) -> tuple[NetBounds, SpecBounds | None]:
+    """Widen the best bounds of the rows ``[C; -C]`` and intersect everything with CROWN's."""
+    eye = torch.eye(net.out_dim, dtype=torch.float64).unsqueeze(0).expand(best.shape[0], -1, -1)
+    low, up = widen(best[:, :k], -best[:, k:])
+    if C is None:
+        low, up = intersect(low, up, crown_nb.lower[-1], crown_nb.upper[-1])
+        out.lower[-1], out.upper[-1] = intersect(out.lower[-1], out.upper[-1], low, up)
+        return out, None
+    final = spec_bounds_from(net, out, eye, "alpha-crown")
+    out.lower[-1], out.upper[-1] = intersect(out.lower[-1], out.upper[-1], final.lower, final.upper)
+    assert crown_spec is not None
+    low, up = intersect(low, up, crown_spec.lower, crown_spec.upper)
+    low, up = intersect(low, up, *interval_spec(net, out, C))
+    return out, SpecBounds(low, up, "alpha-crown")
+
+
+class _Optimiser:
+    """The slopes, one optimisation run, and the best bounds seen."""
+
+    def __init__(
+        self, net: Network, lo: torch.Tensor, hi: torch.Tensor, base: NetBounds, rows: torch.Tensor,
+        config: AlphaCrownConfig,
+    ) -> None:
+        self.net, self.lo, self.hi, self.base, self.rows, self.config = net, lo, hi, base, rows, config
+        self.fixed_pre = pre_bounds(net, base)
+        self.relus = net.relu_indices
+        # targets: linear layers feeding a ReLU whose bounds come from a backward pass, with the
+        # neurons unstable in some sample (``rows``) and where (``mask``)
+        self.targets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for r in self.relus:
+            if r >= 1 and needs_backward(net, r - 1) and config.intermediate != "fixed":
+                l, u = self.fixed_pre[r]
+                unstable = (l < 0) & (u > 0)
+                cols = torch.nonzero(unstable.any(dim=0)).flatten()
+                if cols.numel():
+                    self.targets[r - 1] = (cols, unstable[:, cols])
+        self.best_inter = {t: (base.lower[t].clone(), base.upper[t].clone()) for t in self.targets}
+        m = rows.shape[1]
+        self.final_alpha = {
+            r: adaptive_alpha(*self.fixed_pre[r]).unsqueeze(1).expand(-1, m, -1).clone().requires_grad_(True)
+            for r in self.relus
+        }
+        self.inter_alpha: dict[int, dict[int, torch.Tensor]] = {}
+        for t, (cols, _) in self.targets.items():
+            per_row = self._per_row(t)
+            group = {}
+            for r in self.relus:
+                if r < t:
+                    a = adaptive_alpha(*self.fixed_pre[r]).unsqueeze(1)
+                    a = a.unsqueeze(2).expand(-1, 2, cols.numel(), -1) if per_row else a.expand(-1, 2, -1)
+                    group[r] = a.clone().requires_grad_(True)
+            self.inter_alpha[t] = group
+        logger.debug("alpha-CROWN intermediate slopes (target: rows, per-row): %s",
+                     {t: (int(c.numel()), self._per_row(t)) for t, (c, _) in self.targets.items()})
+        self.best = torch.full(rows.shape[:2], -torch.inf, dtype=torch.float64)
+
+    def _per_row(self, t: int) -> bool:
+        """Per-row slopes for target layer ``t``? In ``"auto"`` mode decided from the layer sizes
+        alone (so that a box gets the same slopes alone or in any batch)."""
+        mode = self.config.intermediate
+        if mode != "auto":
+            return mode == "per-row"
+        dims = sum(self.net.layers[r].in_dim for r in self.relus if r < t)
+        size = 2 * self.net.layers[t].out_dim * dims * 8 * 4  # slopes, gradient, 2 Adam moments
+        return size <= self.config.alpha_memory_mb * 2**20
+
+    def parameters(self) -> list[torch.Tensor]:
+        params = list(self.final_alpha.values())
+        for group in self.inter_alpha.values():
+            params += list(group.values())
+        return params
+
+    def _forward(self) -> torch.Tensor:
+        """One bound computation with the current slopes; updates the best intermediates."""
+        pre = dict(self.fixed_pre)
+        for r in self.relus:
+            t = r - 1
+            if t not in self.targets:
+                continue
+            cols, mask = self.targets[t]
+            l, u = layer_bounds(
+                self.net, t, cols, self.lo, self.hi, pre, self.config.crown.memory_mb, self.inter_alpha[t]
+            )
+            l, u = widen(l, u)
+            # The value used is the intersection with CROWN's bounds (which may come from interval
+            # arithmetic), the gradient the one of the new bound (straight through): a bound worse
+            # than the reference would pass no gradient to its slopes, which could never catch up.
+            cl, cu = self.base.lower[t], self.base.upper[t]
+            il, iu = intersect(l, u, cl[:, cols], cu[:, cols])
+            l = l + (il - l).detach()
+            u = u + (iu - u).detach()
+            l = torch.where(mask, l, cl[:, cols])  # neurons stable in a sample keep their bounds there
+            u = torch.where(mask, u, cu[:, cols])
+            full_l = cl.index_copy(1, cols, l)
+            full_u = cu.index_copy(1, cols, u)
+            bl, bu = self.best_inter[t]
+            self.best_inter[t] = intersect(bl, bu, full_l.detach(), full_u.detach())
+            pre[r] = (full_l, full_u)
+        return spec_lower(self.net, self.rows, self.lo, self.hi, pre, self.final_alpha)
+
+    def run(self, start: float, time_budget: float | None) -> torch.Tensor:
+        params = self.parameters()
+        if self.config.iterations == 0 or not params:
+            with torch.no_grad():
+                self.best = self._forward()
+            return self.best
+        opt = torch.optim.Adam(params, lr=self.config.lr)
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, self.config.lr_decay)
+        for it in range(self.config.iterations):
+            opt.zero_grad()
+            bound = self._forward()
+            self.best = torch.maximum(self.best, bound.detach())
+            if time_budget is not None and time.perf_counter() - start > time_budget:
+                logger.info("alpha-CROWN: time budget reached after %d iterations", it + 1)
+                break
+            if it == self.config.iterations - 1:
+                break  # the last evaluation needs no step
+            (-bound.sum()).backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                for p in params:
+                    p.clamp_(0.0, 1.0)
+        return self.best
+
+    def bounds(self) -> NetBounds:
+        """``base`` with the best intermediate bounds, refreshed by interval arithmetic."""
+        out = NetBounds(
+            self.base.input_lower, self.base.input_upper, list(self.base.lower), list(self.base.upper), "alpha-crown"
+        )
+        for t, (l, u) in self.best_inter.items():
+            out.lower[t], out.upper[t] = l, u
+        return refresh(self.net, out)
