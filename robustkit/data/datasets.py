@@ -204,7 +204,7 @@ def load_dataset(
     if resolve_data_dir(data_dir) is None and split == "test" and allow_embedded:
         from robustkit.data.embedded import embedded_subset
 
-        logger.warning(
+        logger.info(
             "no data directory (--data-dir or %s): using the embedded subset of the %s test set (%d images)",
             DATA_ENV,
             spec.info.name,
