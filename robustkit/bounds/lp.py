@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from robustkit.bounds.crown import CrownConfig, SpecBounds, crown_bounds, intersect, needs_backward, refresh
+from robustkit.bounds.crown import CrownConfig, SpecBounds, crown_bounds, needs_backward, refresh
 from robustkit.bounds.types import NetBounds, widen
 from robustkit.network import LinearLayer, Network, ReLU
 
