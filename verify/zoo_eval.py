@@ -59,7 +59,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    paths = sorted((ROOT / "models").glob("mnist_small_*.onnx"))
+    order = ["pgd_rs", "jin_rinard", "pgd", "none", "mrnet", "mat", "contractive", "advprop"]
+    paths = sorted((ROOT / "models").glob("mnist_small_*.onnx"),
+                   key=lambda p: order.index(p.stem[12:]) if p.stem[12:] in order else len(order))
     if args.models:
         paths = [ROOT / "models" / f"mnist_small_{m.replace('-', '_')}.onnx" for m in args.models]
     rows = []
@@ -81,6 +83,10 @@ def main() -> None:
                     "mean time (s)": round(s["mean_time"], 2), "eval wall (s)": round(time.perf_counter() - t0, 1)})
         rows.append(row)
         print(json.dumps(row), flush=True)
+        write_report(rows, args)  # after every model, so a partial run leaves a usable table
+
+
+def write_report(rows: list[dict], args: argparse.Namespace) -> None:
     cols = list(rows[0]) if rows else []
     lines = [f"# Model zoo: MNIST `small`, eps={args.eps:g}\n",
              f"Training budget: see `verify/zoo.py` and each model's card. Verification: attack -> CROWN -> MILP "
@@ -91,9 +97,9 @@ def main() -> None:
     report = ROOT / "verify" / "results" / f"zoo_mnist_eps{args.eps:g}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(lines) + "\n\nReproduce: `python verify/zoo_eval.py " +
-                      f"--eps {args.eps:g} --n-verify {args.n_verify} --timeout {args.timeout:g}`\n")
+                      f"--eps {args.eps:g} --n-verify {args.n_verify} --n-pgd {args.n_pgd} --n-stats {args.n_stats} "
+                      f"--timeout {args.timeout:g}`\n")
     report.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
