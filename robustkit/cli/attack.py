@@ -13,6 +13,7 @@ import torch
 import typer
 
 from robustkit.errors import InputError
+from robustkit.metadata import dataset_of, value_range_of
 from robustkit.numbers import parse_eps
 
 logger = logging.getLogger(__name__)
@@ -34,28 +35,6 @@ class AttackSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def _metadata_str(meta: dict[str, str], key: str) -> str | None:
-    raw = meta.get(key)
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return raw
-    return value if isinstance(value, str) else raw
-
-
-def _value_range(meta: dict[str, str]) -> tuple[float, float]:
-    raw = meta.get("robustkit.value_range")
-    if raw:
-        try:
-            lo, hi = json.loads(raw)
-            return float(lo), float(hi)
-        except (ValueError, TypeError):
-            logger.warning("ignoring unreadable robustkit.value_range metadata %r", raw)
-    return (0.0, 1.0)
 
 
 def evaluate_attack(
@@ -82,17 +61,14 @@ def evaluate_attack(
     attack = PGD(norm=norm, steps=steps, restarts=restarts, loss=loss, seed=seed,  # type: ignore[arg-type]
                  device=device, batch_size=batch_size)
     net = load_onnx(model_path)
-    name = dataset or _metadata_str(net.metadata, "robustkit.dataset")
-    if not name:
-        raise InputError(f"{model_path} carries no robustkit metadata naming its dataset; "
-                         "pass --dataset mnist|cifar10")
+    name = dataset_of(net.metadata, dataset, model_path)
     ds = load_dataset(name, "test", data_dir).head(n)
     images = ds.images
     if images[0].numel() != net.in_dim:
         raise InputError(f"{model_path} takes {net.in_dim} inputs {net.sample_shape}, but {name} "
                          f"images have {images[0].numel()} {tuple(images.shape[1:])}")
     x = images.reshape(images.shape[0], *net.sample_shape)
-    lo, hi = _value_range(net.metadata)
+    lo, hi = value_range_of(net.metadata)
     module = net.to_torch().eval()
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -17,38 +17,10 @@ from robustkit.bounds.lp import LpConfig
 from robustkit.bounds.methods import BoundMethod, BoundsConfig
 from robustkit.bounds.stability import BoundStatistics, dataset_bound_statistics
 from robustkit.errors import InputError
+from robustkit.metadata import dataset_of, value_range_of
 from robustkit.numbers import parse_eps
 
 logger = logging.getLogger(__name__)
-
-
-def _dataset_name(meta: dict[str, str], given: str | None, model: Path) -> str:
-    if given:
-        return given
-    raw = meta.get("robustkit.dataset")
-    if raw:
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            return raw
-        if isinstance(value, str):
-            return value
-        return raw
-    raise InputError(
-        f"{model} carries no robustkit metadata naming its dataset (models from `robustkit export` do; "
-        "VNN-COMP models do not): pass --dataset mnist|cifar10"
-    )
-
-
-def _value_range(meta: dict[str, str], default: tuple[float, float]) -> tuple[float, float]:
-    raw = meta.get("robustkit.value_range")
-    if raw:
-        try:
-            lo, hi = json.loads(raw)
-            return float(lo), float(hi)
-        except (ValueError, TypeError):
-            logger.warning("ignoring unreadable robustkit.value_range metadata %r", raw)
-    return default
 
 
 def model_bound_statistics(
@@ -72,13 +44,13 @@ def model_bound_statistics(
         raise InputError(f"--n must be positive, got {n}")
     bound_method = BoundMethod.parse(method)
     net = load_onnx(model)
-    name = _dataset_name(net.metadata, dataset, model)
+    name = dataset_of(net.metadata, dataset, model)
     info = dataset_info(name)
     ds = load_dataset(name, "test", data_dir).head(n)
     crown = CrownConfig(refine_stable=refine_stable)
     config = BoundsConfig(crown=crown, alpha=AlphaCrownConfig(crown=crown), lp=LpConfig(crown=crown))
     return dataset_bound_statistics(
-        net, ds.images, ds.labels, eps, bound_method, _value_range(net.metadata, info.value_range),
+        net, ds.images, ds.labels, eps, bound_method, value_range_of(net.metadata, info.value_range),
         time_budget, batch_size, config,
     )
 

@@ -163,7 +163,7 @@ def row_from_records(model: str, regularizer: str, eps: float, records: Sequence
 def build_table(cfg: TableConfig) -> list[TableRow]:
     """Verify (or resume) every model at every eps; rows in the order models x eps."""
     from robustkit.export import read_metadata
-    from robustkit.report.stats import dataset_of
+    from robustkit.metadata import dataset_of
     from robustkit.verification.run import DatasetChoice, RunOptions, verify_dataset
 
     opts = RunOptions(results_root=cfg.results_root, workers=cfg.workers, quiet=cfg.quiet)

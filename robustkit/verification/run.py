@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from robustkit.errors import InputError
+from robustkit.metadata import dataset_of, value_range_of
 from robustkit.verification.config import VerifyConfig
 from robustkit.verification.model import ModelContext
 
@@ -70,23 +71,11 @@ class DatasetChoice:
 
 def model_dataset(ctx: ModelContext, override: str | None) -> str:
     """The dataset a model was trained on: ``--dataset`` or the model's metadata, else an error."""
-    if override:
-        return override
-    name = ctx.net.metadata.get("robustkit.dataset")
-    if name:
-        return json.loads(name) if name.startswith('"') else name
-    raise InputError("the model carries no robustkit metadata naming its dataset; pass --dataset mnist|cifar10")
+    return dataset_of(ctx.net.metadata, override, "the model")
 
 
 def model_value_range(ctx: ModelContext) -> tuple[float, float]:
-    raw = ctx.net.metadata.get("robustkit.value_range")
-    if raw:
-        try:
-            lo, hi = json.loads(raw)
-            return float(lo), float(hi)
-        except (ValueError, TypeError):
-            log.warning("ignoring unreadable robustkit.value_range metadata %r", raw)
-    return (0.0, 1.0)
+    return value_range_of(ctx.net.metadata)
 
 
 def load_samples(choice: DatasetChoice, ctx: ModelContext) -> tuple[np.ndarray, np.ndarray, str]:
