@@ -29,18 +29,26 @@ SUPPORTED_OPS = (
 
 def load_onnx(path: str | Path) -> Network:
     """Load an ONNX file; raise ``ModelFormatError`` / ``UnsupportedOperatorError`` on bad input."""
+    return network_from_onnx(read_model(path), source=str(path))
+
+
+def read_model(path: str | Path, data: bytes | None = None) -> onnx.ModelProto:
+    """The ``ModelProto`` of ``path`` (or of ``data``, read from it), with clear errors for a missing
+    file, a directory, or bytes that are not an ONNX model."""
     path = Path(path)
-    if not path.exists():
-        raise ModelFormatError(f"model file not found: {path}")
-    if path.is_dir():
-        raise ModelFormatError(f"{path} is a directory, not an ONNX file")
+    if data is None:
+        if not path.exists():
+            raise ModelFormatError(f"model file not found: {path}")
+        if path.is_dir():
+            raise ModelFormatError(f"{path} is a directory, not an ONNX file")
+        data = path.read_bytes()
     try:
-        model = onnx.load(str(path))
+        model = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelFormatError(f"{path} is not a readable ONNX model: {exc}") from exc
     if len(model.graph.node) == 0 and len(model.graph.input) == 0:
         raise ModelFormatError(f"{path} is not an ONNX model (empty graph)")
-    return network_from_onnx(model, source=str(path))
+    return model
 
 
 def network_from_onnx(model: onnx.ModelProto, source: str = "<model>") -> Network:

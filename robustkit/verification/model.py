@@ -9,8 +9,8 @@ from pathlib import Path
 import onnx
 import torch
 
-from robustkit.errors import ModelFormatError
 from robustkit.network import Network, OrtModel, network_from_onnx
+from robustkit.network.onnx_loader import read_model
 
 
 @dataclass
@@ -25,21 +25,20 @@ class ModelContext:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<model>") -> "ModelContext":
-        try:
-            proto = onnx.load_model_from_string(data)
-        except Exception as exc:
-            raise ModelFormatError(f"{source} is not a readable ONNX model: {exc}") from exc
-        net = network_from_onnx(proto, source=source)
-        module = net.to_torch().eval()
-        return cls(data, net, OrtModel(data, net.onnx_input_shape), module, hashlib.sha256(data).hexdigest())
+        return cls._build(data, read_model(source, data), source)
 
     @classmethod
     def from_path(cls, path: str | Path) -> "ModelContext":
-        from robustkit.network.onnx_loader import load_onnx
-
+        """Load a model file once (clear errors for a missing file, not ONNX, unsupported op)."""
         path = Path(path)
-        load_onnx(path)  # validates with a clear message (missing file, not ONNX, unsupported op)
-        return cls.from_bytes(path.read_bytes(), source=str(path))
+        proto = read_model(path)  # checks the path; the store keys results by the file's own bytes
+        return cls._build(path.read_bytes(), proto, str(path))
+
+    @classmethod
+    def _build(cls, data: bytes, proto: onnx.ModelProto, source: str) -> "ModelContext":
+        net = network_from_onnx(proto, source=source)
+        module = net.to_torch().eval()
+        return cls(data, net, OrtModel(data, net.onnx_input_shape), module, hashlib.sha256(data).hexdigest())
 
     def predict(self, x) -> int:  # type: ignore[no-untyped-def]
         """onnxruntime's argmax for one flat input."""
