@@ -30,6 +30,7 @@ def verify(
     workers: int = typer.Option(1, "--workers", help="Worker processes (0 = in this process, no hard timeout)."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="Dask: local:N starts a LocalCluster."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask: address of an existing scheduler."),
+    order: str = typer.Option("hardest-first", "--order", help="With several workers: hardest-first (most unstable ReLUs first, so no long sample starts last) or index."),
     out: Optional[Path] = typer.Option(None, "--out", help="Per-sample JSONL file (resumable). Default: robustkit-results/<settings hash>/records.jsonl."),
     rerun: list[str] = typer.Option([], "--rerun", help="Redo finished samples with this status: timeout|unknown|error|all."),
     fmt: str = typer.Option("md", "--format", help="Table format: md|csv|json."),
@@ -47,7 +48,8 @@ def verify(
     )
     ds_name = model_dataset(ModelContext.from_path(model), dataset)
     choice = DatasetChoice(ds_name, n, start, data_dir)
-    opts = RunOptions(out=out, workers=workers, rerun=tuple(rerun), quiet=quiet, cluster=cluster, scheduler=scheduler)
+    opts = RunOptions(out=out, workers=workers, rerun=tuple(rerun), quiet=quiet, cluster=cluster, scheduler=scheduler,
+                      order=order)
     result = verify_dataset(model, cfg, choice, opts)
     row = {"model": model.name, "eps": f"{cfg.eps:g}", **result.summary}
     typer.echo(format_rows([row], fmt, label_key="model"))

@@ -160,10 +160,14 @@ class RunOptions:
     quiet: bool = False
     cluster: str | None = None
     scheduler: str | None = None
+    order: str = "hardest-first"  # see robustkit.verification.schedule
 
     def __post_init__(self) -> None:
+        from robustkit.verification.schedule import check_order
+
         if self.workers < 0:
             raise InputError("--workers must be >= 0")
+        check_order(self.order)
         bad = set(self.rerun) - {"timeout", "unknown", "error", "all"}
         if bad:
             raise InputError(f"--rerun takes timeout, unknown, error or all; got {sorted(bad)}")
@@ -218,6 +222,10 @@ def verify_dataset(model_path: Path, cfg: VerifyConfig, choice: DatasetChoice, o
     skipped = len(y) - len(tasks)
     if skipped:
         log.info("resuming: %d of %d samples already finished in %s", skipped, len(y), store.path)
+    if opts.workers != 1 or opts.cluster or opts.scheduler:
+        from robustkit.verification.schedule import order_tasks
+
+        tasks = order_tasks(tasks, ctx.net, cfg.eps, value_range, opts.order)
     with RunProgress(len(tasks), f"verify eps={cfg.eps:g}", quiet=opts.quiet) as progress:
         def on_result(record: dict) -> None:
             record.setdefault("index", int(str(record["key"]).rsplit(":", 1)[-1]))
