@@ -287,3 +287,52 @@ def test_attack_command_on_an_exported_model(tmp_path, capsys):
     assert main(["attack", str(path), "--eps", "lots", "--n", "10"]) == 1
     assert main(["attack", str(tmp_path / "missing.onnx"), "--eps", "0.1"]) == 1
     assert main(["attack", str(path), "--eps", "0.1", "--norm", "l1", "--n", "5"]) == 1
+
+
+def test_minimal_distortion_matches_the_linear_optimum():
+    """For z = (0, w.x + b) with w.x + b < 0 the smallest L2 flip is -(w.x + b) / ||w||_2, and
+    the smallest L-inf flip -(w.x + b) / ||w||_1 (inside a box wide enough not to interfere)."""
+    from robustkit.attacks.distortion import minimal_distortion
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(DIM, generator=g)
+    lin = nn.Linear(DIM, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.stack([torch.zeros(DIM), w]))
+        lin.bias.copy_(torch.tensor([0.0, -2.0]))
+    x = torch.rand((12, DIM), generator=g) * 0.1
+    y = torch.zeros(12, dtype=torch.long)
+    gap = -(x @ w - 2.0)
+    assert (gap > 0).all()
+    for norm, dual in (("l2", w.norm()), ("linf", w.abs().sum())):
+        attack = PGD(norm=norm, steps=30, loss="margin", random_start=False, device="cpu")
+        res = minimal_distortion(attack, lin, x, y, max_eps=50.0, lower=-100.0, upper=100.0, iterations=14)
+        true = (gap / dual).double()
+        assert res.broken.all()
+        # an upper bound (the witness flips the class) within the bisection tolerance 50 / 2^14
+        assert (res.radius >= true - 1e-4).all()
+        torch.testing.assert_close(res.radius, true, atol=50 / 2**14 + 1e-3, rtol=0)
+        with torch.no_grad():
+            assert (lin(res.x_adv).argmax(1) == 1).all()
+
+
+def test_minimal_distortion_censors_and_zeroes(net2, data2):
+    from robustkit.attacks.distortion import minimal_distortion
+
+    x, y = data2
+    attack = PGD(norm="l2", steps=20, device="cpu")
+    with torch.no_grad():
+        wrong = net2(x).argmax(1) != y
+    tiny = minimal_distortion(attack, net2, x, y, max_eps=1e-4, iterations=3)
+    # at a radius this small nothing correctly classified breaks: censored, never max_eps
+    assert torch.isinf(tiny.radius[~wrong]).all()
+    assert (tiny.radius[wrong] == 0).all()
+    assert tiny.summary()["not_broken"] == int((~wrong).sum())
+    full = minimal_distortion(attack, net2, x, y, max_eps=2.0, iterations=6)
+    assert full.broken.all()
+    d = distance(full.x_adv, x, "l2")
+    assert (d <= 2.0 + 1e-5).all() and (full.radius.float() - d).abs().max() < 1e-5
+    with torch.no_grad():
+        assert (net2(full.x_adv).argmax(1) != y).all()
+    with pytest.raises(InputError):
+        minimal_distortion(attack, net2, x, y, max_eps=-1.0)

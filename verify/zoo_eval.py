@@ -5,6 +5,9 @@ For each `models/mnist_small_<name>.onnx`:
   * PGD accuracy on the first `--n-pgd` test images (L-inf, 50 steps, 10 restarts, margin loss);
   * mean stably-active / stably-inactive / unstable ReLUs per layer under interval (IBP) and CROWN
     bounds on the first `--n-stats` images;
+  * FGSM accuracy (L-inf, eps) and L2 PGD accuracy (radius `--l2-eps`) on the first `--n-pgd` images,
+    and the median minimal L2 distortion a PGD attack needs (bisection; Gu & Rigazio's RMS units,
+    ||x' - x||_2 / sqrt(784)) on the first `--n-dist` images: the papers' own robustness measures;
   * complete-verifier results (attack -> CROWN -> MILP) on the first `--n-verify` images.
 
     python verify/zoo_eval.py --data-dir ../shared/data --eps 0.1 --n-verify 100 --timeout 30 --workers 2
@@ -41,6 +44,25 @@ def clean_accuracy(model: Path, data_dir: Path) -> float:
     return 100.0 * correct / len(ds)
 
 
+def attack_columns(model: Path, eps: float, l2_eps: float, n_pgd: int, n_dist: int) -> dict[str, float]:
+    """FGSM and L2-PGD accuracy, and the median minimal L2 distortion (RMS units)."""
+    from robustkit.attacks import PGD, fgsm
+    from robustkit.attacks.distortion import minimal_distortion
+
+    ds = load_dataset("mnist", "test", None).head(max(n_pgd, n_dist))
+    module = load_onnx(model).to_torch().eval()
+    x, y = ds.images, ds.labels
+    out = {}
+    res = fgsm(norm="linf", device="cpu", batch_size=250).run(module, x[:n_pgd], y[:n_pgd], eps, 0.0, 1.0)
+    out[f"FGSM {eps:g} %"] = round(100 * res.robust_accuracy, 2)
+    l2 = PGD(norm="l2", steps=50, restarts=3, loss="margin", device="cpu", batch_size=250)
+    out[f"PGD-L2 {l2_eps:g} %"] = round(100 * l2.run(module, x[:n_pgd], y[:n_pgd], l2_eps, 0.0, 1.0).robust_accuracy, 2)
+    dist = minimal_distortion(PGD(norm="l2", steps=30, restarts=1, loss="margin", device="cpu"), module,
+                              x[:n_dist], y[:n_dist], max_eps=8.0, iterations=7)
+    out["min L2 distortion (RMS, median)"] = round(float(dist.rms.median()), 4)
+    return out
+
+
 def stability(model: Path, eps: float, n: int, method: str) -> str:
     ds = load_dataset("mnist", "test", None).head(n)
     stats = dataset_bound_statistics(load_onnx(model), ds.images, ds.labels, eps, method)
@@ -55,11 +77,13 @@ def main() -> None:
     ap.add_argument("--n-pgd", type=int, default=1000)
     ap.add_argument("--n-stats", type=int, default=200)
     ap.add_argument("--n-verify", type=int, default=100)
+    ap.add_argument("--n-dist", type=int, default=100)
+    ap.add_argument("--l2-eps", type=float, default=1.5)
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    order = ["pgd_rs", "jin_rinard", "pgd", "none", "mrnet", "mat", "contractive", "advprop"]
+    order = ["pgd_rs", "jin_rinard", "jin_rinard_h90", "pgd", "none", "mrnet", "mat", "contractive", "advprop"]
     paths = sorted((ROOT / "models").glob("mnist_small_*.onnx"),
                    key=lambda p: order.index(p.stem[12:]) if p.stem[12:] in order else len(order))
     if args.models:
@@ -72,6 +96,7 @@ def main() -> None:
         pgd = evaluate_attack(path, args.eps, steps=50, restarts=10, loss="margin", n=args.n_pgd, dataset="mnist",
                               device="cpu")
         row[f"PGD (first {args.n_pgd}) %"] = round(100 * pgd.pgd_accuracy, 2)
+        row.update(attack_columns(path, args.eps, args.l2_eps, args.n_pgd, args.n_dist))
         row["unstable/layer IBP"] = stability(path, args.eps, args.n_stats, "interval")
         row["unstable/layer CROWN"] = stability(path, args.eps, args.n_stats, "crown")
         cfg = VerifyConfig(eps=args.eps, timeout=args.timeout, tighten="crown")
@@ -91,14 +116,18 @@ def write_report(rows: list[dict], args: argparse.Namespace) -> None:
     lines = [f"# Model zoo: MNIST `small`, eps={args.eps:g}\n",
              f"Training budget: see `verify/zoo.py` and each model's card. Verification: attack -> CROWN -> MILP "
              f"(HiGHS), timeout {args.timeout:g} s per sample, first {args.n_verify} test images; unstable ReLUs "
-             f"are means over the first {args.n_stats} test images (layers conv1 / conv2 / fc1).\n",
+             f"are means over the first {args.n_stats} test images (layers conv1 / conv2 / fc1). PGD: L-inf, 50 steps x 10 "
+             f"restarts, margin loss; FGSM: one step of eps; PGD-L2: 50 steps x 3 restarts at radius {args.l2_eps:g}; "
+             f"min L2 distortion: per image the smallest L2 radius at which PGD (30 steps) finds an adversarial "
+             f"example, by bisection up to 8, over sqrt(784) (Gu & Rigazio's units), median over the first "
+             f"{args.n_dist} test images (an attack's upper bound on the true minimal distortion).\n",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     report = ROOT / "verify" / "results" / f"zoo_mnist_eps{args.eps:g}.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(lines) + "\n\nReproduce: `python verify/zoo_eval.py " +
                       f"--eps {args.eps:g} --n-verify {args.n_verify} --n-pgd {args.n_pgd} --n-stats {args.n_stats} "
-                      f"--timeout {args.timeout:g}`\n")
+                      f"--timeout {args.timeout:g} --n-dist {args.n_dist} --l2-eps {args.l2_eps:g}`\n")
     report.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
