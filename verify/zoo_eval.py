@@ -1,7 +1,7 @@
 """Score the model zoo at one eps: the table users want (issue 3).
 
-For each `models/mnist_small_<name>.onnx`:
-  * clean accuracy on the full MNIST test set (onnxruntime-equivalent torch forward);
+For each `models/<dataset>_small_<name>.onnx`:
+  * clean accuracy on the full test set (onnxruntime-equivalent torch forward);
   * PGD accuracy on the first `--n-pgd` test images (L-inf, 50 steps, 10 restarts, margin loss);
   * mean stably-active / stably-inactive / unstable ReLUs per layer under interval (IBP) and CROWN
     bounds on the first `--n-stats` images;
@@ -11,8 +11,10 @@ For each `models/mnist_small_<name>.onnx`:
   * complete-verifier results (attack -> CROWN -> MILP) on the first `--n-verify` images.
 
     python verify/zoo_eval.py --data-dir ../shared/data --eps 0.1 --n-verify 100 --timeout 30 --workers 2
-Writes verify/results/zoo_mnist_eps<eps>.md (and .json). Resumable: verification records are kept in
-runs/zoo_eval/ keyed by model and settings, so rerunning only fills what is missing.
+    python verify/zoo_eval.py --dataset cifar10 --eps 8/255 --l2-eps 0.5 --models jin-rinard pgd-rs
+Writes (merges the evaluated rows into) verify/results/zoo_<dataset>_eps<eps>.md and .json. Resumable:
+verification records are kept in runs/zoo_eval/ keyed by model and settings, so rerunning only fills
+what is missing.
 """
 
 from __future__ import annotations
@@ -28,14 +30,20 @@ from robustkit.bounds.stability import dataset_bound_statistics
 from robustkit.cli.attack import evaluate_attack
 from robustkit.data import load_dataset
 from robustkit.network import load_onnx
+from robustkit.numbers import parse_eps
 from robustkit.verification import VerifyConfig
 from robustkit.verification.run import DatasetChoice, RunOptions, verify_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def clean_accuracy(model: Path, data_dir: Path) -> float:
-    ds = load_dataset("mnist", "test", data_dir)
+def eps_slug(eps: str) -> str:
+    """``0.1`` -> ``0.1``; ``8/255`` -> ``8_255`` (for file names)."""
+    return eps.replace("/", "_")
+
+
+def clean_accuracy(model: Path, dataset: str, data_dir: Path) -> float:
+    ds = load_dataset(dataset, "test", data_dir)
     module = load_onnx(model).to_torch().eval()
     correct = 0
     with torch.no_grad():
@@ -44,17 +52,18 @@ def clean_accuracy(model: Path, data_dir: Path) -> float:
     return 100.0 * correct / len(ds)
 
 
-def attack_columns(model: Path, eps: float, l2_eps: float, n_pgd: int, n_dist: int) -> dict[str, float]:
+def attack_columns(model: Path, dataset: str, data_dir: Path, eps: float, l2_eps: float, n_pgd: int,
+                   n_dist: int) -> dict[str, float]:
     """FGSM and L2-PGD accuracy, and the median minimal L2 distortion (RMS units)."""
     from robustkit.attacks import PGD, fgsm
     from robustkit.attacks.distortion import minimal_distortion
 
-    ds = load_dataset("mnist", "test", None).head(max(n_pgd, n_dist))
+    ds = load_dataset(dataset, "test", data_dir).head(max(n_pgd, n_dist))
     module = load_onnx(model).to_torch().eval()
     x, y = ds.images, ds.labels
     out = {}
     res = fgsm(norm="linf", device="cpu", batch_size=250).run(module, x[:n_pgd], y[:n_pgd], eps, 0.0, 1.0)
-    out[f"FGSM {eps:g} %"] = round(100 * res.robust_accuracy, 2)
+    out["FGSM %"] = round(100 * res.robust_accuracy, 2)
     l2 = PGD(norm="l2", steps=50, restarts=3, loss="margin", device="cpu", batch_size=250)
     out[f"PGD-L2 {l2_eps:g} %"] = round(100 * l2.run(module, x[:n_pgd], y[:n_pgd], l2_eps, 0.0, 1.0).robust_accuracy, 2)
     dist = minimal_distortion(PGD(norm="l2", steps=30, restarts=1, loss="margin", device="cpu"), module,
@@ -63,17 +72,22 @@ def attack_columns(model: Path, eps: float, l2_eps: float, n_pgd: int, n_dist: i
     return out
 
 
-def stability(model: Path, eps: float, n: int, method: str) -> str:
-    ds = load_dataset("mnist", "test", None).head(n)
+def stability(model: Path, dataset: str, data_dir: Path, eps: float, n: int, method: str) -> str:
+    ds = load_dataset(dataset, "test", data_dir).head(n)
     stats = dataset_bound_statistics(load_onnx(model), ds.images, ds.labels, eps, method)
     return " / ".join(f"{layer.unstable.mean():.1f}" for layer in stats.layers)
+
+
+ORDER = ["pgd_rs", "jin_rinard", "jin_rinard_h90", "pgd", "none", "mrnet", "mat", "contractive", "advprop"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--eps", type=float, default=0.1)
-    ap.add_argument("--models", nargs="*", default=None, help="zoo names (default: every models/mnist_small_*.onnx)")
+    ap.add_argument("--dataset", default="mnist", choices=["mnist", "cifar10"])
+    ap.add_argument("--eps", default="0.1", help="e.g. 0.1 or 8/255")
+    ap.add_argument("--models", nargs="*", default=None,
+                    help="zoo names (default: every models/<dataset>_small_*.onnx)")
     ap.add_argument("--n-pgd", type=int, default=1000)
     ap.add_argument("--n-stats", type=int, default=200)
     ap.add_argument("--n-verify", type=int, default=100)
@@ -83,52 +97,64 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    order = ["pgd_rs", "jin_rinard", "jin_rinard_h90", "pgd", "none", "mrnet", "mat", "contractive", "advprop"]
-    paths = sorted((ROOT / "models").glob("mnist_small_*.onnx"),
-                   key=lambda p: order.index(p.stem[12:]) if p.stem[12:] in order else len(order))
+    eps = parse_eps(args.eps)
+    prefix = f"{args.dataset}_small_"
+    paths = sorted((ROOT / "models").glob(f"{prefix}*.onnx"),
+                   key=lambda p: ORDER.index(p.stem[len(prefix):]) if p.stem[len(prefix):] in ORDER else len(ORDER))
     if args.models:
-        paths = [ROOT / "models" / f"mnist_small_{m.replace('-', '_')}.onnx" for m in args.models]
-    rows = []
+        paths = [ROOT / "models" / f"{prefix}{m.replace('-', '_')}.onnx" for m in args.models]
+    n_test = len(load_dataset(args.dataset, "test", args.data_dir))
     for path in paths:
-        name = path.stem.removeprefix("mnist_small_")
+        name = path.stem.removeprefix(prefix)
         t0 = time.perf_counter()
-        row: dict = {"model": name, "clean (10k) %": round(clean_accuracy(path, args.data_dir), 2)}
-        pgd = evaluate_attack(path, args.eps, steps=50, restarts=10, loss="margin", n=args.n_pgd, dataset="mnist",
-                              device="cpu")
-        row[f"PGD (first {args.n_pgd}) %"] = round(100 * pgd.pgd_accuracy, 2)
-        row.update(attack_columns(path, args.eps, args.l2_eps, args.n_pgd, args.n_dist))
-        row["unstable/layer IBP"] = stability(path, args.eps, args.n_stats, "interval")
-        row["unstable/layer CROWN"] = stability(path, args.eps, args.n_stats, "crown")
-        cfg = VerifyConfig(eps=args.eps, timeout=args.timeout, tighten="crown")
-        out = verify_dataset(path, cfg, DatasetChoice("mnist", args.n_verify),
+        row: dict = {"model": name, "clean %": round(clean_accuracy(path, args.dataset, args.data_dir), 2)}
+        pgd = evaluate_attack(path, eps, steps=50, restarts=10, loss="margin", n=args.n_pgd, dataset=args.dataset,
+                              data_dir=args.data_dir, device="cpu")
+        row["PGD %"] = round(100 * pgd.pgd_accuracy, 2)
+        row.update(attack_columns(path, args.dataset, args.data_dir, eps, args.l2_eps, args.n_pgd, args.n_dist))
+        row["unstable/layer IBP"] = stability(path, args.dataset, args.data_dir, eps, args.n_stats, "interval")
+        row["unstable/layer CROWN"] = stability(path, args.dataset, args.data_dir, eps, args.n_stats, "crown")
+        cfg = VerifyConfig(eps=eps, timeout=args.timeout, tighten="crown")
+        out = verify_dataset(path, cfg, DatasetChoice(args.dataset, args.n_verify, data_dir=args.data_dir),
                              RunOptions(results_root=ROOT / "runs" / "zoo_eval", workers=args.workers, quiet=True))
         s = out.summary
-        row.update({f"verified (first {args.n_verify}) %": round(s["verified_accuracy"], 1),
+        row.update({"verified %": round(s["verified_accuracy"], 1),
+                    "verified by bounds": sum(1 for r in out.records
+                                              if r.get("status") == "verified" and r.get("stage") == "bounds"),
                     "falsified": s["falsified"], "timeouts": s["timeout"], "unknown": s["unknown"],
-                    "mean time (s)": round(s["mean_time"], 2), "eval wall (s)": round(time.perf_counter() - t0, 1)})
-        rows.append(row)
+                    "mean time (s)": round(s["mean_time"], 2),
+                    "verify n @ timeout": f"{args.n_verify} @ {args.timeout:g} s",
+                    "eval wall (s)": round(time.perf_counter() - t0, 1)})
         print(json.dumps(row), flush=True)
-        write_report(rows, args)  # after every model, so a partial run leaves a usable table
+        write_report(row, args, n_test)  # after every model, so a partial run leaves a usable table
 
 
-def write_report(rows: list[dict], args: argparse.Namespace) -> None:
-    cols = list(rows[0]) if rows else []
-    lines = [f"# Model zoo: MNIST `small`, eps={args.eps:g}\n",
-             f"Training budget: see `verify/zoo.py` and each model's card. Verification: attack -> CROWN -> MILP "
-             f"(HiGHS), timeout {args.timeout:g} s per sample, first {args.n_verify} test images; unstable ReLUs "
-             f"are means over the first {args.n_stats} test images (layers conv1 / conv2 / fc1). PGD: L-inf, 50 steps x 10 "
-             f"restarts, margin loss; FGSM: one step of eps; PGD-L2: 50 steps x 3 restarts at radius {args.l2_eps:g}; "
-             f"min L2 distortion: per image the smallest L2 radius at which PGD (30 steps) finds an adversarial "
-             f"example, by bisection up to 8, over sqrt(784) (Gu & Rigazio's units), median over the first "
-             f"{args.n_dist} test images (an attack's upper bound on the true minimal distortion).\n",
+def write_report(row: dict, args: argparse.Namespace, n_test: int) -> None:
+    """Merge ``row`` into the table of this dataset and eps (other models' rows are kept)."""
+    report = ROOT / "verify" / "results" / f"zoo_{args.dataset}_eps{eps_slug(args.eps)}.md"
+    table = report.with_suffix(".json")
+    rows = [r for r in (json.loads(table.read_text()) if table.exists() else []) if r.get("model") != row["model"]]
+    rows.append(row)
+    rows.sort(key=lambda r: ORDER.index(r["model"]) if r["model"] in ORDER else len(ORDER))
+    cols = list(row)
+    dim = "784" if args.dataset == "mnist" else "3072"
+    lines = [f"# Model zoo: {'MNIST' if args.dataset == 'mnist' else 'CIFAR-10'} `small`, L-inf eps={args.eps}\n",
+             f"Training budget: see `verify/zoo.py` and each model's card. Clean accuracy: the full test set "
+             f"({n_test} images). PGD: L-inf, 50 steps x 10 restarts, margin loss; FGSM: one step of eps; PGD-L2: "
+             f"50 steps x 3 restarts at radius {args.l2_eps:g}; all on the first {args.n_pgd} test images. "
+             f"Min L2 distortion: per image the smallest L2 radius at which PGD (30 steps) finds an adversarial "
+             f"example, by bisection up to 8, over sqrt({dim}) (Gu & Rigazio's units), median over the first "
+             f"{args.n_dist} test images (an attack's upper bound on the true minimal distortion). Unstable ReLUs: "
+             f"means over the first {args.n_stats} test images (layers conv1 / conv2 / fc1). Verification: attack -> "
+             f"CROWN -> MILP (HiGHS) on the first n test images with the per-sample timeout in the column "
+             f"`verify n @ timeout`; a timeout counts as not verified.\n",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    report = ROOT / "verify" / "results" / f"zoo_mnist_eps{args.eps:g}.md"
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text("\n".join(lines) + "\n\nReproduce: `python verify/zoo_eval.py " +
-                      f"--eps {args.eps:g} --n-verify {args.n_verify} --n-pgd {args.n_pgd} --n-stats {args.n_stats} "
-                      f"--timeout {args.timeout:g} --n-dist {args.n_dist} --l2-eps {args.l2_eps:g}`\n")
-    report.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    report.write_text("\n".join(lines) + "\n\nReproduce (one row): `python verify/zoo_eval.py --dataset "
+                      f"{args.dataset} --eps {args.eps} --models MODEL --n-verify N --timeout T --n-pgd {args.n_pgd} "
+                      f"--n-stats {args.n_stats} --n-dist {args.n_dist} --l2-eps {args.l2_eps:g}` with each row's N and T\n")
+    table.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
