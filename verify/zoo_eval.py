@@ -1,6 +1,6 @@
 """Score the model zoo at one eps: the table users want (issue 3).
 
-For each `models/<dataset>_small_<name>.onnx`:
+For each `models/{mnist|cifar}_small_<name>.onnx`:
   * clean accuracy on the full test set (onnxruntime-equivalent torch forward);
   * PGD accuracy on the first `--n-pgd` test images (L-inf, 50 steps, 10 restarts, margin loss);
   * mean stably-active / stably-inactive / unstable ReLUs per layer under interval (IBP) and CROWN
@@ -98,7 +98,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     eps = parse_eps(args.eps)
-    prefix = f"{args.dataset}_small_"
+    prefix = f"{'cifar' if args.dataset == 'cifar10' else args.dataset}_small_"  # file stems: cifar_small_*
     paths = sorted((ROOT / "models").glob(f"{prefix}*.onnx"),
                    key=lambda p: ORDER.index(p.stem[len(prefix):]) if p.stem[len(prefix):] in ORDER else len(ORDER))
     if args.models:
