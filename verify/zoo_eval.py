@@ -8,7 +8,8 @@ For each `models/{mnist|cifar}_small_<name>.onnx`:
   * FGSM accuracy (L-inf, eps) and L2 PGD accuracy (radius `--l2-eps`) on the first `--n-pgd` images,
     and the median minimal L2 distortion a PGD attack needs (bisection; Gu & Rigazio's RMS units,
     ||x' - x||_2 / sqrt(784)) on the first `--n-dist` images: the papers' own robustness measures;
-  * complete-verifier results (attack -> CROWN -> MILP) on the first `--n-verify` images.
+  * complete-verifier results (attack -> CROWN -> MILP) on the first `--n-verify` images, and a
+    soundness cross-check: a stronger PGD on those same images must break none of the verified ones.
 
     python verify/zoo_eval.py --data-dir ../shared/data --eps 0.1 --n-verify 100 --timeout 30 --workers 2
     python verify/zoo_eval.py --dataset cifar10 --eps 8/255 --l2-eps 0.5 --models jin-rinard pgd-rs
@@ -72,13 +73,32 @@ def attack_columns(model: Path, dataset: str, data_dir: Path, eps: float, l2_eps
     return out
 
 
+def cross_check(model: Path, dataset: str, data_dir: Path, eps: float, records: list[dict]) -> dict[str, object]:
+    """PGD accuracy on exactly the verified samples' set, and the soundness cross-check.
+
+    A strong PGD (margin loss, 100 steps x 10 restarts, another seed than the verifier's attack) on
+    the same images the verifier saw: a sample recorded ``verified`` that this attack breaks would
+    be a wrong proof, so the column ``verified but PGD-broken`` must read 0.
+    """
+    from robustkit.attacks import PGD
+
+    n = len(records)
+    ds = load_dataset(dataset, "test", data_dir).head(n)
+    module = load_onnx(model).to_torch().eval()
+    res = PGD(steps=100, restarts=10, loss="margin", seed=1, device="cpu", batch_size=250).run(
+        module, ds.images, ds.labels, eps, 0.0, 1.0)
+    broken = [r["index"] for r in records if r.get("status") == "verified" and bool(res.success[r["index"]])]
+    return {"PGD % (verify samples)": round(100 * res.robust_accuracy, 1), "verified but PGD-broken": len(broken)}
+
+
 def stability(model: Path, dataset: str, data_dir: Path, eps: float, n: int, method: str) -> str:
     ds = load_dataset(dataset, "test", data_dir).head(n)
     stats = dataset_bound_statistics(load_onnx(model), ds.images, ds.labels, eps, method)
     return " / ".join(f"{layer.unstable.mean():.1f}" for layer in stats.layers)
 
 
-ORDER = ["pgd_rs", "jin_rinard", "jin_rinard_h90", "pgd", "none", "mrnet", "mat", "contractive", "advprop"]
+ORDER = ["pgd_rs", "pgd_rs_eps03", "jin_rinard", "jin_rinard_h90", "jin_rinard_h90_wd", "pgd", "none", "mrnet", "mat",
+         "contractive", "advprop"]
 
 
 def main() -> None:
@@ -95,6 +115,8 @@ def main() -> None:
     ap.add_argument("--l2-eps", type=float, default=1.5)
     ap.add_argument("--timeout", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cross-check-only", action="store_true",
+                    help="only add the PGD cross-check columns to rows already evaluated with these settings")
     args = ap.parse_args()
     torch.set_num_threads(1)
     eps = parse_eps(args.eps)
@@ -107,6 +129,9 @@ def main() -> None:
     for path in paths:
         name = path.stem.removeprefix(prefix)
         t0 = time.perf_counter()
+        if args.cross_check_only:
+            cross_check_row(path, name, eps, args, n_test)
+            continue
         row: dict = {"model": name, "clean %": round(clean_accuracy(path, args.dataset, args.data_dir), 2)}
         pgd = evaluate_attack(path, eps, steps=50, restarts=10, loss="margin", n=args.n_pgd, dataset=args.dataset,
                               data_dir=args.data_dir, device="cpu")
@@ -125,8 +150,31 @@ def main() -> None:
                     "mean time (s)": round(s["mean_time"], 2),
                     "verify n @ timeout": f"{args.n_verify} @ {args.timeout:g} s",
                     "eval wall (s)": round(time.perf_counter() - t0, 1)})
+        row.update(cross_check(path, args.dataset, args.data_dir, eps, out.records))
+        if row["verified but PGD-broken"]:
+            raise SystemExit(f"{name}: {row['verified but PGD-broken']} verified samples broken by PGD: a soundness bug")
         print(json.dumps(row), flush=True)
         write_report(row, args, n_test)  # after every model, so a partial run leaves a usable table
+
+
+def cross_check_row(path: Path, name: str, eps: float, args: argparse.Namespace, n_test: int) -> None:
+    """Add the cross-check columns to the model's existing row (its verification records are reused)."""
+    table = ROOT / "verify" / "results" / f"zoo_{args.dataset}_eps{eps_slug(args.eps)}.json"
+    rows = json.loads(table.read_text()) if table.exists() else []
+    row = next((r for r in rows if r.get("model") == name), None)
+    if row is None or row.get("verify n @ timeout") != f"{args.n_verify} @ {args.timeout:g} s":
+        raise SystemExit(f"{name}: no row evaluated with --n-verify {args.n_verify} --timeout {args.timeout:g} in {table}")
+    cfg = VerifyConfig(eps=eps, timeout=args.timeout, tighten="crown")
+    out = verify_dataset(path, cfg, DatasetChoice(args.dataset, args.n_verify, data_dir=args.data_dir),
+                         RunOptions(results_root=ROOT / "runs" / "zoo_eval", workers=args.workers, quiet=True))
+    if round(out.summary["verified_accuracy"], 1) != row["verified %"]:
+        raise SystemExit(f"{name}: the resumed records give {out.summary['verified_accuracy']}% verified, the row "
+                         f"{row['verified %']}%")
+    row.update(cross_check(path, args.dataset, args.data_dir, eps, out.records))
+    print(json.dumps(row), flush=True)
+    write_report(row, args, n_test)
+    if row["verified but PGD-broken"]:
+        raise SystemExit(f"{name}: {row['verified but PGD-broken']} verified samples broken by PGD: a soundness bug")
 
 
 def write_report(row: dict, args: argparse.Namespace, n_test: int) -> None:
@@ -147,7 +195,10 @@ def write_report(row: dict, args: argparse.Namespace, n_test: int) -> None:
              f"{args.n_dist} test images (an attack's upper bound on the true minimal distortion). Unstable ReLUs: "
              f"means over the first {args.n_stats} test images (layers conv1 / conv2 / fc1). Verification: attack -> "
              f"CROWN -> MILP (HiGHS) on the first n test images with the per-sample timeout in the column "
-             f"`verify n @ timeout`; a timeout counts as not verified.\n",
+             f"`verify n @ timeout`; a timeout counts as not verified. `PGD % (verify samples)`: PGD (100 steps x 10 "
+             f"restarts, margin loss, another seed) on exactly those n images, the upper bound the verified % must "
+             f"stay under; `verified but PGD-broken` counts verified samples that this attack breaks (a wrong proof; "
+             f"must be 0, and the script stops if it is not).\n",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
     report.parent.mkdir(parents=True, exist_ok=True)
