@@ -89,7 +89,8 @@ def main() -> None:
     lines.append(format_rows(rows, "md", label_key="run"))
     lines.append("")
     lines.append(f"- wall time: 1 worker {wall1:.1f} s, 2 workers {wall2:.1f} s -> throughput ratio "
-                 f"**{wall1 / wall2:.2f}x**")
+                 f"**{wall1 / wall2:.2f}x** (only meaningful on an otherwise idle machine; the worker-pool "
+                 f"benchmark is `verify/bench_workers.py`, `verify/results/bench_workers.md`)")
     if args.dask:
         lines.append(f"- Dask LocalCluster(2) {wall4:.1f} s vs local pool (2 workers) {wall2:.1f} s -> overhead ratio "
                      f"**{wall4 / wall2:.2f}**; same statuses as 1 worker: "
