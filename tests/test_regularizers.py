@@ -659,3 +659,41 @@ def test_training_jin_rinard_short_budget(mnist_small, pretrained) -> None:  # n
 )
 def test_training_each_regularizer_short_budget(spec: str, mnist_small, pretrained) -> None:  # noqa: ANN001
     _check_training(spec, pretrained, mnist_small)
+
+
+# -- Jin & Rinard: the relaxed Hamming term is not invariant to ReLU rescaling --------------------
+def test_hamming_relaxation_shrinks_under_function_preserving_rescaling() -> None:
+    """Layer 1 x c (weights and bias), layer 2 x 1/c: same function, same activation patterns, but
+    the tanh-relaxed Hamming term falls ~linearly in c for small c. This is the loophole the
+    training warning is about; the true Hamming distance (alpha -> inf) does not move."""
+    torch.manual_seed(0)
+    l1, l2 = nn.Linear(6, 8), nn.Linear(8, 3)
+    xp, xm = torch.rand(16, 6), torch.rand(16, 6)
+
+    @torch.no_grad()
+    def terms(c: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        zp, zm = c * l1(xp), c * l1(xm)
+        out = F.linear(torch.relu(zp), l2.weight / c, l2.bias)
+        relaxed = hamming_term([zp], [zm], alpha=8.0)
+        exact = (zp > 0).ne(zm > 0).float().sum(1)
+        return out, relaxed, exact
+
+    out1, relaxed1, exact1 = terms(1.0)
+    out_small, relaxed_small, exact_small = terms(1e-3)
+    torch.testing.assert_close(out_small, out1, rtol=1e-4, atol=1e-5)
+    assert torch.equal(exact_small, exact1) and exact1.sum() > 0
+    ratio = float(relaxed_small.sum() / relaxed1.sum())
+    assert ratio < 5e-3, ratio
+
+
+def test_training_warns_on_hamming_without_weight_decay(caplog: pytest.LogCaptureFixture) -> None:
+    from robustkit.training.loop import build_regularizers as build_for_training
+    from robustkit.training.loop import warn_scale_sensitive
+
+    with caplog.at_level("WARNING", logger="robustkit.training.loop"):
+        assert warn_scale_sensitive(build_for_training(["jin-rinard"]), 0.0)
+        assert warn_scale_sensitive(build_for_training(["hamming=90"]), 0.0)
+    assert "weight decay" in caplog.text and "5e-4" in caplog.text
+    assert not warn_scale_sensitive(build_for_training(["jin-rinard"]), 5e-4)
+    assert not warn_scale_sensitive(build_for_training(["intrinsic=0.4"]), 0.0)
+    assert not warn_scale_sensitive(build_for_training(["pgd"]), 0.0)

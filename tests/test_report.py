@@ -404,7 +404,7 @@ def test_benchmark_toml_errors(tiny_mnist, tmp_path: Path, text: str, message: s
 
 def test_repository_benchmark_definition() -> None:
     bench = load_benchmark(REPO / "verify" / "mnist.toml")
-    assert bench.table.eps == (0.1,) and bench.table.n <= 100
+    assert bench.table.eps == (0.1, 0.3) and bench.table.n <= 100
     assert {m.name for m in bench.table.models} >= {"mnist_small_none.onnx", "mnist_small_pgd_rs.onnx"}
 
 

@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
             None, help="Learning rate: 1e-3, or EPOCH:LR knots of a piecewise-linear schedule, e.g. 0:1e-3,10:1e-4."
         ),
         momentum: Optional[float] = typer.Option(None, help="SGD momentum [default: 0.9]."),
-        weight_decay: Optional[str] = typer.Option(None, "--weight-decay", help="[default: 0]"),
+        weight_decay: Optional[str] = typer.Option(None, "--weight-decay", help="L2 weight decay of the optimizer [default: 0]; Jin & Rinard's Hamming term needs it (paper: 5e-4)."),
         eps: Optional[str] = typer.Option(None, help="Training eps (L-inf), e.g. 0.1 or 8/255 [default: 0]."),
         eps_start: Optional[str] = typer.Option(None, "--eps-start", help="eps at the start of the ramp [default: 0]."),
         eps_ramp: Optional[str] = typer.Option(None, "--eps-ramp", help="Ramp eps over epochs START:END, e.g. 1:10."),

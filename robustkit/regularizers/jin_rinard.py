@@ -124,6 +124,15 @@ class JinRinard(Regularizer):
     def __init__(self, config: JinRinardConfig | None = None) -> None:
         self.config = config or JinRinardConfig()
 
+    @property
+    def scale_sensitive(self) -> bool:
+        """True when the Hamming term is on: its tanh relaxation (~alpha |z+ - z-| for small
+        pre-activations) is not invariant to ReLU rescaling (layer k x c, layer k+1 x 1/c), so
+        without weight decay the optimizer can lower it by shrinking a layer instead of
+        stabilizing it (``verify/REPRODUCTION.md``, section 2). The paper uses weight decay 5e-4.
+        """
+        return self.config.hamming_weight > 0
+
     def __call__(
         self,
         model: nn.Sequential,
