@@ -97,7 +97,7 @@ def stability(model: Path, dataset: str, data_dir: Path, eps: float, n: int, met
     return " / ".join(f"{layer.unstable.mean():.1f}" for layer in stats.layers)
 
 
-ORDER = ["pgd_rs", "pgd_rs_eps03", "jin_rinard", "jin_rinard_h90", "jin_rinard_h90_wd", "pgd", "none", "mrnet", "mat",
+ORDER = ["pgd_rs", "pgd_rs_eps03", "jin_rinard", "jin_rinard_h90", "jin_rinard_h90_wd", "jin_rinard_h90_i4_wd", "jin_rinard_wd", "pgd", "none", "mrnet", "mat",
          "contractive", "advprop"]
 
 
