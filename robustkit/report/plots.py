@@ -85,13 +85,14 @@ def plot_accuracy(rows: Sequence[Any], path: Path) -> Path:
     if len(eps_values) >= 2:
         fig = Figure(figsize=(8, 4.5))
         ax = fig.subplots()
-        cmap = matplotlib.colormaps["tab10"]
+        # one distinct colour per model (tab10 repeats after 10 models), one legend entry per model
+        cmap = matplotlib.colormaps["tab10" if len(models) <= 10 else "tab20"]
         for i, (model, label) in enumerate(zip(models, labels)):
             pts = sorted((float(r["eps"]), r) for r in dicts if r["model"] == model)
             xs = [e for e, _ in pts]
-            color = cmap(i % 10)
-            ax.plot(xs, [r["verified_accuracy"] for _, r in pts], "-o", color=color, label=f"{label} verified")
-            ax.plot(xs, [r["pgd_accuracy"] for _, r in pts], "--s", color=color, alpha=0.8, label=f"{label} PGD")
+            color = cmap(i % cmap.N) if len(models) <= 20 else matplotlib.colormaps["turbo"](i / (len(models) - 1))
+            ax.plot(xs, [r["verified_accuracy"] for _, r in pts], "-o", color=color, label=label)
+            ax.plot(xs, [r["pgd_accuracy"] for _, r in pts], "--s", color=color, alpha=0.8)
             ax.plot(xs, [r["bounds_verified_accuracy"] for _, r in pts], ":", color=color, alpha=0.6)
         ax.set_xlabel("eps (L-inf)")
         ax.set_ylabel("accuracy %")
