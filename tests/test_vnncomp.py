@@ -31,6 +31,7 @@ from robustkit.vnnlib.bench import (
     disagreements,
     format_table,
     load_benchmark,
+    published_at_limit,
     run_benchmark,
     score_tool,
 )
@@ -156,6 +157,19 @@ def test_score_tool_counts_and_points(tmp_path: Path) -> None:
         BenchOptions(timeout_scale=0)
     with pytest.raises(InputError):
         load_benchmark(tmp_path)
+
+
+def test_published_answers_are_scored_at_the_reduced_limit(tmp_path: Path) -> None:
+    from robustkit.vnnlib.bench import Benchmark
+
+    insts = (BenchInstance(0, "a.onnx", "p0.vnnlib", 100, "unsat"), BenchInstance(1, "a.onnx", "p1.vnnlib", 300, "sat"))
+    bench = Benchmark("b", tmp_path, insts, published={
+        "tool": {0: ("unsat", 20.0), 1: ("sat", 61.0)}, "slow": {0: ("unsat", 20.1), 1: ("timeout", None)}})
+    assert published_at_limit(bench, insts, 1.0) is bench
+    cut = published_at_limit(bench, insts, 0.2)  # limits 20 s and 60 s
+    assert cut.published["tool"] == {0: ("unsat", 20.0), 1: ("timeout", 61.0)}
+    assert cut.published["slow"] == {0: ("timeout", 20.1), 1: ("timeout", None)}
+    assert bench.published["tool"][1] == ("sat", 61.0)  # the original is left alone
 
 
 # ------------------------------------------------------------------------------------------------

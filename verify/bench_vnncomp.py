@@ -19,7 +19,6 @@ import argparse
 import os
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from robustkit.verification import VerifyConfig
@@ -30,6 +29,7 @@ from robustkit.vnnlib.bench import (
     disagreements,
     format_table,
     load_benchmark,
+    published_at_limit,
     run_benchmark,
     score_rows,
 )
@@ -52,11 +52,7 @@ def main() -> None:
 
     bench = load_benchmark(BENCH)
     chosen = bench.select(args.filter)
-    if args.timeout_scale < 1:  # score the published tools at the same reduced limit
-        limit = {i.index: i.timeout * args.timeout_scale for i in chosen}
-        bench = replace(bench, published={
-            tool: {k: (r if t is not None and t <= limit.get(k, 0.0) else "timeout", t) for k, (r, t) in res.items()}
-            for tool, res in bench.published.items()})
+    bench = published_at_limit(bench, chosen, args.timeout_scale)  # like with like below 1x
     ours: list[ToolRow] = []
     published: list[ToolRow] = []
     per_instance: dict[str, dict[int, str]] = {}

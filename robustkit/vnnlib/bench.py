@@ -212,6 +212,18 @@ def robustkit_answers(records: Mapping[str, Mapping[str, Any]], instances: Itera
     return out
 
 
+def published_at_limit(bench: Benchmark, instances: Iterable[BenchInstance], scale: float) -> Benchmark:
+    """``bench`` with every published answer given after more than ``scale`` x the instance's official
+    limit turned into a timeout, so that a run at a reduced limit is compared like with like
+    (``scale >= 1`` changes nothing)."""
+    if scale >= 1:
+        return bench
+    limit = {i.index: i.timeout * scale for i in instances}
+    return replace(bench, published={
+        tool: {k: (r if t is not None and t <= limit.get(k, 0.0) else "timeout", t) for k, (r, t) in res.items()}
+        for tool, res in bench.published.items()})
+
+
 def score_rows(bench: Benchmark, instances: list[BenchInstance], records: Mapping[str, Mapping[str, Any]]) -> list[ToolRow]:
     """robustkit's row, then every published tool's row over the same instances (most solved first)."""
     rows = [score_tool(ROBUSTKIT, robustkit_answers(records, instances), instances)]
@@ -381,7 +393,7 @@ def run_benchmark(root: str | Path, cfg: VerifyConfig, opts: BenchOptions) -> Be
             run_pool(tasks, run_instance_task, opts.workers, limit + KILL_GRACE, on_result)
     all_records = store.records()
     records = {i.key: all_records[i.key] for i in chosen if i.key in all_records}
-    rows = score_rows(bench, chosen, records)
+    rows = score_rows(published_at_limit(bench, chosen, opts.timeout_scale), chosen, records)
     bad = disagreements(chosen, records)
     summary = summary_markdown(bench, chosen, records, rows, bad, cfg, opts)
     (out / "summary.md").write_text(summary + "\n", encoding="utf-8")
@@ -405,7 +417,9 @@ def summary_markdown(bench: Benchmark, instances: list[BenchInstance], records: 
         "",
         f"robustkit: method `{cfg.method}`, tighten `{cfg.tighten}` (bounds used: {', '.join(used) or '-'}), "
         f"limits {', '.join(f'{t:g}' for t in limits)} s (published limit x {opts.timeout_scale:g}), "
-        f"{opts.workers} worker(s).",
+        f"{opts.workers} worker(s)."
+        + (f" The published tools are scored at the same limit: an answer they gave after more than "
+           f"{opts.timeout_scale:g} x the official limit counts as a timeout." if opts.timeout_scale < 1 else ""),
         "",
         "Solved = sat + unsat; wrong = contradicts the ground truth, or a `sat` whose counterexample does not "
         f"replay on the ONNX file; score = {POINTS_CORRECT:+d} per correct answer, {POINTS_WRONG:+d} per wrong one "
