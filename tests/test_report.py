@@ -251,6 +251,9 @@ def test_regularizer_from_metadata() -> None:
         from robustkit.export import read_metadata
 
         assert regularizer_of(read_metadata(zoo)) == "mrnet"
+    assert regularizer_of({"robustkit.train_config": json.dumps({"regularizers": ["jin-rinard"], "weight_decay": 5e-4})}) \
+        == "jin-rinard (weight decay 0.0005)"
+    assert regularizer_of({"robustkit.train_config": json.dumps({"regularizers": [], "weight_decay": 0.0})}) == "none"
 
 
 def _read_records(path: str) -> list[dict]:

@@ -125,7 +125,8 @@ class TableRow:
 
 def regularizer_of(meta: dict[str, str]) -> str:
     """The training regularizers named in ``robustkit.train_config`` (``+``-joined), ``none`` for
-    plain training, ``-`` when the model carries no training metadata."""
+    plain training, ``-`` when the model carries no training metadata; a non-zero weight decay is
+    appended in parentheses."""
     raw = meta.get("robustkit.train_config")
     if not raw:
         return "-"
@@ -138,7 +139,10 @@ def regularizer_of(meta: dict[str, str]) -> str:
     if regs is None:
         return "-"
     names = [str(r) for r in regs if str(r) and str(r) != "none"]
-    return "+".join(names) if names else "none"
+    label = "+".join(names) if names else "none"
+    wd = cfg.get("weight_decay")
+    # weight decay changes what some regularizers do (Jin & Rinard's Hamming term): show it
+    return f"{label} (weight decay {float(wd):g})" if isinstance(wd, (int, float)) and wd > 0 else label
 
 
 def row_from_records(model: str, regularizer: str, eps: float, records: Sequence[dict[str, Any]],
