@@ -175,6 +175,7 @@ CFG_VARIANTS = [
     pytest.param(dict(attack_steps=0, formulation="per-target"), id="milp-per-target"),
     pytest.param(dict(attack_steps=0, formulation="max"), id="milp-max"),
     pytest.param(dict(attack_steps=20, attack_restarts=2, formulation="per-target"), id="attack-per-target"),
+    pytest.param(dict(attack_steps=0, method="bab"), id="bab"),
 ]
 
 
@@ -185,7 +186,7 @@ def test_analytic_radius(analytic_onnx: Path, onnx_kit, variant: dict) -> None: 
     assert ctx.predict(x0) == 0
     below = verify_sample(ctx, x0, 0, VerifyConfig(eps=radius * 0.96, tighten="interval", timeout=30, **variant))
     assert below["status"] == "verified", below
-    assert below["stage"] == "milp", "interval bounds cannot decide this eps: the MILP must"
+    assert below["stage"] == variant.get("method", "milp"), "interval bounds cannot decide this eps: the MILP (or BaB) must"
     above = verify_sample(ctx, x0, 0, VerifyConfig(eps=radius * 1.06, tighten="interval", timeout=30, **variant))
     check_falsified(above, analytic_onnx, x0, radius * 1.06, 0, (1, 2))
     assert above["counterexample_pred"] == 2  # class 1 is still out of reach at this eps

@@ -23,7 +23,7 @@ def vnncomp(
     filter_text: Optional[str] = typer.Option(None, "--filter", help="Only instances whose 'onnx vnnlib' contains this."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (records.jsonl, results/, summary.md); resumable."),
     tighten: str = typer.Option("crown", "--tighten", help="Bounds for the MILP: interval|crown|alpha-crown|lp."),
-    method: str = typer.Option("milp", "--method", help="milp (complete) or interval|crown|alpha-crown (incomplete)."),
+    method: str = typer.Option("milp", "--method", help="milp or bab (complete: MILP, or branch and bound over ReLU splits) or interval|crown|alpha-crown (incomplete)."),
     attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
     rerun: list[str] = typer.Option([], "--rerun", help="Redo finished instances with this status: timeout|unknown|error|all."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),

@@ -21,7 +21,7 @@ def verify(
     start: int = typer.Option(0, "--start", help="Index of the first test image."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="mnist or cifar10 (default: from the model's metadata)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset directory (default: $ROBUSTKIT_DATA, else the embedded test subset)."),
-    method: str = typer.Option("milp", "--method", help="milp (complete) or interval|crown|alpha-crown (incomplete, fast)."),
+    method: str = typer.Option("milp", "--method", help="milp or bab (complete: MILP, or branch and bound over ReLU splits) or interval|crown|alpha-crown (incomplete, fast)."),
     tighten: str = typer.Option("crown", "--tighten", help="Bounds for the MILP: interval|crown|alpha-crown|lp."),
     formulation: str = typer.Option("per-target", "--formulation", help="per-target (one MILP per class) or max (one MILP)."),
     timeout: str = typer.Option("60", "--timeout", help="Seconds per sample."),

@@ -20,7 +20,7 @@ def vnnlib(
     timeout: str = typer.Option("120", "--timeout", help="Seconds for the whole instance (hard limit)."),
     result: Optional[Path] = typer.Option(None, "--result", help="Write the VNN-COMP result file here."),
     tighten: str = typer.Option("crown", "--tighten", help="Bounds for the MILP: interval|crown|alpha-crown|lp."),
-    method: str = typer.Option("milp", "--method", help="milp (complete) or interval|crown|alpha-crown (incomplete)."),
+    method: str = typer.Option("milp", "--method", help="milp or bab (complete: MILP, or branch and bound over ReLU splits) or interval|crown|alpha-crown (incomplete)."),
     attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
     attack_restarts: int = typer.Option(3, "--attack-restarts"),
     check: bool = typer.Option(False, "--check", help="Only load and check the instance (sizes, operators); no solving."),

@@ -7,11 +7,11 @@ from typing import Literal
 
 from robustkit.errors import InputError
 
-Method = Literal["milp", "interval", "crown", "alpha-crown"]
+Method = Literal["milp", "bab", "interval", "crown", "alpha-crown"]
 Tighten = Literal["interval", "crown", "alpha-crown", "lp"]
 Formulation = Literal["per-target", "max"]
 
-METHODS = ("milp", "interval", "crown", "alpha-crown")
+METHODS = ("milp", "bab", "interval", "crown", "alpha-crown")
 TIGHTEN = ("interval", "crown", "alpha-crown", "lp")
 FORMULATIONS = ("per-target", "max")
 
@@ -20,7 +20,8 @@ FORMULATIONS = ("per-target", "max")
 class VerifyConfig:
     """How one property is decided.
 
-    ``method``: ``milp`` is complete (verified / falsified); the bound methods alone are
+    ``method``: ``milp`` and ``bab`` (branch and bound over ReLU splits on the ``tighten``
+    bounds, :mod:`robustkit.verification.bab`) are complete (verified / falsified); the bound methods alone are
     incomplete (verified / unknown, plus falsified when the attack finds a witness).
     ``tighten``: the bounds that build the MILP (big-M constants, stable ReLUs).
     ``safety_margin``: a property is proven only if the worst case is below ``-safety_margin``.

@@ -26,13 +26,15 @@ from robustkit.verification.witness import Witness, validate_witness
 
 log = logging.getLogger(__name__)
 
+COMPLETE = ("milp", "bab")  # methods that decide (the others only bound)
+
 
 @dataclass
 class Verdict:
     """The outcome for one specification, with what decided it and what it cost."""
 
     result: str  # "unsat" (holds) | "sat" (witness) | "timeout" | "unknown"
-    stage: str  # "attack" | "bounds" | "milp" | "none"
+    stage: str  # "attack" | "bounds" | "milp" | "bab" | "none"
     time: float
     witness: Witness | None = None
     details: dict[str, Any] = field(default_factory=dict)
@@ -104,7 +106,7 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     # 2. bounds
     tb = time.perf_counter()
     C, d, owner = output.stacked()
-    method = cfg.method if cfg.method != "milp" else cfg.tighten
+    method = cfg.tighten if cfg.method in COMPLETE else cfg.method
     try:
         nb, rows_lower = compute_bounds(ctx, box, method, C)
     except ImportError:
@@ -130,10 +132,12 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     open_k = [k for k in order if t_ub[k] >= -cfg.safety_margin]
     if not open_k:
         return Verdict("unsat", "bounds", time.perf_counter() - t0, None, details)
-    if cfg.method != "milp":
+    if cfg.method not in COMPLETE:
         return Verdict("unknown", "bounds", time.perf_counter() - t0, None, details)
     if _deadline_left(deadline) <= 0:
         return Verdict("timeout", "bounds", time.perf_counter() - t0, None, details)
+    if cfg.method == "bab":
+        return _branch_and_bound(ctx, box, output, open_k, nb, cfg, deadline, strict_label, details, t0)
     # 3. MILP
     tm = time.perf_counter()
     enc = encode(ctx.net, nb)
@@ -173,6 +177,28 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     return Verdict(result, "milp", time.perf_counter() - t0, witness, details)
 
 
+def _branch_and_bound(ctx: ModelContext, box: InputBox, output: OutputSpec, open_k: list[int], nb: NetBounds,
+                      cfg: VerifyConfig, deadline: float, strict_label: int | None, details: dict[str, Any],
+                      t0: float) -> Verdict:
+    """Stage 3 for ``method="bab"``: branch and bound over the disjuncts the bounds left open."""
+    from robustkit.verification.bab import branch_and_bound
+
+    sub = OutputSpec(tuple(output[k] for k in open_k))
+    C, d, owner = sub.stacked()
+
+    def check(x: np.ndarray) -> Witness | None:
+        return validate_witness(ctx, x, box, output, strict_label)
+
+    res = branch_and_bound(ctx.net, box.lower, box.upper, C, d, owner, nb, deadline, check, cfg.safety_margin)
+    details["bab"] = res.stats
+    details["time_bab"] = res.stats.get("time", 0.0)
+    witness = res.witness if isinstance(res.witness, Witness) else None
+    result = "sat" if witness is not None else ("unsat" if res.status == "unsat" else res.status)
+    if result == "sat" and witness is None:
+        result = "unknown"
+    return Verdict(result, "bab", time.perf_counter() - t0, witness, details)
+
+
 def verify_spec(ctx: ModelContext, spec: Specification, cfg: VerifyConfig, strict_label: int | None = None) -> Verdict:
     """Decide a specification: ``sat`` if any region has a witness, ``unsat`` if all hold."""
     t0 = time.perf_counter()
@@ -187,7 +213,7 @@ def verify_spec(ctx: ModelContext, spec: Specification, cfg: VerifyConfig, stric
     results = {v.result for v in verdicts}
     result = "unsat" if results == {"unsat"} else ("timeout" if "timeout" in results else "unknown")
     details = verdicts[0].details if len(verdicts) == 1 else {"regions": [v.details for v in verdicts]}
-    stage = max((v.stage for v in verdicts), key=["none", "attack", "bounds", "milp"].index)
+    stage = max((v.stage for v in verdicts), key=["none", "attack", "bounds", "milp", "bab"].index)
     return Verdict(result, stage, time.perf_counter() - t0, None, details)
 
 

@@ -1,0 +1,442 @@
+"""Branch and bound over ReLU splits, on top of the bound methods (complete).
+
+A domain is the input box together with a set of ReLU phase decisions ("split constraints").
+Its bounds are valid over ``{x in box : every split holds}``. Splitting an unstable ReLU ``z``
+gives two children: ``z <= 0`` (its pre-activation upper bound set to 0: the ReLU is exactly 0
+there) and ``z >= 0`` (lower bound set to 0: exactly the identity). Their union is the parent,
+so a property that holds on every leaf holds on the box. This is the BaB of Xu et al. 2021
+("Fast and Complete", Sec. 3.2: split constraints enter through the intermediate bounds) with
+the split constraints' Lagrange multipliers of beta-CROWN (Wang et al. 2021, "Beta-CROWN", Sec.
+3.1) in the final pass:
+
+* bounding: the layers after the split are recomputed by CROWN from the parent's bounds
+  (intersected with them: the child is a subset, so every parent bound stays valid, including
+  the alpha-CROWN or LP bounds the root came with), then the specification rows are bounded by a
+  backward pass whose lower slopes (alpha) and split multipliers (beta) are optimised by a few
+  steps of Adam (``iterations``); the best value seen per row is kept (each is valid);
+* pruning: a domain is closed when every disjunct of the violation has a row whose lower bound
+  exceeds its threshold by the safety margin, or when its bounds are empty (some neuron's lower
+  bound above its upper bound: the split constraints contradict each other on the box);
+* branching: the BaBSR-style intercept score (Bunel et al. 2020, "Branch and Bound for
+  Piecewise Linear Neural Network Verification", Sec. 5.1): the loss the upper relaxation's
+  intercept ``-l u / (u - l)`` causes in the bound of the open rows, ``-min(A, 0) * intercept``;
+* falsification: at every bounded domain the box corner that minimises the linear lower bound of
+  its worst row is run through the network; a violating point goes to ``check`` (the pipeline
+  re-runs it in onnxruntime), and BaB continues if it is rejected;
+* order: the domain pool is a stack of batches (depth first), which keeps its memory at
+  about ``depth x batch`` domains; to prove a property every leaf must be closed anyway.
+
+A domain whose ReLUs are all decided but which the bound cannot close (the bound does not see
+how the split constraints cut the box) is settled exactly: the network is affine there, and one
+LP per disjunct (the box, the decided neurons' sides, the disjunct's rows) closes it or gives a
+candidate. If one remains undecided (LP trouble, or a candidate ``check`` rejects) when the pool is
+empty, the answer is ``unknown``, never ``unsat``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from robustkit.bounds.crown import CrownConfig, crown_bounds, pre_bounds, relu_relaxation
+from robustkit.bounds.types import NetBounds, widen
+from robustkit.network import LinearLayer, Network, ReLU
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BabConfig", "BabResult", "branch_and_bound", "spec_backward"]
+
+
+@dataclass(frozen=True)
+class BabConfig:
+    """``batch``: parent domains split per step (each gives two children, bounded together);
+    ``iterations``: Adam steps (step ``lr``) on the final pass's lower slopes and, with ``beta``,
+    on the split constraints' multipliers, per batch (0: CROWN's adaptive slopes alone);
+    ``max_domains``: the most open domains kept (past it: ``unknown``)."""
+
+    batch: int = 64
+    iterations: int = 10
+    lr: float = 0.25
+    beta: bool = True
+    max_domains: int = 100_000
+    crown: CrownConfig = CrownConfig()
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.iterations < 0 or not self.lr > 0:
+            raise ValueError("iterations must be >= 0 and lr > 0")
+        if self.max_domains < 1:
+            raise ValueError(f"max_domains must be >= 1, got {self.max_domains}")
+
+
+@dataclass
+class BabResult:
+    """``status``: ``unsat`` (every domain closed), ``sat`` (``check`` accepted ``witness``),
+    ``timeout``, or ``unknown`` (undecided leaves, or too many domains)."""
+
+    status: str
+    witness: object | None = None
+    stats: dict[str, float | int] = field(default_factory=dict)
+
+
+def spec_backward(
+    net: Network, C: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, pre: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    alphas: dict[int, torch.Tensor] | None = None,
+    betas: dict[int, torch.Tensor] | None = None,
+    signs: dict[int, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
+    """CROWN lower bound ``(B, m)`` of ``C y`` (``C``: ``(B, m, out)``, unwidened), with the
+    coefficients on each ReLU's output (``{r: (B, m, d_r)}``, before relaxing it) and on the
+    input (``(B, m, in_dim)``). ``alphas[r]``: lower slopes ``(B, m, d_r)``.
+
+    ``signs[r]`` (``(B, d_r)``, entries -1/0/+1): split constraints ``sign * z >= 0`` on the
+    ReLU's pre-activation ``z``; ``betas[r] >= 0`` (``(B, m, d_r)``) their multipliers
+    (beta-CROWN, Wang et al. 2021, Eq. 7): on the domain ``C y >= C y - beta sign z``, so the
+    bound of the right-hand side, computed over the box, is valid for the domain."""
+    A = C
+    c = torch.zeros(C.shape[:-1], dtype=C.dtype)
+    coeffs: dict[int, torch.Tensor] = {}
+    for i in range(len(net.layers) - 1, -1, -1):
+        layer = net.layers[i]
+        if isinstance(layer, LinearLayer):
+            c = c + A @ layer.bias_tensor(A.dtype)
+            A = layer.backward(A)
+        elif isinstance(layer, ReLU):
+            coeffs[i] = A
+            l, u = pre[i]
+            alpha = None if alphas is None else alphas.get(i)
+            lam_l, lam_u, mu_u = relu_relaxation(l.unsqueeze(1), u.unsqueeze(1), alpha)
+            neg = A.clamp(max=0)
+            c = c + (neg * mu_u).sum(-1)
+            A = A.clamp(min=0) * lam_l + neg * lam_u
+            if betas is not None and signs is not None and i in betas:
+                A = A - betas[i] * signs[i].unsqueeze(1)
+        else:
+            raise TypeError(f"branch and bound does not support layer {layer.describe()}")
+    center = ((lo + hi) / 2).unsqueeze(-1)
+    radius = ((hi - lo) / 2).unsqueeze(-1)
+    bound = c + (A @ center).squeeze(-1) - (A.abs() @ radius).squeeze(-1)
+    return bound, coeffs, A
+
+
+@dataclass
+class _Domains:
+    """A batch of domains: per-layer bounds ``(n, d_i)``, the split constraints so far (per ReLU
+    position ``r``: ``(n, d_r)`` signs, +1 active, -1 inactive, 0 not split) and, once bounded,
+    the split chosen next for each (ReLU position and neuron; -1: none left)."""
+
+    lower: list[torch.Tensor]
+    upper: list[torch.Tensor]
+    signs: dict[int, torch.Tensor]
+    relu: torch.Tensor
+    neuron: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.relu.numel())
+
+    def take(self, idx: torch.Tensor | slice) -> "_Domains":
+        return _Domains([t[idx] for t in self.lower], [t[idx] for t in self.upper],
+                        {r: t[idx] for r, t in self.signs.items()}, self.relu[idx], self.neuron[idx])
+
+
+class _Search:
+    def __init__(self, net: Network, lo: torch.Tensor, hi: torch.Tensor, C: np.ndarray, d: np.ndarray,
+                 owner: np.ndarray, margin: float, cfg: BabConfig,
+                 check: Callable[[np.ndarray], object | None]) -> None:
+        self.net, self.cfg, self.margin, self.check = net, cfg, margin, check
+        self.lo, self.hi = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
+        self.C = torch.tensor(np.asarray(C, dtype=np.float64))
+        self.d = torch.tensor(np.asarray(d, dtype=np.float64))
+        groups = sorted(set(int(k) for k in owner))
+        self.groups = [torch.as_tensor(np.flatnonzero(owner == k)) for k in groups]
+        self.relus = [r for r in net.relu_indices if r >= 1]  # a ReLU on the input is never split
+        self.stats: dict[str, float | int] = {"domains": 0, "closed": 0, "infeasible": 0, "undecided": 0,
+                                              "candidates": 0, "leaves": 0, "max_open": 0, "iterations": 0}
+
+    # -- bounding ---------------------------------------------------------------------------
+    def _measure(self, lb: torch.Tensor) -> torch.Tensor:
+        """Upper bound ``(n,)`` of the violation measure ``max_k min_{rows of k} (d - C y)``."""
+        slack = self.d - lb
+        return torch.stack([slack[:, g].min(dim=1).values for g in self.groups], dim=1).max(dim=1).values
+
+    def _spec_bound(self, nb: NetBounds, signs: dict[int, torch.Tensor]
+                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
+        """Widened lower bounds ``(n, m)`` of the rows, the best of CROWN and ``iterations``
+        steps of Adam on the final pass's slopes and split multipliers; with the coefficients of
+        the CROWN pass (for branching and falsification)."""
+        n = nb.lower[0].shape[0]
+        lo, hi = self.lo.expand(n, -1), self.hi.expand(n, -1)
+        pre = pre_bounds(self.net, nb)
+        C = self.C.unsqueeze(0).expand(n, -1, -1)
+        m = C.shape[1]
+        best, coeffs, A_in = spec_backward(self.net, C, lo, hi, pre)
+        if self.cfg.iterations > 0:
+            alphas = {r: (pre[r][1] >= -pre[r][0]).double().unsqueeze(1).expand(-1, m, -1).clone()
+                      .requires_grad_(True) for r in self.net.relu_indices}
+            split = {r: t.double() for r, t in signs.items() if bool(t.any())} if self.cfg.beta else {}
+            betas = {r: torch.zeros(n, m, t.shape[1], dtype=torch.float64, requires_grad=True)
+                     for r, t in split.items()}
+            params = list(alphas.values()) + list(betas.values())
+            opt = torch.optim.Adam(params, lr=self.cfg.lr)
+            for it in range(self.cfg.iterations + 1):
+                with torch.enable_grad():
+                    bound, _, _ = spec_backward(self.net, C, lo, hi, pre, alphas, betas, split)
+                best = torch.maximum(best, bound.detach())
+                if it == self.cfg.iterations or bool((self._measure(best) < -2 * self.margin).all()):
+                    break  # the last evaluation needs no step; nor does a batch already closed
+                opt.zero_grad()
+                with torch.enable_grad():
+                    (-bound.sum()).backward()
+                opt.step()
+                with torch.no_grad():
+                    for a in alphas.values():
+                        a.clamp_(0.0, 1.0)
+                    for b in betas.values():
+                        b.clamp_(min=0.0)
+        return widen(best, best)[0], coeffs, A_in
+
+    def bound(self, dom: _Domains) -> tuple[_Domains, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bound ``dom`` (bounds may hold fresh splits): returns the open domains with their
+        branching decisions, and for them the violation-measure bound, the row bounds and the
+        input coefficients of the spec rows."""
+        n = len(dom)
+        start = int(dom.relu.min()) if n and bool((dom.relu >= 0).all()) else 0
+        base = NetBounds(self.lo.expand(n, -1), self.hi.expand(n, -1), dom.lower, dom.upper, "bab")
+        nb, _ = crown_bounds(self.net, base.input_lower, base.input_upper, None, self.cfg.crown, base, start)
+        empty = torch.zeros(n, dtype=torch.bool)
+        for lo_i, hi_i in zip(nb.lower, nb.upper):
+            empty |= (lo_i > hi_i).any(dim=1)
+        lb, coeffs, A_in = self._spec_bound(nb, dom.signs)
+        t = self._measure(lb)
+        closed = empty | (t < -self.margin)
+        self.stats["infeasible"] += int(empty.sum())
+        self.stats["closed"] += int(closed.sum())
+        keep = torch.nonzero(~closed).flatten()
+        out = _Domains([x[keep] for x in nb.lower], [x[keep] for x in nb.upper],
+                       {r: t[keep] for r, t in dom.signs.items()},
+                       torch.full((keep.numel(),), -1, dtype=torch.long), torch.zeros(keep.numel(), dtype=torch.long))
+        lb, t, A_in = lb[keep], t[keep], A_in[keep]
+        coeffs = {r: a[keep] for r, a in coeffs.items()}
+        self._choose_splits(out, lb, coeffs)
+        return out, t, lb, A_in
+
+    # -- branching --------------------------------------------------------------------------
+    def _choose_splits(self, dom: _Domains, lb: torch.Tensor, coeffs: dict[int, torch.Tensor]) -> None:
+        """Set ``dom.relu`` / ``dom.neuron`` to the unstable neuron with the best intercept score
+        over the rows not yet proven (``-1`` when none is unstable)."""
+        n = len(dom)
+        if n == 0:
+            return
+        open_rows = (self.d - lb >= -self.margin).double()  # (n, m)
+        best_score = torch.full((n,), -1.0, dtype=torch.float64)
+        for r in self.relus:
+            l, u = dom.lower[r - 1], dom.upper[r - 1]
+            unstable = (l < 0) & (u > 0)
+            if not bool(unstable.any()):
+                continue
+            width = torch.where(unstable, u - l, torch.ones_like(u))
+            intercept = torch.where(unstable, -l * u / width, torch.zeros_like(u))
+            loss = (-coeffs[r].clamp(max=0) * open_rows.unsqueeze(-1)).sum(1) * intercept
+            # an unstable neuron with no effect on the open rows still ranks above none at all
+            score = torch.where(unstable, loss + 1e-12 * intercept, torch.full_like(loss, -1.0))
+            s, j = score.max(dim=1)
+            better = s > best_score
+            best_score = torch.where(better, s, best_score)
+            dom.relu = torch.where(better, torch.full_like(dom.relu, r), dom.relu)
+            dom.neuron = torch.where(better, j, dom.neuron)
+
+    # -- splitting --------------------------------------------------------------------------
+    def split(self, dom: _Domains) -> _Domains:
+        """Two children per domain: the chosen neuron inactive (first half), active (second)."""
+        n = len(dom)
+        lower = [t.repeat(2, 1) for t in dom.lower]
+        upper = [t.repeat(2, 1) for t in dom.upper]
+        signs = {r: t.repeat(2, 1) for r, t in dom.signs.items()}
+        rows = torch.arange(2 * n)
+        relu, neuron = dom.relu.repeat(2), dom.neuron.repeat(2)
+        for r in set(int(v) for v in dom.relu):
+            sel = relu == r
+            inactive = sel & (rows < n)
+            active = sel & (rows >= n)
+            li, ui = lower[r - 1], upper[r - 1]
+            ui[inactive, neuron[inactive]] = torch.clamp(ui[inactive, neuron[inactive]], max=0.0)
+            li[active, neuron[active]] = torch.clamp(li[active, neuron[active]], min=0.0)
+            signs[r][inactive, neuron[inactive]] = -1
+            signs[r][active, neuron[active]] = 1
+        return _Domains(lower, upper, signs, relu, neuron)
+
+    # -- leaves -----------------------------------------------------------------------------
+    def leaves(self, dom: _Domains) -> object | None:
+        """Settle the open domains with no unstable ReLU left exactly: the network is affine
+        there, so one LP per disjunct decides it (:meth:`_leaf_lp`). A witness accepted by
+        ``check`` is returned; a domain the LP cannot settle counts as ``undecided``."""
+        for i in torch.nonzero(dom.relu < 0).flatten().tolist():
+            self.stats["leaves"] += 1
+            verdict, x = self._leaf_lp(dom, i)
+            if verdict == "closed":
+                self.stats["closed"] += 1
+                continue
+            if verdict == "candidate":
+                assert x is not None
+                self.stats["candidates"] += 1
+                w = self.check(x)
+                if w is not None:
+                    return w
+            self.stats["undecided"] += 1
+        return None
+
+    def _leaf_lp(self, dom: _Domains, i: int) -> tuple[str, np.ndarray | None]:
+        """Domain ``i`` with every ReLU decided (by a split or by its bounds): ``y = A x + c`` on
+        it. For each disjunct maximise ``t`` s.t. ``C_k y + t <= d_k``, ``x`` in the box, and
+        every decided neuron on its side (``z >= 0`` active, ``z <= 0`` inactive). ``closed``
+        if every optimum is below ``-margin`` (or infeasible); ``candidate`` (with its ``x``)
+        if one reaches 0; else ``undecided``."""
+        from scipy.optimize import linprog
+
+        n = self.lo.shape[1]
+        A = torch.eye(n, dtype=torch.float64)
+        c = torch.zeros(n, dtype=torch.float64)
+        side_rows, side_rhs = [], []
+        for pos, layer in enumerate(self.net.layers):
+            if isinstance(layer, LinearLayer):
+                A = layer.forward(A.T.contiguous()).T - layer.bias_tensor(torch.float64).unsqueeze(1)
+                c = layer.forward(c.unsqueeze(0)).reshape(-1)
+            elif isinstance(layer, ReLU):
+                l, u = (self.lo[0], self.hi[0]) if pos == 0 else (dom.lower[pos - 1][i], dom.upper[pos - 1][i])
+                active, inactive = l >= 0, u <= 0
+                if bool((~(active | inactive)).any()):
+                    return "undecided", None
+                # active: -(A x + c) <= 0 ; inactive: A x + c <= 0
+                sign = torch.where(active, -1.0, 1.0).double()
+                side_rows.append(sign.unsqueeze(1) * A)
+                side_rhs.append(-sign * c)
+                A = A * active.double().unsqueeze(1)
+                c = c * active.double()
+        G = torch.cat(side_rows).numpy() if side_rows else np.zeros((0, n))
+        h = torch.cat(side_rhs).numpy() if side_rows else np.zeros(0)
+        CA, Cc = (self.C @ A).numpy(), (self.C @ c).numpy()
+        d = self.d.numpy()
+        bounds = [(float(a), float(b)) for a, b in zip(self.lo[0], self.hi[0])] + [(None, None)]
+        best_t, best_x = -np.inf, None
+        for g in self.groups:
+            rows = g.numpy()
+            A_ub = np.vstack([np.hstack([CA[rows], np.ones((rows.size, 1))]), np.hstack([G, np.zeros((G.shape[0], 1))])])
+            b_ub = np.concatenate([d[rows] - Cc[rows], h])
+            obj = np.zeros(n + 1)
+            obj[-1] = -1.0
+            res = linprog(obj, A_ub=A_ub, b_ub=b_ub, bounds=bounds, method="highs")
+            if res.status == 2:  # infeasible: the split constraints exclude every point
+                continue
+            if res.status == 3:  # unbounded t cannot happen with finite rows; be safe
+                return "undecided", None
+            if res.status != 0:
+                return "undecided", None
+            t = -float(res.fun)
+            if t > best_t:
+                best_t, best_x = t, np.asarray(res.x[:n], dtype=np.float64)
+        if best_t < -self.margin:
+            return "closed", None
+        if best_t >= 0:
+            return "candidate", best_x
+        return "undecided", None
+
+    # -- falsification ----------------------------------------------------------------------
+    def candidates(self, t: torch.Tensor, lb: torch.Tensor, A_in: torch.Tensor) -> object | None:
+        """Run the box corner minimising the worst open row's linear bound through the network;
+        hand violating points to ``check``."""
+        if t.numel() == 0:
+            return None
+        row = (self.d - lb).argmax(dim=1)  # the row the bound leaves most room to violate
+        a = A_in[torch.arange(t.numel()), row]  # (n, in_dim)
+        x = torch.where(a > 0, self.lo, self.hi)
+        with torch.no_grad():
+            y = self.net.forward(x)
+            measure = self._measure(y @ self.C.T)  # the point's own violation measure
+        for i in torch.nonzero(measure >= 0).flatten()[:4].tolist():
+            self.stats["candidates"] += 1
+            w = self.check(x[i].numpy())
+            if w is not None:
+                return w
+        return None
+
+
+def branch_and_bound(
+    net: Network,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    C: np.ndarray,
+    d: np.ndarray,
+    owner: np.ndarray,
+    root: NetBounds,
+    deadline: float,
+    check: Callable[[np.ndarray], object | None],
+    margin: float = 1e-4,
+    cfg: BabConfig = BabConfig(),
+) -> BabResult:
+    """Decide whether some ``x`` in ``[lower, upper]`` has ``C_k y <= d_k`` for some disjunct
+    ``k`` (rows of disjunct ``k``: ``owner == k``), starting from ``root`` (bounds of every layer
+    over the box, batch 1). ``deadline``: ``time.perf_counter()`` value to stop at.
+    ``check(x)`` returns a witness object if ``x`` really violates, else None."""
+    t0 = time.perf_counter()
+    lo = torch.tensor(np.asarray(lower, dtype=np.float64))
+    hi = torch.tensor(np.asarray(upper, dtype=np.float64))
+    search = _Search(net, lo, hi, C, d, owner, margin, cfg, check)
+    stats = search.stats
+    root_dom = _Domains([t.clone() for t in root.lower], [t.clone() for t in root.upper],
+                        {r: torch.zeros(1, net.layers[r].in_dim, dtype=torch.int8) for r in search.relus},
+                        torch.full((1,), -1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    with torch.no_grad():
+        return _search(search, root_dom, deadline, cfg, t0)
+
+
+def _search(search: _Search, root_dom: _Domains, deadline: float, cfg: BabConfig, t0: float) -> BabResult:
+    stats = search.stats
+    first, t, lb, A_in = search.bound(root_dom)
+    stats["domains"] += 1
+    w = search.candidates(t, lb, A_in) or search.leaves(first)
+    if w is not None:
+        return _done("sat", w, stats, t0)
+    stack: list[_Domains] = []
+    _push(stack, first)
+    while stack:
+        open_count = sum(len(block) for block in stack)
+        stats["max_open"] = max(int(stats["max_open"]), open_count)
+        if open_count > cfg.max_domains:
+            stats["open"] = open_count
+            log.info("branch and bound: more than %d open domains; giving up", cfg.max_domains)
+            return _done("unknown", None, stats, t0)
+        if time.perf_counter() >= deadline:
+            stats["open"] = open_count
+            return _done("timeout", None, stats, t0)
+        dom = stack.pop()
+        if len(dom) > cfg.batch:
+            stack.append(dom.take(slice(cfg.batch, None)))
+            dom = dom.take(slice(0, cfg.batch))
+        stats["iterations"] += 1
+        children = search.split(dom)
+        stats["domains"] += len(children)
+        bounded, t, lb, A_in = search.bound(children)
+        w = search.candidates(t, lb, A_in) or search.leaves(bounded)
+        if w is not None:
+            return _done("sat", w, stats, t0)
+        _push(stack, bounded)
+    return _done("unknown" if stats["undecided"] else "unsat", None, stats, t0)
+
+
+def _push(stack: list[_Domains], dom: _Domains) -> None:
+    """Push the domains that can be split (the others were settled by :meth:`_Search.leaves`)."""
+    splittable = dom.relu >= 0
+    if bool(splittable.any()):
+        stack.append(dom.take(torch.nonzero(splittable).flatten()))
+
+
+def _done(status: str, witness: object | None, stats: dict[str, float | int], t0: float) -> BabResult:
+    stats["time"] = time.perf_counter() - t0
+    log.debug("branch and bound: %s %s", status, stats)
+    return BabResult(status, witness, dict(stats))
