@@ -120,8 +120,8 @@ def test_final_pass_is_crown_and_optimising_stays_valid(seed: int) -> None:
     box_lo, box_hi = search.lo.expand(2, -1), search.hi.expand(2, -1)
     nb2, _ = crown_bounds(net, box_lo, box_hi, None, search.cfg.crown,
                           NetBounds(box_lo, box_hi, children.lower, children.upper, "bab"), r)
-    opt_lb, _, _ = search._spec_bound(nb2, children.signs)
-    flat_lb, _, _ = _search(net, lo, hi, C, np.zeros(3), BabConfig(iterations=0))._spec_bound(nb2, children.signs)
+    opt_lb = search._spec_bound(nb2, children)[0]
+    flat_lb = _search(net, lo, hi, C, np.zeros(3), BabConfig(iterations=0))._spec_bound(nb2, children)[0]
     assert bool((opt_lb >= flat_lb - 1e-9).all())
     for child, side in ((0, z <= 0), (1, z >= 0)):
         if bool(side.any()):

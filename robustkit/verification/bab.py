@@ -57,12 +57,14 @@ class BabConfig:
     """``batch``: parent domains split per step (each gives two children, bounded together);
     ``iterations``: Adam steps (step ``lr``) on the final pass's lower slopes and, with ``beta``,
     on the split constraints' multipliers, per batch (0: CROWN's adaptive slopes alone);
-    ``max_domains``: the most open domains kept (past it: ``unknown``)."""
+    ``fsb_candidates``: neurons per domain whose split is tried before choosing (1: the
+    intercept score alone); ``max_domains``: the most open domains kept (past it: ``unknown``)."""
 
     batch: int = 64
     iterations: int = 10
     lr: float = 0.25
     beta: bool = True
+    fsb_candidates: int = 4
     max_domains: int = 100_000
     crown: CrownConfig = CrownConfig()
 
@@ -71,6 +73,8 @@ class BabConfig:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
         if self.iterations < 0 or not self.lr > 0:
             raise ValueError("iterations must be >= 0 and lr > 0")
+        if self.fsb_candidates < 1:
+            raise ValueError(f"fsb_candidates must be >= 1, got {self.fsb_candidates}")
         if self.max_domains < 1:
             raise ValueError(f"max_domains must be >= 1, got {self.max_domains}")
 
@@ -128,21 +132,26 @@ def spec_backward(
 @dataclass
 class _Domains:
     """A batch of domains: per-layer bounds ``(n, d_i)``, the split constraints so far (per ReLU
-    position ``r``: ``(n, d_r)`` signs, +1 active, -1 inactive, 0 not split) and, once bounded,
-    the split chosen next for each (ReLU position and neuron; -1: none left)."""
+    position ``r``: ``(n, d_r)`` signs, +1 active, -1 inactive, 0 not split), the final pass's
+    slopes and multipliers last optimised for it (``(n, m, d_r)`` float32, to start its children
+    from; empty before the first optimisation) and, once bounded, the split chosen next (ReLU
+    position and neuron; -1: none left)."""
 
     lower: list[torch.Tensor]
     upper: list[torch.Tensor]
     signs: dict[int, torch.Tensor]
     relu: torch.Tensor
     neuron: torch.Tensor
+    alphas: dict[int, torch.Tensor] = field(default_factory=dict)
+    betas: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.relu.numel())
 
     def take(self, idx: torch.Tensor | slice) -> "_Domains":
         return _Domains([t[idx] for t in self.lower], [t[idx] for t in self.upper],
-                        {r: t[idx] for r, t in self.signs.items()}, self.relu[idx], self.neuron[idx])
+                        {r: t[idx] for r, t in self.signs.items()}, self.relu[idx], self.neuron[idx],
+                        {r: t[idx] for r, t in self.alphas.items()}, {r: t[idx] for r, t in self.betas.items()})
 
 
 class _Search:
@@ -165,41 +174,50 @@ class _Search:
         slack = self.d - lb
         return torch.stack([slack[:, g].min(dim=1).values for g in self.groups], dim=1).max(dim=1).values
 
-    def _spec_bound(self, nb: NetBounds, signs: dict[int, torch.Tensor]
-                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
-        """Widened lower bounds ``(n, m)`` of the rows, the best of CROWN and ``iterations``
-        steps of Adam on the final pass's slopes and split multipliers; with the coefficients of
-        the CROWN pass (for branching and falsification)."""
+    def _spec_bound(self, nb: NetBounds, dom: _Domains) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor,
+                                                             dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """Widened lower bounds ``(n, m)`` of the rows: the best of CROWN and ``iterations``
+        steps of Adam on the final pass's slopes and split multipliers (started from the
+        parent's); with the coefficients of the CROWN pass (for branching and falsification) and
+        the slopes and multipliers reached (detached)."""
         n = nb.lower[0].shape[0]
         lo, hi = self.lo.expand(n, -1), self.hi.expand(n, -1)
         pre = pre_bounds(self.net, nb)
         C = self.C.unsqueeze(0).expand(n, -1, -1)
         m = C.shape[1]
         best, coeffs, A_in = spec_backward(self.net, C, lo, hi, pre)
-        if self.cfg.iterations > 0:
-            alphas = {r: (pre[r][1] >= -pre[r][0]).double().unsqueeze(1).expand(-1, m, -1).clone()
-                      .requires_grad_(True) for r in self.net.relu_indices}
-            split = {r: t.double() for r, t in signs.items() if bool(t.any())} if self.cfg.beta else {}
-            betas = {r: torch.zeros(n, m, t.shape[1], dtype=torch.float64, requires_grad=True)
-                     for r, t in split.items()}
-            params = list(alphas.values()) + list(betas.values())
-            opt = torch.optim.Adam(params, lr=self.cfg.lr)
-            for it in range(self.cfg.iterations + 1):
-                with torch.enable_grad():
-                    bound, _, _ = spec_backward(self.net, C, lo, hi, pre, alphas, betas, split)
-                best = torch.maximum(best, bound.detach())
-                if it == self.cfg.iterations or bool((self._measure(best) < -2 * self.margin).all()):
-                    break  # the last evaluation needs no step; nor does a batch already closed
-                opt.zero_grad()
-                with torch.enable_grad():
-                    (-bound.sum()).backward()
-                opt.step()
-                with torch.no_grad():
-                    for a in alphas.values():
-                        a.clamp_(0.0, 1.0)
-                    for b in betas.values():
-                        b.clamp_(min=0.0)
-        return widen(best, best)[0], coeffs, A_in
+        if self.cfg.iterations == 0:
+            return widen(best, best)[0], coeffs, A_in, {}, {}
+        alphas = {}
+        for r in self.net.relu_indices:
+            start = dom.alphas.get(r)
+            a = (pre[r][1] >= -pre[r][0]).double().unsqueeze(1).expand(-1, m, -1) if start is None else start.double()
+            alphas[r] = a.clone().requires_grad_(True)
+        split = {r: t.double() for r, t in dom.signs.items() if bool(t.any())} if self.cfg.beta else {}
+        betas = {}
+        for r, sg in split.items():
+            start = dom.betas.get(r)
+            b = torch.zeros(n, m, sg.shape[1], dtype=torch.float64) if start is None else start.double()
+            betas[r] = b.clone().requires_grad_(True)
+        opt = torch.optim.Adam(list(alphas.values()) + list(betas.values()), lr=self.cfg.lr)
+        for it in range(self.cfg.iterations + 1):
+            with torch.enable_grad():
+                bound, _, _ = spec_backward(self.net, C, lo, hi, pre, alphas, betas, split)
+            best = torch.maximum(best, bound.detach())
+            if it == self.cfg.iterations or bool((self._measure(best) < -2 * self.margin).all()):
+                break  # the last evaluation needs no step; nor does a batch already closed
+            opt.zero_grad()
+            with torch.enable_grad():
+                (-bound.sum()).backward()
+            opt.step()
+            with torch.no_grad():
+                for a in alphas.values():
+                    a.clamp_(0.0, 1.0)
+                for b in betas.values():
+                    b.clamp_(min=0.0)
+        keep_a = {r: a.detach().float() for r, a in alphas.items()}
+        keep_b = {r: b.detach().float() for r, b in betas.items()}
+        return widen(best, best)[0], coeffs, A_in, keep_a, keep_b
 
     def bound(self, dom: _Domains) -> tuple[_Domains, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Bound ``dom`` (bounds may hold fresh splits): returns the open domains with their
@@ -212,44 +230,86 @@ class _Search:
         empty = torch.zeros(n, dtype=torch.bool)
         for lo_i, hi_i in zip(nb.lower, nb.upper):
             empty |= (lo_i > hi_i).any(dim=1)
-        lb, coeffs, A_in = self._spec_bound(nb, dom.signs)
-        t = self._measure(lb)
-        closed = empty | (t < -self.margin)
+        lb, coeffs, A_in, alphas, betas = self._spec_bound(nb, dom)
+        measure = self._measure(lb)
+        closed = empty | (measure < -self.margin)
         self.stats["infeasible"] += int(empty.sum())
         self.stats["closed"] += int(closed.sum())
         keep = torch.nonzero(~closed).flatten()
         out = _Domains([x[keep] for x in nb.lower], [x[keep] for x in nb.upper],
-                       {r: t[keep] for r, t in dom.signs.items()},
-                       torch.full((keep.numel(),), -1, dtype=torch.long), torch.zeros(keep.numel(), dtype=torch.long))
-        lb, t, A_in = lb[keep], t[keep], A_in[keep]
+                       {r: sg[keep] for r, sg in dom.signs.items()},
+                       torch.full((keep.numel(),), -1, dtype=torch.long), torch.zeros(keep.numel(), dtype=torch.long),
+                       {r: a[keep] for r, a in alphas.items()}, {r: b[keep] for r, b in betas.items()})
+        lb, measure, A_in = lb[keep], measure[keep], A_in[keep]
         coeffs = {r: a[keep] for r, a in coeffs.items()}
         self._choose_splits(out, lb, coeffs)
-        return out, t, lb, A_in
+        return out, measure, lb, A_in
 
     # -- branching --------------------------------------------------------------------------
     def _choose_splits(self, dom: _Domains, lb: torch.Tensor, coeffs: dict[int, torch.Tensor]) -> None:
-        """Set ``dom.relu`` / ``dom.neuron`` to the unstable neuron with the best intercept score
-        over the rows not yet proven (``-1`` when none is unstable)."""
+        """Set ``dom.relu`` / ``dom.neuron`` (``-1`` when no neuron is unstable).
+
+        Candidates: the ``fsb_candidates`` unstable neurons with the best intercept score over
+        the rows not yet proven; with more than one, each candidate's two children are bounded
+        by one final pass (the other bounds and the slopes kept: filtered smart branching, De
+        Palma et al. 2021, Sec. 4.2) and the candidate whose worse child is best is chosen."""
         n = len(dom)
         if n == 0:
             return
         open_rows = (self.d - lb >= -self.margin).double()  # (n, m)
-        best_score = torch.full((n,), -1.0, dtype=torch.float64)
+        scores, owners = [], []
         for r in self.relus:
             l, u = dom.lower[r - 1], dom.upper[r - 1]
             unstable = (l < 0) & (u > 0)
-            if not bool(unstable.any()):
-                continue
             width = torch.where(unstable, u - l, torch.ones_like(u))
             intercept = torch.where(unstable, -l * u / width, torch.zeros_like(u))
             loss = (-coeffs[r].clamp(max=0) * open_rows.unsqueeze(-1)).sum(1) * intercept
             # an unstable neuron with no effect on the open rows still ranks above none at all
-            score = torch.where(unstable, loss + 1e-12 * intercept, torch.full_like(loss, -1.0))
-            s, j = score.max(dim=1)
-            better = s > best_score
-            best_score = torch.where(better, s, best_score)
-            dom.relu = torch.where(better, torch.full_like(dom.relu, r), dom.relu)
-            dom.neuron = torch.where(better, j, dom.neuron)
+            scores.append(torch.where(unstable, loss + 1e-12 * intercept, torch.full_like(loss, -1.0)))
+            owners += [(r, j) for j in range(l.shape[1])]
+        if not scores:
+            return
+        score = torch.cat(scores, dim=1)
+        k = min(self.cfg.fsb_candidates, score.shape[1])
+        top_s, top_i = score.topk(k, dim=1)
+        relu_of = torch.tensor([o[0] for o in owners])
+        neuron_of = torch.tensor([o[1] for o in owners])
+        choice = top_i[:, 0]
+        if k > 1:
+            choice = self._filter(dom, top_s, top_i, relu_of, neuron_of)
+        valid = score.gather(1, choice.unsqueeze(1)).squeeze(1) >= 0
+        dom.relu = torch.where(valid, relu_of[choice], torch.full_like(dom.relu, -1))
+        dom.neuron = torch.where(valid, neuron_of[choice], torch.zeros_like(dom.neuron))
+
+    def _filter(self, dom: _Domains, top_s: torch.Tensor, top_i: torch.Tensor, relu_of: torch.Tensor,
+                neuron_of: torch.Tensor) -> torch.Tensor:
+        """The candidate (index into the flat neuron list) whose worse child has the lowest
+        violation-measure bound, each child bounded by one final pass."""
+        n, k = top_i.shape
+        lo, hi = self.lo.expand(2 * n, -1), self.hi.expand(2 * n, -1)
+        C = self.C.unsqueeze(0).expand(2 * n, -1, -1)
+        split = {r: sg.double().repeat(2, 1) for r, sg in dom.signs.items() if bool(sg.any())} if self.cfg.beta else {}
+        alphas = {r: a.double().repeat(2, 1, 1) for r, a in dom.alphas.items()} or None
+        betas = {r: b.double().repeat(2, 1, 1) for r, b in dom.betas.items() if r in split} or None
+        rows = torch.arange(n)
+        worst = torch.full((n, k), torch.inf, dtype=torch.float64)
+        for c in range(k):
+            idx = top_i[:, c]
+            pre = {}
+            for r in self.net.relu_indices:
+                l, u = (self.lo.expand(n, -1), self.hi.expand(n, -1)) if r == 0 else (dom.lower[r - 1], dom.upper[r - 1])
+                l, u = l.repeat(2, 1), u.repeat(2, 1)
+                sel = relu_of[idx] == r
+                if bool(sel.any()):
+                    j = neuron_of[idx]
+                    u[:n][rows[sel], j[sel]] = torch.clamp(u[:n][rows[sel], j[sel]], max=0.0)
+                    l[n:][rows[sel], j[sel]] = torch.clamp(l[n:][rows[sel], j[sel]], min=0.0)
+                pre[r] = (l, u)
+            bound, _, _ = spec_backward(self.net, C, lo, hi, pre, alphas, betas, split or None)
+            m = self._measure(bound)
+            worst[:, c] = torch.maximum(m[:n], m[n:])
+        worst = torch.where(top_s >= 0, worst, torch.full_like(worst, torch.inf))
+        return top_i.gather(1, worst.argmin(dim=1, keepdim=True)).squeeze(1)
 
     # -- splitting --------------------------------------------------------------------------
     def split(self, dom: _Domains) -> _Domains:
@@ -258,6 +318,8 @@ class _Search:
         lower = [t.repeat(2, 1) for t in dom.lower]
         upper = [t.repeat(2, 1) for t in dom.upper]
         signs = {r: t.repeat(2, 1) for r, t in dom.signs.items()}
+        alphas = {r: a.repeat(2, 1, 1) for r, a in dom.alphas.items()}
+        betas = {r: b.repeat(2, 1, 1) for r, b in dom.betas.items()}
         rows = torch.arange(2 * n)
         relu, neuron = dom.relu.repeat(2), dom.neuron.repeat(2)
         for r in set(int(v) for v in dom.relu):
@@ -269,7 +331,9 @@ class _Search:
             li[active, neuron[active]] = torch.clamp(li[active, neuron[active]], min=0.0)
             signs[r][inactive, neuron[inactive]] = -1
             signs[r][active, neuron[active]] = 1
-        return _Domains(lower, upper, signs, relu, neuron)
+            if r not in betas and alphas:  # the first split in this layer: multipliers start at 0
+                betas[r] = torch.zeros(2 * n, *next(iter(alphas.values())).shape[1:2], lower[r - 1].shape[1])
+        return _Domains(lower, upper, signs, relu, neuron, alphas, betas)
 
     # -- leaves -----------------------------------------------------------------------------
     def leaves(self, dom: _Domains) -> object | None:
