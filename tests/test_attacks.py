@@ -239,6 +239,13 @@ def test_attack_box_respects_per_element_bounds(net3):
     assert torch.equal(xb, xb2) and torch.equal(vb, vb2)
     with pytest.raises(InputError, match="empty"):
         attack_box(net3, upper + 1.0, upper, objective, device="cpu")
+    # step fractions cycled over restarts: still inside the box, never worse than the centre
+    xc, vc = attack_box(net3, lower, upper, objective, steps=30, restarts=3, seed=1, device="cpu",
+                        step_fraction=(0.1, 1.0))
+    assert (xc >= lower).all() and (xc <= upper).all() and (vc >= at_centre - 1e-6).all()
+    for bad in ((), (0.1, 0.0), -1.0):
+        with pytest.raises(InputError, match="step fractions"):
+            attack_box(net3, lower, upper, objective, device="cpu", step_fraction=bad)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

@@ -224,3 +224,16 @@ def test_leaf_lp_decides_fully_split_domains() -> None:
         if len(rest):
             frontier.append(search.split(rest))
     assert settled["closed"] > 0 and settled["candidate"] > 0, settled
+
+
+def test_wide_attack_steps_falsify_a_flat_instance(vnncomp_dir: Path) -> None:
+    """mnist_fc 256x4 prop_6_0.05 (ground truth sat): its counterexamples lie where few ReLUs are
+    on; PGD with small steps stalls there, the corner-to-corner restart finds one at once."""
+    from robustkit.vnnlib.instance import load_instance, replay_counterexample
+
+    folder = vnncomp_dir / "mnist_fc_2022"
+    onnx_path = folder / "onnx" / "mnist-net_256x4.onnx"
+    ctx, spec = load_instance(onnx_path, folder / "vnnlib" / "prop_6_0.05.vnnlib")
+    v = verify_spec(ctx, spec, VerifyConfig(method="crown", attack_steps=50, attack_restarts=2))
+    assert (v.result, v.stage) == ("sat", "attack")
+    assert replay_counterexample(onnx_path, spec, v.witness.x).exact

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -179,7 +179,7 @@ def attack_box(
     restarts: int = 5,
     seed: int = 0,
     device: str | None = None,
-    step_fraction: float = 0.1,
+    step_fraction: float | Sequence[float] = 0.1,
     stop_above: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Maximize ``objective(model(x))`` (B,) over the box ``lower <= x <= upper`` (B, ...).
@@ -189,6 +189,9 @@ def attack_box(
     later ones at uniform random points (private generator seeded with ``seed``). Every iterate
     stays inside the box; the best iterate per sample is kept. ``stop_above``: stop once every
     sample's best objective exceeds it (e.g. 0 for "a counterexample was found").
+    A sequence of step fractions is cycled over the restarts (restart ``r`` uses entry
+    ``r % len``): large steps (1.0: corner to corner) cross the flat regions where most ReLUs are
+    off, in which small steps stall.
 
     ``device``: None = where the model lives, ``"auto"`` = cuda when available, else a name.
     Returns ``(x_best, best_objective)`` on the device of ``lower``; ``best_objective`` is
@@ -205,8 +208,9 @@ def attack_box(
         raise InputError("the input box must be finite (no NaN/inf bounds)")
     if (lower > upper).any():
         raise InputError("the input box is empty somewhere: lower > upper")
-    if steps < 0 or restarts < 1 or not step_fraction > 0:
-        raise InputError("attack_box needs steps >= 0, restarts >= 1 and step_fraction > 0")
+    fractions = [float(step_fraction)] if isinstance(step_fraction, (int, float)) else [float(f) for f in step_fraction]
+    if steps < 0 or restarts < 1 or not fractions or not all(f > 0 for f in fractions):
+        raise InputError("attack_box needs steps >= 0, restarts >= 1 and step fractions > 0")
     dev = resolve_device(device, model)
     model = model_on(model, dev)
     out_device = lower.device
@@ -245,7 +249,7 @@ def attack_box(
                 if not val.requires_grad:  # objective independent of the input
                     break
                 (grad,) = torch.autograd.grad(val.sum(), x_cur)
-            scale = step_fraction * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t / max(steps, 1))))
+            scale = fractions[r % len(fractions)] * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t / max(steps, 1))))
             x_cur = x_cur.detach() + scale * width * grad.sign()
             x_cur = torch.minimum(torch.maximum(x_cur, lo), hi)
         if stop_above is not None and bool((best_v > stop_above).all()):
