@@ -20,11 +20,12 @@ export PYTHONPATH="$HERE/..${PYTHONPATH:+:$PYTHONPATH}"
 export ROBUSTKIT_STARTED_AT="$START"
 PYTHON="${ROBUSTKIT_PYTHON:-python3}"
 rm -f "$RESULTS"  # never leave the answer of an earlier run behind
-TIGHTEN="${ROBUSTKIT_TIGHTEN:-crown}"
+TIGHTEN="${ROBUSTKIT_TIGHTEN:-alpha-crown}"
+METHOD="${ROBUSTKIT_METHOD:-bab}"
 
-echo "robustkit: $CATEGORY $ONNX $VNNLIB (timeout $TIMEOUT s, tighten $TIGHTEN)" >&2
+echo "robustkit: $CATEGORY $ONNX $VNNLIB (timeout $TIMEOUT s, method $METHOD, tighten $TIGHTEN)" >&2
 "$PYTHON" -m robustkit.cli.main vnnlib "$ONNX" "$VNNLIB" --timeout "$TIMEOUT" --result "$RESULTS" \
-    --tighten "$TIGHTEN"
+    --tighten "$TIGHTEN" --method "$METHOD"
 STATUS=$?
 if [[ $STATUS -ne 0 && ! -s "$RESULTS" ]]; then
     # robustkit could not even start (bad input or internal error): still leave a result file.
