@@ -343,3 +343,38 @@ def test_minimal_distortion_censors_and_zeroes(net2, data2):
         assert (net2(full.x_adv).argmax(1) != y).all()
     with pytest.raises(InputError):
         minimal_distortion(attack, net2, x, y, max_eps=-1.0)
+
+
+def _flat_region_net():
+    """``y = 0.1 - relu(1 - 200 relu(x - 0.5))`` on ``x in [-1, 0.51]``: violated (``y >= 0``)
+    only for ``x >= 0.5045``; below 0.5 the first ReLU is off and the true gradient is zero."""
+    from robustkit.network import Network
+    from robustkit.network.layers import Dense, ReLU
+
+    t = lambda *v: torch.tensor(v, dtype=torch.float32).reshape(len(v), -1)  # noqa: E731
+    layers = (Dense(t(1.0), torch.tensor([-0.5])), ReLU(1), Dense(t(-200.0), torch.tensor([1.0])), ReLU(1),
+              Dense(t(-1.0), torch.tensor([0.1])))
+    return Network(layers, (1,), (1, 1))
+
+
+def test_surrogate_gradient_crosses_a_region_where_relus_are_off():
+    net = _flat_region_net()
+    exact, leaky = net.to_torch(), net.to_torch(relu_grad_slope=0.01)
+    x = torch.linspace(-1, 0.51, 301).reshape(-1, 1)
+    assert torch.equal(exact(x), leaky(x))  # same function, only the gradient differs
+    xg = torch.tensor([[-0.2]], requires_grad=True)
+    (g_exact,) = torch.autograd.grad(exact(xg).sum(), xg)
+    (g_leaky,) = torch.autograd.grad(leaky(xg).sum(), xg)
+    assert float(g_exact) == 0.0 and float(g_leaky) == pytest.approx(200 * 0.01)
+    lo, hi = torch.tensor([[-1.0]]), torch.tensor([[0.51]])
+    objective = lambda y: y[:, 0]  # noqa: E731
+    _, v_exact = attack_box(exact, lo, hi, objective, steps=30, restarts=4, seed=0, step_fraction=0.1)
+    assert float(v_exact) < 0  # stalls: from the centre and the random starts the gradient is 0
+    xs, vs = attack_box(exact, lo, hi, objective, steps=30, restarts=4, seed=0, step_fraction=0.1,
+                        surrogates=(None, leaky))
+    assert float(vs) >= 0 and 0.5045 <= float(xs) <= 0.51
+    assert float(vs) == pytest.approx(float(objective(exact(xs))))  # value of the true model
+    with pytest.raises(InputError, match="surrogates"):
+        attack_box(exact, lo, hi, objective, surrogates=())
+    with pytest.raises(ValueError, match="relu_grad_slope"):
+        net.to_torch(relu_grad_slope=-0.1)

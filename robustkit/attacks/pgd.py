@@ -181,6 +181,7 @@ def attack_box(
     device: str | None = None,
     step_fraction: float | Sequence[float] = 0.1,
     stop_above: float | None = None,
+    surrogates: Sequence[nn.Module | None] = (None,),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Maximize ``objective(model(x))`` (B,) over the box ``lower <= x <= upper`` (B, ...).
 
@@ -191,7 +192,11 @@ def attack_box(
     sample's best objective exceeds it (e.g. 0 for "a counterexample was found").
     A sequence of step fractions is cycled over the restarts (restart ``r`` uses entry
     ``r % len``): large steps (1.0: corner to corner) cross the flat regions where most ReLUs are
-    off, in which small steps stall.
+    off, in which small steps stall. ``surrogates`` are cycled the same way: restart ``r`` takes
+    its gradients from ``surrogates[r % len]`` (None: ``model`` itself), a module that must
+    compute the same function as ``model`` (e.g. ``Network.to_torch(relu_grad_slope=...)``,
+    whose gradients also flow through inactive ReLUs); the kept iterate is re-evaluated on
+    ``model``.
 
     ``device``: None = where the model lives, ``"auto"`` = cuda when available, else a name.
     Returns ``(x_best, best_objective)`` on the device of ``lower``; ``best_objective`` is
@@ -211,16 +216,19 @@ def attack_box(
     fractions = [float(step_fraction)] if isinstance(step_fraction, (int, float)) else [float(f) for f in step_fraction]
     if steps < 0 or restarts < 1 or not fractions or not all(f > 0 for f in fractions):
         raise InputError("attack_box needs steps >= 0, restarts >= 1 and step fractions > 0")
+    if not surrogates:
+        raise InputError("surrogates must name at least one model (None: the model itself)")
     dev = resolve_device(device, model)
     model = model_on(model, dev)
+    grad_models = [model if m is None else model_on(m, dev) for m in surrogates]
     out_device = lower.device
     lo = lower.detach().to(dev, torch.float32)
     hi = upper.detach().to(dev, torch.float32)
     width = hi - lo
     gen = torch.Generator().manual_seed(seed)
 
-    def evaluate(z: torch.Tensor) -> torch.Tensor:
-        val = objective(model(z))
+    def evaluate(z: torch.Tensor, net: nn.Module = model) -> torch.Tensor:
+        val = objective(net(z))
         if val.shape != (z.shape[0],):
             raise InputError(f"the objective must return shape (B,) = ({z.shape[0]},), "
                              f"got {tuple(val.shape)}")
@@ -238,7 +246,7 @@ def attack_box(
         for t in range(steps + 1):
             with torch.enable_grad():
                 x_cur.requires_grad_(True)
-                val = evaluate(x_cur)
+                val = evaluate(x_cur, grad_models[r % len(grad_models)])
                 better = val.detach() > best_v
                 best_v = torch.where(better, val.detach(), best_v)
                 best_x[better] = x_cur.detach()[better]

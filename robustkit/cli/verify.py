@@ -26,7 +26,7 @@ def verify(
     formulation: str = typer.Option("per-target", "--formulation", help="per-target (one MILP per class) or max (one MILP)."),
     timeout: str = typer.Option("60", "--timeout", help="Seconds per sample."),
     attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
-    attack_restarts: int = typer.Option(3, "--attack-restarts"),
+    attack_restarts: int = typer.Option(4, "--attack-restarts", help="PGD restarts (small steps, corner-to-corner steps, two leaky surrogate gradients; cycled)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (0 = in this process, no hard timeout)."),
     cluster: Optional[str] = typer.Option(None, "--cluster", help="Dask: local:N starts a LocalCluster."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask: address of an existing scheduler."),

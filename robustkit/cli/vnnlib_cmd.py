@@ -22,7 +22,7 @@ def vnnlib(
     tighten: str = typer.Option("alpha-crown", "--tighten", help="Bounds that start the complete method: interval|crown|alpha-crown|lp."),
     method: str = typer.Option("bab", "--method", help="bab (branch and bound over ReLU splits) or milp (both complete), or interval|crown|alpha-crown (incomplete)."),
     attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
-    attack_restarts: int = typer.Option(3, "--attack-restarts"),
+    attack_restarts: int = typer.Option(4, "--attack-restarts", help="PGD restarts (small steps, corner-to-corner steps, two leaky surrogate gradients; cycled)."),
     check: bool = typer.Option(False, "--check", help="Only load and check the instance (sizes, operators); no solving."),
     started_at: Optional[float] = typer.Option(
         None, "--started-at", envvar="ROBUSTKIT_STARTED_AT", hidden=True,

@@ -68,9 +68,13 @@ class Network:
             outs.append(h)
         return outs
 
-    def to_torch(self) -> nn.Module:
-        """A torch module computing the same function (float32), for attacks and evaluation."""
-        return NetworkModule(self)
+    def to_torch(self, relu_grad_slope: float = 0.0) -> nn.Module:
+        """A torch module computing the same function (float32), for attacks and evaluation.
+
+        ``relu_grad_slope > 0``: the same forward pass, but gradients pass through an inactive
+        ReLU scaled by this slope (as through a leaky ReLU) instead of being cut: a surrogate
+        gradient for attacks, which otherwise stall where most ReLUs are off."""
+        return NetworkModule(self, relu_grad_slope)
 
     def describe(self) -> str:
         lines = [f"input {self.sample_shape} ({self.in_dim})"]
@@ -81,13 +85,21 @@ class Network:
 class NetworkModule(nn.Module):
     """``nn.Module`` view of a :class:`Network` (weights as float32 buffers, not trained)."""
 
-    def __init__(self, net: Network) -> None:
+    def __init__(self, net: Network, relu_grad_slope: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= relu_grad_slope <= 1.0:
+            raise ValueError(f"relu_grad_slope must be in [0, 1], got {relu_grad_slope}")
         self.net = net
         self.sample_shape = net.sample_shape
+        self.relu_grad_slope = relu_grad_slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward(x)
+        if self.relu_grad_slope == 0.0:
+            return self.net.forward(x)
+        h = x.reshape(x.shape[0], -1)
+        for layer in self.net.layers:
+            h = _LeakyGradReLU.apply(h, self.relu_grad_slope) if isinstance(layer, ReLU) else layer.forward(h)
+        return h
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def, override]
         """Device/dtype moves (``.to``, ``.cuda``) apply to the layers' weight tensors too."""
@@ -98,6 +110,22 @@ class NetworkModule(nn.Module):
             layers.append(dataclasses.replace(layer, **moved) if moved else layer)
         self.net = dataclasses.replace(self.net, layers=tuple(layers))
         return super()._apply(fn, recurse)
+
+
+class _LeakyGradReLU(torch.autograd.Function):
+    """``relu(x)`` forward; backward scales the gradient by 1 where ``x > 0``, else by ``slope``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:  # type: ignore[no-untyped-def, override]
+        ctx.save_for_backward(x)
+        ctx.slope = slope
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[no-untyped-def, override]
+        (x,) = ctx.saved_tensors
+        scale = torch.where(x > 0, torch.ones_like(x), torch.full_like(x, ctx.slope))
+        return grad * scale, None
 
 
 def simplify(layers: list[Layer]) -> list[Layer]:

@@ -62,7 +62,7 @@ class TableConfig:
     method: str = "milp"
     tighten: str = "crown"
     attack_steps: int = 50
-    attack_restarts: int = 3
+    attack_restarts: int = 4
     workers: int = 1
     results_root: Path = Path("robustkit-results")
     dataset: str | None = None

@@ -33,7 +33,7 @@ class VerifyConfig:
     tighten: Tighten = "crown"
     formulation: Formulation = "per-target"
     attack_steps: int = 50
-    attack_restarts: int = 3
+    attack_restarts: int = 4
     safety_margin: float = 1e-4
     seed: int = 0
 
