@@ -170,6 +170,22 @@ def test_deadline_passed_gives_timeout() -> None:
     if res.status == "unsat":
         pytest.skip("the root bound closed this instance; nothing to time out")
     assert res.stats["iterations"] == 0
+    assert res.stats["open_share"] == 1.0  # the root alone is open
+
+
+def test_open_share_counts_each_open_domain_by_its_depth() -> None:
+    from robustkit.verification.bab import _Domains, _open_share
+
+    def block(signs: list[list[int]]) -> _Domains:
+        n = len(signs)
+        sg = torch.tensor(signs, dtype=torch.int8)
+        return _Domains([torch.zeros(n, 2)], [torch.ones(n, 2)], {1: sg}, torch.zeros(n, dtype=torch.long),
+                        torch.zeros(n, dtype=torch.long))
+
+    assert _open_share([]) == 0.0
+    assert _open_share([block([[0, 0]])]) == 1.0
+    # one child of the root closed, the other split once more with one grandchild closed
+    assert _open_share([block([[1, 0]]), block([[-1, 1]])]) == pytest.approx(0.5 + 0.25)
 
 
 def test_vnncomp_instance_left_open_by_bounds(vnncomp_dir: Path) -> None:

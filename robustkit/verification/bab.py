@@ -61,8 +61,8 @@ class BabConfig:
     intercept score alone); ``max_domains``: the most open domains kept (past it: ``unknown``)."""
 
     batch: int = 64
-    iterations: int = 10
-    lr: float = 0.25
+    iterations: int = 40
+    lr: float = 0.5
     beta: bool = True
     fsb_candidates: int = 4
     max_domains: int = 100_000
@@ -477,6 +477,7 @@ def _search(search: _Search, root_dom: _Domains, deadline: float, cfg: BabConfig
             return _done("unknown", None, stats, t0)
         if time.perf_counter() >= deadline:
             stats["open"] = open_count
+            stats["open_share"] = _open_share(stack)
             return _done("timeout", None, stats, t0)
         dom = stack.pop()
         if len(dom) > cfg.batch:
@@ -491,6 +492,16 @@ def _search(search: _Search, root_dom: _Domains, deadline: float, cfg: BabConfig
             return _done("sat", w, stats, t0)
         _push(stack, bounded)
     return _done("unknown" if stats["undecided"] else "unsat", None, stats, t0)
+
+
+def _open_share(stack: list[_Domains]) -> float:
+    """The share of the search tree still open: each open domain at depth ``k`` (``k`` splits)
+    counts ``2**-k`` (1.0 before the first split; 0 when every leaf is closed)."""
+    share = 0.0
+    for block in stack:
+        depth = sum((sg != 0).sum(dim=1).double() for sg in block.signs.values())
+        share += float(torch.pow(2.0, -torch.as_tensor(depth, dtype=torch.float64)).sum())
+    return share
 
 
 def _push(stack: list[_Domains], dom: _Domains) -> None:
