@@ -159,6 +159,7 @@ class _Search:
                  owner: np.ndarray, margin: float, cfg: BabConfig,
                  check: Callable[[np.ndarray], object | None]) -> None:
         self.net, self.cfg, self.margin, self.check = net, cfg, margin, check
+        self.deadline = float("inf")  # perf_counter() value past which optimisation stops early
         self.lo, self.hi = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
         self.C = torch.tensor(np.asarray(C, dtype=np.float64))
         self.d = torch.tensor(np.asarray(d, dtype=np.float64))
@@ -204,8 +205,9 @@ class _Search:
             with torch.enable_grad():
                 bound, _, _ = spec_backward(self.net, C, lo, hi, pre, alphas, betas, split)
             best = torch.maximum(best, bound.detach())
-            if it == self.cfg.iterations or bool((self._measure(best) < -2 * self.margin).all()):
-                break  # the last evaluation needs no step; nor does a batch already closed
+            if (it == self.cfg.iterations or bool((self._measure(best) < -2 * self.margin).all())
+                    or time.perf_counter() >= self.deadline):
+                break  # the last evaluation needs no step; nor does a batch already closed or late
             opt.zero_grad()
             with torch.enable_grad():
                 (-bound.sum()).backward()
@@ -451,6 +453,7 @@ def branch_and_bound(
     lo = torch.tensor(np.asarray(lower, dtype=np.float64))
     hi = torch.tensor(np.asarray(upper, dtype=np.float64))
     search = _Search(net, lo, hi, C, d, owner, margin, cfg, check)
+    search.deadline = deadline
     stats = search.stats
     root_dom = _Domains([t.clone() for t in root.lower], [t.clone() for t in root.upper],
                         {r: torch.zeros(1, net.layers[r].in_dim, dtype=torch.int8) for r in search.relus},
