@@ -157,9 +157,9 @@ class _Domains:
 class _Search:
     def __init__(self, net: Network, lo: torch.Tensor, hi: torch.Tensor, C: np.ndarray, d: np.ndarray,
                  owner: np.ndarray, margin: float, cfg: BabConfig,
-                 check: Callable[[np.ndarray], object | None]) -> None:
+                 check: Callable[[np.ndarray], object | None], deadline: float = float("inf")) -> None:
         self.net, self.cfg, self.margin, self.check = net, cfg, margin, check
-        self.deadline = float("inf")  # perf_counter() value past which optimisation stops early
+        self.deadline = deadline  # perf_counter() value past which optimisation stops early
         self.lo, self.hi = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
         self.C = torch.tensor(np.asarray(C, dtype=np.float64))
         self.d = torch.tensor(np.asarray(d, dtype=np.float64))
@@ -452,8 +452,7 @@ def branch_and_bound(
     t0 = time.perf_counter()
     lo = torch.tensor(np.asarray(lower, dtype=np.float64))
     hi = torch.tensor(np.asarray(upper, dtype=np.float64))
-    search = _Search(net, lo, hi, C, d, owner, margin, cfg, check)
-    search.deadline = deadline
+    search = _Search(net, lo, hi, C, d, owner, margin, cfg, check, deadline)
     stats = search.stats
     root_dom = _Domains([t.clone() for t in root.lower], [t.clone() for t in root.upper],
                         {r: torch.zeros(1, net.layers[r].in_dim, dtype=torch.int8) for r in search.relus},
