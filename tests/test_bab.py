@@ -49,9 +49,10 @@ def _points(lo: np.ndarray, hi: np.ndarray, n: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([pts, corners]))
 
 
-def _search(net: Network, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray, cfg: BabConfig) -> _Search:
+def _search(net: Network, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.ndarray, cfg: BabConfig,
+            deadline: float = float("inf")) -> _Search:
     return _Search(net, torch.from_numpy(lo), torch.from_numpy(hi), C, d, np.arange(C.shape[0]), 1e-4, cfg,
-                   lambda x: None)
+                   lambda x: None, deadline)
 
 
 def _root(net: Network, search: _Search) -> _Domains:
@@ -127,6 +128,9 @@ def test_final_pass_is_crown_and_optimising_stays_valid(seed: int) -> None:
         if bool(side.any()):
             assert bool((opt_lb[child] <= y[side].min(dim=0).values + 1e-9).all()), (child, opt_lb[child])
     assert float((opt_lb - flat_lb).max()) > 0, "optimising slopes and multipliers gained nothing"
+    # past the deadline the optimisation stops after its first evaluation (CROWN's own slopes)
+    late = _search(net, lo, hi, C, np.zeros(3), BabConfig(iterations=20), deadline=-float("inf"))
+    torch.testing.assert_close(late._spec_bound(nb2, children)[0], flat_lb)
 
 
 @pytest.mark.parametrize("seed", range(12))
