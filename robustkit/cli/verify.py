@@ -25,6 +25,8 @@ def verify(
     tighten: str = typer.Option("crown", "--tighten", help="Bounds for the MILP: interval|crown|alpha-crown|lp."),
     formulation: str = typer.Option("per-target", "--formulation", help="per-target (one MILP per class) or max (one MILP)."),
     timeout: str = typer.Option("60", "--timeout", help="Seconds per sample."),
+    solver: str = typer.Option("highs", "--solver", help="MILP solver: highs (highspy, default), or through PuLP: pulp-highs, cbc (bundled with PuLP), gurobi, cplex, scip (need their own install/licence)."),
+    write_milp: Optional[Path] = typer.Option(None, "--write-milp", help="Also write each MILP solved to this directory: .mps, .lp, and a .json saying what each variable is and what the optimum means."),
     attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
     attack_restarts: int = typer.Option(4, "--attack-restarts", help="PGD restarts (small steps, corner-to-corner steps, two leaky surrogate gradients; cycled)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (0 = in this process, no hard timeout)."),
@@ -45,7 +47,11 @@ def verify(
     cfg = VerifyConfig(
         eps=parse_eps(eps), timeout=parse_number(timeout, "timeout"), method=method, tighten=tighten,  # type: ignore[arg-type]
         formulation=formulation, attack_steps=attack_steps, attack_restarts=attack_restarts,  # type: ignore[arg-type]
+        solver=solver, write_milp=None if write_milp is None else str(write_milp.resolve()),
     )
+    from robustkit.milp.solvers import check_solver
+
+    check_solver(cfg.solver)  # an unavailable solver fails here, naming what to install
     ds_name = model_dataset(ModelContext.from_path(model), dataset)
     choice = DatasetChoice(ds_name, n, start, data_dir)
     opts = RunOptions(out=out, workers=workers, rerun=tuple(rerun), quiet=quiet, cluster=cluster, scheduler=scheduler,
@@ -55,3 +61,6 @@ def verify(
     typer.echo(format_rows([row], fmt, label_key="model"))
     typer.echo(f"per-sample records: {result.records_path}" + (f" ({result.skipped} resumed)" if result.skipped else ""),
                err=True)
+    if write_milp is not None and result.skipped:
+        typer.echo(f"note: the {result.skipped} resumed samples were not solved again, so they wrote no MILP "
+                   f"(--rerun all solves them again)", err=True)

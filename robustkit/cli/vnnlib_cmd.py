@@ -23,6 +23,8 @@ def vnnlib(
     method: str = typer.Option("bab", "--method", help="bab (branch and bound over ReLU splits) or milp (both complete), or interval|crown|alpha-crown (incomplete)."),
     attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
     attack_restarts: int = typer.Option(4, "--attack-restarts", help="PGD restarts (small steps, corner-to-corner steps, two leaky surrogate gradients; cycled)."),
+    solver: str = typer.Option("highs", "--solver", help="MILP solver: highs (highspy, default), or through PuLP: pulp-highs, cbc (bundled with PuLP), gurobi, cplex, scip (need their own install/licence)."),
+    write_milp: Optional[Path] = typer.Option(None, "--write-milp", help="Also write each MILP solved to this directory: .mps, .lp, and a .json saying what each variable is and what the optimum means."),
     check: bool = typer.Option(False, "--check", help="Only load and check the instance (sizes, operators); no solving."),
     started_at: Optional[float] = typer.Option(
         None, "--started-at", envvar="ROBUSTKIT_STARTED_AT", hidden=True,
@@ -38,7 +40,11 @@ def vnnlib(
                    f"{ctx.net.num_relus} ReLUs), {prop.name}: {len(spec)} region(s)")
         return
     cfg = VerifyConfig(timeout=parse_number(timeout, "timeout"), method=method, tighten=tighten,  # type: ignore[arg-type]
-                       attack_steps=attack_steps, attack_restarts=attack_restarts)
+                       attack_steps=attack_steps, attack_restarts=attack_restarts, solver=solver,
+                       write_milp=None if write_milp is None else str(write_milp.resolve()))
+    from robustkit.milp.solvers import check_solver
+
+    check_solver(cfg.solver)  # an unavailable solver fails here, naming what to install
     res = verify_instance(model, prop, cfg, result_path=result, started_at=started_at)
     typer.echo(res.status)
     typer.echo(f"{res.status} in {res.time:.2f} s (stage {res.record.get('stage', '-')})"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import highspy
 import numpy as np
@@ -26,6 +26,9 @@ import scipy.sparse as sp
 from robustkit.errors import SolverError
 from robustkit.milp.encoder import INF, Encoding, _add_rows_csr
 from robustkit.spec import LinearConstraints
+
+if TYPE_CHECKING:
+    from robustkit.milp.assembled import AssembledMilp
 
 Outcome = Literal["holds", "candidate", "timeout", "undecided"]
 
@@ -56,11 +59,14 @@ def solve_violation(
     start_x: np.ndarray | None = None,
     candidate_target: float = 1e-3,
     rows_lower: list[np.ndarray] | None = None,
+    before_run: "Callable[[AssembledMilp], SolveResult | None] | None" = None,
 ) -> SolveResult:
     """Maximise ``t`` over the encoded network (see module docstring); the model is restored after.
 
     ``rows_lower[k]`` optionally gives tighter lower bounds on ``C_k y`` (e.g. from CROWN),
     used only for the big-M constants and ``t``'s upper bound.
+    ``before_run`` sees the assembled model just before HiGHS would run it (see
+    :mod:`robustkit.milp.assembled`); a result it returns replaces HiGHS's run.
     """
     h = enc.highs
     t0 = time.perf_counter()
@@ -115,6 +121,13 @@ def solve_violation(
         if start_x is not None:
             _set_start(enc, disjuncts, start_x, t_col, s_cols, ncols, safety_margin, t_ub)
         remaining = max(time_limit - (time.perf_counter() - t0), 0.01)
+        if before_run is not None:
+            from robustkit.milp.assembled import AssembledMilp
+
+            hooked = before_run(AssembledMilp(enc, disjuncts, t_col, s_cols, t_ub, safety_margin, start_x,
+                                              remaining, candidate_target, t0))
+            if hooked is not None:
+                return hooked
         h.setOptionValue("time_limit", float(remaining))
         h.setOptionValue("objective_target", -float(candidate_target))
         h.setOptionValue("mip_rel_gap", 0.0)

@@ -25,6 +25,9 @@ class VerifyConfig:
     incomplete (verified / unknown, plus falsified when the attack finds a witness).
     ``tighten``: the bounds that build the MILP (big-M constants, stable ReLUs).
     ``safety_margin``: a property is proven only if the worst case is below ``-safety_margin``.
+    ``solver``: the MILP solver by name (:data:`robustkit.milp.solvers.SOLVERS`): ``highs`` through
+    highspy, or ``pulp-highs``, ``cbc``, ``gurobi``, ``cplex``, ``scip`` through PuLP.
+    ``write_milp``: a directory; each MILP solved is also written there (``.mps``, ``.lp``, ``.json``).
     """
 
     eps: float = 0.0
@@ -36,8 +39,14 @@ class VerifyConfig:
     attack_restarts: int = 4
     safety_margin: float = 1e-4
     seed: int = 0
+    solver: str = "highs"
+    write_milp: str | None = None
 
     def __post_init__(self) -> None:
+        from robustkit.milp.solvers import SOLVER_NAMES
+
+        if self.solver not in SOLVER_NAMES:
+            raise InputError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVER_NAMES)}")
         if not self.eps >= 0:
             raise InputError(f"eps must be >= 0, got {self.eps}")
         if not self.timeout > 0:
@@ -52,6 +61,16 @@ class VerifyConfig:
             raise InputError("attack steps must be >= 0 and restarts >= 1")
         if not self.safety_margin > 0:
             raise InputError("safety_margin must be positive")
+        if (self.solver != "highs" or self.write_milp is not None) and self.method != "milp":
+            raise InputError(f"--solver and --write-milp apply to the MILP (--method milp); method {self.method!r} "
+                             f"solves none")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings that decide results (for the result store's settings hash): ``write_milp``
+        is left out, and ``solver`` when it is the default, so that stores written before these
+        options existed still resume."""
+        out = asdict(self)
+        out.pop("write_milp")
+        if out["solver"] == "highs":
+            out.pop("solver")
+        return out

@@ -82,8 +82,9 @@ def _deadline_left(deadline: float) -> float:
 
 
 def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: VerifyConfig, deadline: float,
-                  strict_label: int | None = None) -> Verdict:
-    """Decide whether some input in ``box`` satisfies ``output`` (the violation)."""
+                  strict_label: int | None = None, tag: str | None = None) -> Verdict:
+    """Decide whether some input in ``box`` satisfies ``output`` (the violation). ``tag`` names the
+    files of ``cfg.write_milp`` (default: a digest of the box)."""
     t0 = time.perf_counter()
     details: dict[str, Any] = {}
     start_x: np.ndarray | None = None
@@ -154,6 +155,9 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     details["n_binaries"] = enc.num_binaries
     rows_lower_k = [lo_rows[owner == k] for k in range(len(output))]
     groups = [[k] for k in open_k] if cfg.formulation == "per-target" else [open_k]
+    from robustkit.milp.solvers import milp_hook
+
+    stem = tag if tag is not None else _box_digest(box)
     statuses = []
     result, witness = "unsat", None
     for group in groups:
@@ -162,8 +166,9 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
             result = "timeout"
             break
         try:
+            hook = milp_hook(cfg.solver, cfg.write_milp, f"{stem}_disjunct{'-'.join(str(k) for k in group)}")
             res = solve_violation(enc, [output[k] for k in group], left, cfg.safety_margin, start_x,
-                                  rows_lower=[rows_lower_k[k] for k in group])
+                                  rows_lower=[rows_lower_k[k] for k in group], before_run=hook)
         except SolverError as exc:
             details["solver_error"] = str(exc)
             result = "unknown"
@@ -185,6 +190,13 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     details["time_milp"] = time.perf_counter() - tm
     details["solver_status"] = statuses
     return Verdict(result, "milp", time.perf_counter() - t0, witness, details)
+
+
+def _box_digest(box: InputBox) -> str:
+    import hashlib
+
+    digest = hashlib.sha1(np.ascontiguousarray(box.lower).tobytes() + np.ascontiguousarray(box.upper).tobytes())
+    return "box" + digest.hexdigest()[:12]
 
 
 def _branch_and_bound(ctx: ModelContext, box: InputBox, output: OutputSpec, open_k: list[int], nb: NetBounds,
@@ -209,13 +221,15 @@ def _branch_and_bound(ctx: ModelContext, box: InputBox, output: OutputSpec, open
     return Verdict(result, "bab", time.perf_counter() - t0, witness, details)
 
 
-def verify_spec(ctx: ModelContext, spec: Specification, cfg: VerifyConfig, strict_label: int | None = None) -> Verdict:
+def verify_spec(ctx: ModelContext, spec: Specification, cfg: VerifyConfig, strict_label: int | None = None,
+                tag: str | None = None) -> Verdict:
     """Decide a specification: ``sat`` if any region has a witness, ``unsat`` if all hold."""
     t0 = time.perf_counter()
     deadline = t0 + cfg.timeout
     verdicts = []
-    for box, output in spec:
-        v = verify_region(ctx, box, output, cfg, deadline, strict_label)
+    for r, (box, output) in enumerate(spec):
+        region_tag = None if tag is None else (tag if len(spec) == 1 else f"{tag}_region{r}")
+        v = verify_region(ctx, box, output, cfg, deadline, strict_label, region_tag)
         verdicts.append(v)
         if v.result == "sat":
             v.time = time.perf_counter() - t0
@@ -231,7 +245,7 @@ ROBUSTNESS_STATUS = {"unsat": "verified", "sat": "falsified", "timeout": "timeou
 
 
 def verify_sample(ctx: ModelContext, x0: np.ndarray, label: int, cfg: VerifyConfig,
-                  value_range: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+                  value_range: tuple[float, float] = (0.0, 1.0), tag: str | None = None) -> dict[str, Any]:
     """Robustness of one sample in the L-inf ball of radius ``cfg.eps`` ∩ the valid range: a record."""
     t0 = time.perf_counter()
     x0 = np.asarray(x0, dtype=np.float32).reshape(-1)
@@ -242,7 +256,7 @@ def verify_sample(ctx: ModelContext, x0: np.ndarray, label: int, cfg: VerifyConf
         return record
     box = eps_box(x0.astype(np.float64), cfg.eps, *value_range)
     spec = robustness_spec(label, ctx.net.out_dim, box)
-    v = verify_spec(ctx, spec, cfg, strict_label=label)
+    v = verify_spec(ctx, spec, cfg, strict_label=label, tag=tag)
     record.update(status=ROBUSTNESS_STATUS[v.result], stage=v.stage, time=time.perf_counter() - t0)
     record.update(v.details)
     if v.witness is not None:

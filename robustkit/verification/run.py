@@ -49,7 +49,8 @@ def verify_task(task: SampleTask) -> dict[str, Any]:
 
     if _WorkerState.ctx is None:
         raise RuntimeError("worker not initialised")
-    record = verify_sample(_WorkerState.ctx, task.x, task.label, task.cfg, task.value_range)
+    record = verify_sample(_WorkerState.ctx, task.x, task.label, task.cfg, task.value_range,
+                           tag=task.key.replace(":", "_"))
     record["index"] = task.index
     record["eps"] = task.cfg.eps
     return record

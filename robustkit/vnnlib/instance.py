@@ -112,7 +112,7 @@ def run_instance_task(task: InstanceTask) -> dict[str, Any]:
         return {"status": "timeout", "stage": "load", "time": time.perf_counter() - t0, "time_load": t_load}
     from robustkit.verification.pipeline import verify_spec
 
-    verdict = verify_spec(ctx, spec, replace(task.cfg, timeout=budget))
+    verdict = verify_spec(ctx, spec, replace(task.cfg, timeout=budget), tag=Path(task.vnnlib).stem)
     record: dict[str, Any] = {
         "status": verdict.result,
         "stage": verdict.stage,
