@@ -24,12 +24,13 @@ from robustkit.bounds.stability import (
     relu_stability,
     total_unstable,
 )
-from robustkit.bounds.types import NetBounds, widen
+from robustkit.bounds.floaterr import FloatErrors, float_errors
+from robustkit.bounds.types import NetBounds
 
 __all__ = [
     "AlphaCrownConfig", "BoundMethod", "BoundStatistics", "BoundsConfig", "BoundsResult", "CrownConfig",
     "LayerStability", "LpConfig", "LpStats", "NetBounds", "SpecBounds", "StageReport", "alpha_crown_bounds",
     "compute_bounds", "count_unstable", "crown_bounds", "dataset_bound_statistics", "interval_bounds",
     "interval_spec", "lirpa_available", "lirpa_bounds", "lp_tighten", "margin_matrix", "relu_stability",
-    "run_bounds", "total_unstable", "widen",
+    "run_bounds", "total_unstable", "FloatErrors", "float_errors",
 ]

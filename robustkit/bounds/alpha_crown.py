@@ -48,7 +48,8 @@ from robustkit.bounds.crown import (
     spec_bounds_from,
     spec_lower,
 )
-from robustkit.bounds.types import NetBounds, widen
+from robustkit.bounds.floaterr import outward
+from robustkit.bounds.types import NetBounds
 from robustkit.network import Network
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ def alpha_crown_bounds(
 
     Starts from CROWN (intersected with ``base`` when given; ``crown_result``: CROWN's bounds for
     this same box and ``C`` when already computed), so every bound is at least as tight as
-    CROWN's; stops early when ``time_budget`` seconds are spent. Widened like CROWN."""
+    CROWN's; stops early when ``time_budget`` seconds are spent. Valid for the float32 network
+    like CROWN's (the same error model)."""
     start = time.perf_counter()
     lo, hi = as_box(lower, upper)
     batch = lo.shape[0]
@@ -118,9 +120,13 @@ def _finish(
     net: Network, out: NetBounds, best: torch.Tensor, k: int, C: torch.Tensor | None, crown_nb: NetBounds,
     crown_spec: SpecBounds | None,
 ) -> tuple[NetBounds, SpecBounds | None]:
-    """Widen the best bounds of the rows ``[C; -C]`` and intersect everything with CROWN's."""
+    """Move the best bounds of the rows ``[C; -C]`` outward by the float64 slack and intersect
+    everything with CROWN's."""
     eye = torch.eye(net.out_dim, dtype=torch.float64).unsqueeze(0).expand(best.shape[0], -1, -1)
-    low, up = widen(best[:, :k], -best[:, k:])
+    errs = crown_nb.float_errors(net)
+    half = eye if C is None else C
+    slack = errs.spec_slack(half)
+    low, up = outward(best[:, :k], -best[:, k:], slack)
     if C is None:
         low, up = intersect(low, up, crown_nb.lower[-1], crown_nb.upper[-1])
         out.lower[-1], out.upper[-1] = intersect(out.lower[-1], out.upper[-1], low, up)
@@ -142,6 +148,7 @@ class _Optimiser:
     ) -> None:
         self.net, self.lo, self.hi, self.base, self.rows, self.config = net, lo, hi, base, rows, config
         self.fixed_pre = pre_bounds(net, base)
+        self.errs = base.float_errors(net)
         self.relus = net.relu_indices
         # targets: linear layers feeding a ReLU whose bounds come from a backward pass, with the
         # neurons unstable in some sample (``rows``) and where (``mask``)
@@ -198,9 +205,9 @@ class _Optimiser:
                 continue
             cols, mask = self.targets[t]
             l, u = layer_bounds(
-                self.net, t, cols, self.lo, self.hi, pre, self.config.crown.memory_mb, self.inter_alpha[t]
+                self.net, t, cols, self.lo, self.hi, pre, self.config.crown.memory_mb, self.inter_alpha[t], self.errs
             )
-            l, u = widen(l, u)
+            l, u = outward(l, u, self.errs.slack[t][:, cols])
             # The value used is the intersection with CROWN's bounds (which may come from interval
             # arithmetic), the gradient the one of the new bound (straight through): a bound worse
             # than the reference would pass no gradient to its slopes, which could never catch up.
@@ -215,7 +222,7 @@ class _Optimiser:
             bl, bu = self.best_inter[t]
             self.best_inter[t] = intersect(bl, bu, full_l.detach(), full_u.detach())
             pre[r] = (full_l, full_u)
-        return spec_lower(self.net, self.rows, self.lo, self.hi, pre, self.final_alpha)
+        return spec_lower(self.net, self.rows, self.lo, self.hi, pre, self.final_alpha, self.errs)
 
     def run(self, start: float, time_budget: float | None) -> torch.Tensor:
         params = self.parameters()
@@ -245,7 +252,8 @@ class _Optimiser:
     def bounds(self) -> NetBounds:
         """``base`` with the best intermediate bounds, refreshed by interval arithmetic."""
         out = NetBounds(
-            self.base.input_lower, self.base.input_upper, list(self.base.lower), list(self.base.upper), "alpha-crown"
+            self.base.input_lower, self.base.input_upper, list(self.base.lower), list(self.base.upper), "alpha-crown",
+            self.errs,
         )
         for t, (l, u) in self.best_inter.items():
             out.lower[t], out.upper[t] = l, u

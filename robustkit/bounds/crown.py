@@ -18,8 +18,9 @@ bounds are lower bounds of ``-A h_t``, so every pass bounds the rows ``[A; -A]``
 
 Every linear layer that feeds a ReLU gets its bounds from a full backward pass (the identity
 specification, batched over samples, rows chunked to a memory budget), intersected with
-interval arithmetic on the already tightened previous layer; all bounds are widened by the
-float safety margin (:func:`robustkit.bounds.types.widen`).
+interval arithmetic on the already tightened previous layer. All bounds hold for the float32
+network: each backward pass charges ``|A| e_i`` for the rounding of every linear layer it
+crosses, and every result is moved outward by the float64 slack (:mod:`robustkit.bounds.floaterr`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from typing import Mapping
 
 import torch
 
-from robustkit.bounds.types import NetBounds, widen
+from robustkit.bounds.floaterr import ErrorTracker, FloatErrors, outward
+from robustkit.bounds.types import NetBounds
 from robustkit.network import Dense, LinearLayer, Network, ReLU
 
 logger = logging.getLogger(__name__)
@@ -127,17 +129,21 @@ def backward_lower(
     hi: torch.Tensor,
     pre: PreBounds,
     alphas: Alphas | None = None,
+    errs: FloatErrors | None = None,
 ) -> torch.Tensor:
     """Lower bound over the box ``[lo, hi]`` of ``A h_end + bias``, where ``h_end`` is the output
     of layer ``end`` (``end = -1``: the input). ``A``: ``(B or 1, m, dim_end)``; ``bias``:
     broadcastable to ``(B, m)``. ``pre[r]`` are the pre-activation bounds of the ReLU at position
     ``r``; ``alphas[r]`` (optional, broadcastable to ``(B, m, dim)`` or ``(B, dim)``) its lower
-    slopes. Returns ``(B, m)``."""
+    slopes. With ``errs`` the bound holds for every perturbed network of the float error model
+    (``|A| e_i`` is charged at each linear layer); without, for the exact one. Returns ``(B, m)``."""
     c = torch.zeros(A.shape[:-1], dtype=A.dtype) if bias is None else bias
     for i in range(end, -1, -1):
         layer = net.layers[i]
         if isinstance(layer, LinearLayer):
             c = c + A @ layer.bias_tensor(A.dtype)
+            if errs is not None:
+                c = c - (A.abs() @ errs.rounding[i].unsqueeze(-1)).squeeze(-1)
             A = layer.backward(A)
         elif isinstance(layer, ReLU):
             l, u = pre[i]
@@ -187,9 +193,10 @@ def layer_bounds(
     pre: PreBounds,
     memory_mb: float,
     alphas: Alphas | None = None,
+    errs: FloatErrors | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CROWN lower and upper bounds ``(B, len(rows))`` of neurons ``rows`` of layer ``end``
-    (unwidened). ``alphas[r]``: lower slopes per side (lower-bound rows use ``[:, 0]``,
+    (without the float64 slack; with the float32 rounding when ``errs`` is given). ``alphas[r]``: lower slopes per side (lower-bound rows use ``[:, 0]``,
     upper-bound rows ``[:, 1]``), per neuron ``(B, 2, dim_r)`` or per row ``(B, 2, len(rows), dim_r)``,
     or ``(B, dim_r)`` for both sides."""
     batch = lo.shape[0]
@@ -200,10 +207,12 @@ def layer_bounds(
         res = []
         for side, sign in ((0, 1.0), (1, -1.0)):
             A, bias, last = unit_rows(net, end, part, sign)
+            if errs is not None and bias is not None:  # layer ``end`` itself was folded into A
+                bias = bias - errs.rounding[end][:, part]
             side_alphas = None
             if alphas is not None:
                 side_alphas = {r: _side_alpha(a, side, start, start + step) for r, a in alphas.items()}
-            res.append(backward_lower(net, last, A, bias, lo, hi, pre, side_alphas))
+            res.append(backward_lower(net, last, A, bias, lo, hi, pre, side_alphas, errs))
         lows.append(res[0])
         ups.append(-res[1])
     return torch.cat(lows, dim=1), torch.cat(ups, dim=1)
@@ -216,10 +225,12 @@ def _side_alpha(alpha: torch.Tensor, side: int, start: int, stop: int) -> torch.
 
 
 def spec_lower(
-    net: Network, C: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, pre: PreBounds, alphas: Alphas | None = None
+    net: Network, C: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, pre: PreBounds, alphas: Alphas | None = None,
+    errs: FloatErrors | None = None,
 ) -> torch.Tensor:
-    """CROWN lower bound ``(B, k)`` of ``C y`` (unwidened); ``alphas[r]``: ``(B, k, dim_r)`` or ``(B, dim_r)``."""
-    return backward_lower(net, len(net.layers) - 1, C, None, lo, hi, pre, alphas)
+    """CROWN lower bound ``(B, k)`` of ``C y`` (without the float64 slack: subtract
+    ``errs.spec_slack(C)``); ``alphas[r]``: ``(B, k, dim_r)`` or ``(B, dim_r)``."""
+    return backward_lower(net, len(net.layers) - 1, C, None, lo, hi, pre, alphas, errs)
 
 
 def needs_backward(net: Network, i: int) -> bool:
@@ -245,19 +256,21 @@ def intersect(
     lo: torch.Tensor, hi: torch.Tensor, lo2: torch.Tensor, hi2: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Intersection of two valid boxes (both contain the true set, so it is never empty; float
-    rounding cannot cross them because both are widened)."""
+    rounding cannot cross them because both carry the float error model's slack)."""
     return torch.maximum(lo, lo2), torch.minimum(hi, hi2)
 
 
 def refresh(net: Network, bounds: NetBounds) -> NetBounds:
     """Re-run interval arithmetic from the input through ``bounds`` (each layer's interval image
-    of the previous, tightened, layer, widened), intersected with the stored bounds."""
+    of the previous, tightened, layer, moved outward by its float error), intersected with the
+    stored bounds."""
+    errs = bounds.float_errors(net)
     lo, hi = bounds.input_lower, bounds.input_upper
-    out = NetBounds(lo, hi, [], [], bounds.method)
+    out = NetBounds(lo, hi, [], [], bounds.method, errs)
     for i, layer in enumerate(net.layers):
         lo, hi = layer.interval(lo, hi)
         if isinstance(layer, LinearLayer):
-            lo, hi = widen(lo, hi)
+            lo, hi = outward(lo, hi, errs.rounding[i] + errs.slack[i])
         lo, hi = intersect(lo, hi, bounds.lower[i], bounds.upper[i])
         out.lower.append(lo)
         out.upper.append(hi)
@@ -276,19 +289,25 @@ def crown_bounds(
     """CROWN bounds of every layer over the box (``(B, in_dim)``), and of ``C y`` when ``C``
     (``(B, k, out_dim)`` or ``(k, out_dim)``) is given. ``base`` (optional, e.g. from a previous
     method) is intersected in; with ``start > 0`` the layers before ``start`` are taken from
-    ``base`` as they are (e.g. after tightening them by LP). All returned bounds are widened by
-    the float safety margin."""
+    ``base`` as they are (e.g. after tightening them by LP). All returned bounds hold for the
+    float32 network (:mod:`robustkit.bounds.floaterr`); the error model is ``base``'s when it has
+    one (valid on the sub-box), else built from these bounds as they are computed."""
     if start > 0 and base is None:
         raise ValueError("start > 0 needs base bounds")
     lo_in, hi_in = as_box(lower, upper)
     C = check_spec(net, C, lo_in.shape[0])
-    out = NetBounds(lo_in, hi_in, [], [], "crown")
+    tracker = ErrorTracker(lo_in, hi_in) if base is None or base.errors is None else None
+    errs = tracker.out if tracker is not None else base.errors  # type: ignore[union-attr]
+    assert errs is not None
+    out = NetBounds(lo_in, hi_in, [], [], "crown", errs)
     pre: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     lo, hi = lo_in, hi_in
     with torch.no_grad():
         for i, layer in enumerate(net.layers):
             if isinstance(layer, ReLU):
                 pre[i] = (lo, hi)
+            if tracker is not None:
+                tracker.add(layer, lo, hi)
             if i < start:
                 assert base is not None
                 lo, hi = base.lower[i], base.upper[i]
@@ -297,11 +316,11 @@ def crown_bounds(
                 continue
             lo, hi = layer.interval(lo, hi)
             if isinstance(layer, LinearLayer):
-                lo, hi = widen(lo, hi)
+                lo, hi = outward(lo, hi, errs.rounding[i] + errs.slack[i])
             if base is not None:
                 lo, hi = intersect(lo, hi, base.lower[i], base.upper[i])
             if needs_backward(net, i):
-                lo, hi = _tighten_layer(net, i, lo, hi, lo_in, hi_in, pre, config)
+                lo, hi = _tighten_layer(net, i, lo, hi, lo_in, hi_in, pre, config, errs)
             out.lower.append(lo)
             out.upper.append(hi)
         spec = None if C is None else spec_bounds_from(net, out, C, "crown", config.intersect_interval)
@@ -317,6 +336,7 @@ def _tighten_layer(
     hi_in: torch.Tensor,
     pre: PreBounds,
     config: CrownConfig,
+    errs: FloatErrors,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Intersect ``[lo, hi]`` (layer ``i``) with its CROWN bounds; without ``refine_stable`` only
     neurons unstable under ``[lo, hi]`` in some sample are computed, and only used there."""
@@ -328,8 +348,8 @@ def _tighten_layer(
     rows = torch.nonzero(mask.any(dim=0)).flatten()
     if rows.numel() == 0:
         return lo, hi
-    cl, cu = layer_bounds(net, i, rows, lo_in, hi_in, pre, config.memory_mb)
-    cl, cu = widen(cl, cu)
+    cl, cu = layer_bounds(net, i, rows, lo_in, hi_in, pre, config.memory_mb, errs=errs)
+    cl, cu = outward(cl, cu, errs.slack[i][:, rows])
     sel = mask[:, rows]
     if config.intersect_interval:
         cl, cu = intersect(cl, cu, lo[:, rows], hi[:, rows])
@@ -343,12 +363,13 @@ def spec_bounds_from(
     net: Network, bounds: NetBounds, C: torch.Tensor, method: str, with_interval: bool = True
 ) -> SpecBounds:
     """CROWN bounds of ``C y`` given the intermediate bounds, intersected with the interval bound
-    of ``C y`` (``C`` folded into the last linear layer), widened."""
+    of ``C y`` (``C`` folded into the last linear layer); valid for the float32 network."""
+    errs = bounds.float_errors(net)
     pre = pre_bounds(net, bounds)
     batch = bounds.input_lower.shape[0]
-    lower = spec_lower(net, C, bounds.input_lower, bounds.input_upper, pre)
-    upper = -spec_lower(net, -C, bounds.input_lower, bounds.input_upper, pre)
-    lower, upper = widen(lower, upper)
+    lower = spec_lower(net, C, bounds.input_lower, bounds.input_upper, pre, errs=errs)
+    upper = -spec_lower(net, -C, bounds.input_lower, bounds.input_upper, pre, errs=errs)
+    lower, upper = outward(lower, upper, errs.spec_slack(C))
     if with_interval:
         il, iu = interval_spec(net, bounds, C)
         lower, upper = intersect(lower, upper, il, iu)
@@ -359,8 +380,9 @@ def spec_bounds_from(
 def interval_spec(net: Network, bounds: NetBounds, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Interval bounds of ``C y``: ``C W`` applied to the box of the last linear layer's input
     when the net ends in a linear layer (tighter than bounding ``C`` over the output box), and
-    the better of that and ``C`` over the output box; widened."""
+    the better of that and ``C`` over the output box; valid for the float32 network."""
     C = C.double()
+    errs = bounds.float_errors(net)
     yl, yu = bounds.output()
     center, radius = ((yl + yu) / 2).unsqueeze(-1), ((yu - yl) / 2).unsqueeze(-1)
     lower = (C @ center).squeeze(-1) - (C.abs() @ radius).squeeze(-1)
@@ -373,6 +395,20 @@ def interval_spec(net: Network, bounds: NetBounds, C: torch.Tensor) -> tuple[tor
         c = C @ last.bias_tensor(torch.float64)
         gc, gr = ((gl + gu) / 2).unsqueeze(-1), ((gu - gl) / 2).unsqueeze(-1)
         mid = c + (A @ gc).squeeze(-1)
-        rad = (A.abs() @ gr).squeeze(-1)
+        rad = (A.abs() @ gr).squeeze(-1) + (C.abs() @ errs.rounding[-1].unsqueeze(-1)).squeeze(-1)
         lower, upper = intersect(lower, upper, mid - rad, mid + rad)
-    return widen(lower, upper)
+    return outward(lower, upper, errs.spec_slack(C))
+
+
+def float_charge(net: Network, bounds: NetBounds, C: torch.Tensor) -> torch.Tensor:
+    """How much the float error model lowers the CROWN bound of each row of ``C y`` at these
+    intermediate bounds (``(B, k)``): the rounding charged plus the float64 slack. Reported with
+    every verdict, so a proof shows how much room float error took."""
+    C = check_spec(net, C, bounds.input_lower.shape[0])
+    assert C is not None
+    errs = bounds.float_errors(net)
+    pre = pre_bounds(net, bounds)
+    with torch.no_grad():
+        exact = spec_lower(net, C, bounds.input_lower, bounds.input_upper, pre)
+        charged = spec_lower(net, C, bounds.input_lower, bounds.input_upper, pre, errs=errs)
+    return exact - charged + errs.spec_slack(C)

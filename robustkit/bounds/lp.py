@@ -4,7 +4,8 @@ Networks with Mixed Integer Programming", Sec. 5.1): the bounds of layer ``t`` a
 max of each of its neurons over a relaxation of the network up to ``t``, built with the
 (already tightened) bounds of the layers before.
 
-Relaxation (LP): every affine layer is exact (``W v_{i-1} + b = v_i``); every unstable ReLU
+Relaxation (LP): every affine layer is exact up to the float32 rounding of the deployed network
+(``|W v_{i-1} + b - v_i| <= e_i``, :mod:`robustkit.bounds.floaterr`); every unstable ReLU
 ``v = relu(z)`` with ``l < 0 < u`` is its convex hull, the "triangle" (Ehlers 2017, Eq. 3):
 ``v >= 0, v >= z, v <= u (z - l) / (u - l)``; stable ReLUs are exact. All variables carry their
 current bounds as column bounds. MILP (``relaxation="milp"``) adds one binary per unstable
@@ -13,9 +14,11 @@ ReLU, the formulation of Tjeng et al. Eq. 5.
 Soundness: an LP optimum found with tolerances is not itself a bound. robustkit instead
 evaluates the Lagrangian dual bound at the solver's row duals ``y`` exactly in float64:
 ``min_x c.x >= min_{x in col box} (c - A^T y).x + min_{r in row range} y.r`` holds for *every*
-``y`` (components whose sign would make a term unbounded are set to 0), so only float rounding
-remains, covered by the float safety margin (:func:`robustkit.bounds.types.widen`). MILP bounds
-use HiGHS's MIP dual bound, widened by ``1e-6 (1 + |bound|)`` on top of the margin. Non-optimal
+``y`` (components whose sign would make a term unbounded are set to 0), so only the float64
+rounding of that evaluation remains, and it is bounded and subtracted too
+(``gamma_N`` times the sum of the absolute values of its terms). MILP bounds
+use HiGHS's MIP dual bound, widened by ``1e-6 (1 + |bound|)``: they rest on HiGHS's tolerances,
+so ``relaxation="milp"`` is an option, never a default. Non-optimal
 solves (time limit, numerical trouble) leave the old bound. Results are intersected with the
 previous bounds; neurons not reached within the time budget keep theirs.
 """
@@ -32,7 +35,8 @@ import scipy.sparse as sp
 import torch
 
 from robustkit.bounds.crown import CrownConfig, SpecBounds, crown_bounds, needs_backward, refresh
-from robustkit.bounds.types import NetBounds, widen
+from robustkit.bounds.floaterr import U64, gamma
+from robustkit.bounds.types import NetBounds
 from robustkit.network import LinearLayer, Network, ReLU
 
 logger = logging.getLogger(__name__)
@@ -151,7 +155,8 @@ class _Model:
                     shape=(m, self.ncols),
                 )
                 rhs = -layer.bias_vector()[keep]
-                self._add_rows(mat, rhs, rhs.copy())
+                err = self.bounds.float_errors(self.net).rounding[i][0].detach().cpu().numpy()[keep]
+                self._add_rows(mat, rhs - err, rhs + err)
             elif isinstance(layer, ReLU):
                 self.layer_cols.append(self._add_relu(i, prev))
             else:
@@ -173,8 +178,10 @@ class _Model:
         for k, j in enumerate(uj):
             s = u[j] / (u[j] - l[j])
             rows += [r, r]; cols += [v[j], z[j]]; vals += [1.0, -1.0]; rlo.append(0.0); rhi.append(np.inf); r += 1
-            if binaries < 0:  # triangle: v - s z <= -s l
-                rows += [r, r]; cols += [v[j], z[j]]; vals += [1.0, -s]; rlo.append(-np.inf); rhi.append(-s * l[j]); r += 1
+            if binaries < 0:  # triangle: v - s z <= -s l (raised by the rounding of s)
+                slack = 4 * U64 * (s * (u[j] - l[j]) + u[j])
+                rows += [r, r]; cols += [v[j], z[j]]; vals += [1.0, -s]; rlo.append(-np.inf); rhi.append(-s * l[j] + slack)
+                r += 1
             else:  # v <= u a;  v <= z - l (1 - a)
                 a = binaries + k
                 rows += [r, r]; cols += [v[j], a]; vals += [1.0, -u[j]]; rlo.append(-np.inf); rhi.append(0.0); r += 1
@@ -232,9 +239,19 @@ class _Model:
         np.add.at(c, cols, coefs)
         reduced = c - self._A.T @ y
         xlo, xhi = np.concatenate(self.col_lo), np.concatenate(self.col_hi)
-        col_part = np.where(reduced > 0, reduced * xlo, reduced * xhi).sum()
-        row_part = np.where(y > 0, y * np.where(y > 0, self._rlo, 0.0), y * np.where(y < 0, self._rhi, 0.0)).sum()
-        return float(col_part + row_part)
+        col_terms = np.where(reduced > 0, reduced * xlo, reduced * xhi)
+        r = np.where(y > 0, np.where(y > 0, self._rlo, 0.0), np.where(y < 0, self._rhi, 0.0))
+        row_terms = y * r
+        # float64 rounding of this evaluation: each reduced cost is off by at most
+        # gamma (|c| + |A|^T |y|), each sum by gamma times the sum of its terms' absolute values
+        x_mag = np.maximum(np.abs(xlo), np.abs(xhi))
+        x_mag = np.where(np.isfinite(x_mag), x_mag, 0.0)
+        n = self._A.nnz + self.ncols + self.nrows + 2
+        err = gamma(n, U64) * (
+            float(((np.abs(c) + abs(self._A).T @ np.abs(y)) * x_mag).sum()) + float(np.abs(col_terms).sum())
+            + float(np.abs(row_terms).sum())
+        )
+        return float(col_terms.sum() + row_terms.sum()) - 2 * err
 
 
 def lp_tighten(
@@ -315,8 +332,7 @@ def _tighten_sample(
                     stats.not_optimal += 1
                     continue
                 new_lo, new_hi = (value, hi[j]) if sign > 0 else (lo[j], -value)
-                wl, wh = widen(torch.tensor(new_lo, dtype=torch.float64), torch.tensor(new_hi, dtype=torch.float64))
-                nl, nh = max(lo[j], float(wl)), min(hi[j], float(wh))
+                nl, nh = max(lo[j], float(new_lo)), min(hi[j], float(new_hi))
                 if nl > lo[j] or nh < hi[j]:
                     stats.improved += 1
                 lo[j], hi[j] = nl, nh
@@ -349,7 +365,7 @@ def _tighten_sample(
                     continue
                 v = torch.tensor(value, dtype=torch.float64)
                 if sign > 0:
-                    s_lo[k] = torch.maximum(s_lo[k], widen(v, v)[0])
+                    s_lo[k] = torch.maximum(s_lo[k], v)
                 else:
-                    s_hi[k] = torch.minimum(s_hi[k], -widen(v, v)[0])
+                    s_hi[k] = torch.minimum(s_hi[k], -v)
     return nb, s_lo.unsqueeze(0), s_hi.unsqueeze(0)

@@ -1,5 +1,5 @@
-"""Bounds on every layer of a network over an input region, and the safety margin that makes
-them valid for the float network."""
+"""Bounds on every layer of a network over an input region, valid for the float32 network as
+onnxruntime runs it (the error model of :mod:`robustkit.bounds.floaterr` travels with them)."""
 
 from __future__ import annotations
 
@@ -7,33 +7,29 @@ from dataclasses import dataclass
 
 import torch
 
+from robustkit.bounds.floaterr import FloatErrors, float_errors
 from robustkit.network import Network, ReLU
-
-# Bounds used for proofs or big-M constants are widened outward by
-# ``abs_margin + rel_margin * |bound|``: float32 evaluation of the real network differs from
-# the exact real-arithmetic function by far less than this for the nets robustkit handles.
-FLOAT_ABS_MARGIN = 1e-6
-FLOAT_REL_MARGIN = 1e-6
-
-
-def widen(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Widen ``[lower, upper]`` outward by the floating-point safety margin."""
-    lo = lower - FLOAT_ABS_MARGIN - FLOAT_REL_MARGIN * lower.abs()
-    hi = upper + FLOAT_ABS_MARGIN + FLOAT_REL_MARGIN * upper.abs()
-    return lo, hi
-
 
 @dataclass
 class NetBounds:
     """``lower[i]``, ``upper[i]``: float64 bounds ``(B, out_dim_i)`` on the output of layer ``i``
     (so the pre-activation bounds of a ReLU at position ``i`` are those of layer ``i - 1``);
-    ``input_lower``/``input_upper`` are the input region itself. ``method`` names what produced them."""
+    ``input_lower``/``input_upper`` are the input region itself. ``method`` names what produced them.
+    ``errors``: the float error model over this region (or a larger one: it stays valid on
+    sub-regions), set by the bound methods; :meth:`float_errors` derives it when absent."""
 
     input_lower: torch.Tensor
     input_upper: torch.Tensor
     lower: list[torch.Tensor]
     upper: list[torch.Tensor]
     method: str = "interval"
+    errors: FloatErrors | None = None
+
+    def float_errors(self, net: Network) -> FloatErrors:
+        """The float error model over these bounds (computed from them if not already known)."""
+        if self.errors is None:
+            self.errors = float_errors(net, self.input_lower, self.input_upper, self.lower, self.upper)
+        return self.errors
 
     def pre_activation(self, net: Network, relu_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Bounds on the input of the ReLU at layer position ``relu_pos``."""
@@ -52,4 +48,5 @@ class NetBounds:
         return NetBounds(
             self.input_lower[sl], self.input_upper[sl],
             [t[sl] for t in self.lower], [t[sl] for t in self.upper], self.method,
+            None if self.errors is None else self.errors.select(index),
         )

@@ -7,9 +7,19 @@ Programming", Sec. 4: a ReLU ``a = max(z, 0)`` with pre-activation bounds ``l <=
 * stably active (``l >= 0``): ``a = z`` (the same column);
 * unstable: ``a >= 0, a >= z, a <= u d, a <= z - l (1 - d)``, ``d`` binary (their Eq. 5).
 
-Linear layers become equality rows ``z - W a = b``, with ``z`` bounded by the (widened)
-bounds from bound propagation. The model is built once per sample with highspy's array API
-(``addVars``/``addRows`` in CSR), which is ~20x faster than a modelling layer.
+Linear layers become rows ``b - e <= z - W a <= b + e``, where ``e`` is the float32 rounding
+error of the deployed layer (:mod:`robustkit.bounds.floaterr`), with ``z`` bounded by the
+bounds from bound propagation (which hold for the float32 network). The model is built once per
+sample with highspy's array API (``addVars``/``addRows`` in CSR), which is ~20x faster than a
+modelling layer.
+
+Solver tolerances: HiGHS accepts a point that violates a row or a bound by up to its primal
+feasibility tolerance (1e-7) and calls an integer within 1e-6 integral. So that an
+"infeasible" verdict cannot come from those tolerances alone, every row and column bound of the
+model is relaxed by ``SOLVER_SLACK * (1 + |scale|)`` (``SOLVER_SLACK = 1e-6``), ten times them and more: a
+point of the true (float32) model satisfies every relaxed row with at least that much room,
+which the solver's tolerances cannot take away. Relaxing only adds points, so a proof on the
+relaxed model is a proof on the true one.
 """
 
 from __future__ import annotations
@@ -26,6 +36,13 @@ from robustkit.network import LinearLayer, Network, ReLU
 
 INF = highspy.kHighsInf
 ZERO = -1  # column index meaning "the constant 0"
+SOLVER_SLACK = 1e-6  # relative relaxation of every row and column bound (see the module docstring)
+
+
+def relax(lower: np.ndarray, upper: np.ndarray, scale: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """``[lower, upper]`` relaxed by ``SOLVER_SLACK * (1 + |scale|)`` (infinite sides stay)."""
+    by = SOLVER_SLACK * (1.0 + np.abs(scale))
+    return lower - by, upper + by
 
 
 @dataclass
@@ -116,6 +133,7 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) 
     if bounds.input_lower.shape[0] != 1:
         raise ValueError("encode() takes the bounds of a single sample")
     h = highs or new_highs()
+    errs = bounds.float_errors(net)
     lo = bounds.input_lower.reshape(-1).numpy().astype(np.float64)
     hi = bounds.input_upper.reshape(-1).numpy().astype(np.float64)
     ncols = 0
@@ -135,14 +153,16 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) 
             w = layer.matrix()
             keep = np.flatnonzero(expr != ZERO)
             w_keep = w[rows_idx][:, keep].tocsr()
-            new_cols = _add_cols(h, l_out[rows_idx], u_out[rows_idx], ncols)
+            new_cols = _add_cols(h, *relax(l_out[rows_idx], u_out[rows_idx], np.maximum(-l_out, u_out)[rows_idx]), ncols)
             ncols += new_cols.size
             # rows: z - W a = b  ->  [I | -W] with column map [z_cols, expr[keep]]
             block = sp.hstack([sp.identity(rows_idx.size, format="csr"), -w_keep], format="csr")
             colmap = np.concatenate([new_cols, expr[keep]]).astype(np.int32)
             block = sp.csr_matrix((block.data, colmap[block.indices], block.indptr), shape=(block.shape[0], ncols))
             b = layer.bias_vector()[rows_idx]
-            _add_rows_csr(h, block, b, b)
+            e = errs.rounding[pos][0].detach().cpu().numpy().astype(np.float64)[rows_idx]
+            scale = np.maximum(-l_out, u_out)[rows_idx]
+            _add_rows_csr(h, block, *relax(b - e, b + e, scale))
             z_cols = np.full(layer.out_dim, ZERO, dtype=np.int64)
             z_cols[rows_idx] = new_cols
             enc.linear_cols.append(z_cols)
@@ -157,7 +177,7 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) 
             unstable = np.flatnonzero(~inactive & ~active)
             out = np.where(inactive, ZERO, expr).astype(np.int64)
             k = unstable.size
-            a_cols = _add_cols(h, np.zeros(k), u_pre[unstable], ncols)
+            a_cols = _add_cols(h, *relax(np.zeros(k), u_pre[unstable], u_pre[unstable]), ncols)
             ncols += k
             d_cols = _add_cols(h, np.zeros(k), np.ones(k), ncols)
             ncols += k
@@ -176,7 +196,8 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) 
                 mat = sp.csr_matrix((vals, (rows, cols)), shape=(3 * k, ncols))
                 lower = np.concatenate([np.zeros(k), np.full(k, -INF), np.full(k, -INF)])
                 upper = np.concatenate([np.full(k, INF), np.zeros(k), -l_pre[unstable]])
-                _add_rows_csr(h, mat, lower, upper)
+                scale = np.tile(np.maximum(-l_pre[unstable], u_pre[unstable]), 3)
+                _add_rows_csr(h, mat, *relax(lower, upper, scale))
                 out[unstable] = a_cols
             enc.relus[pos] = _Relu(expr.copy(), out, unstable, d_cols, int(active.sum()), int(inactive.sum()))
             expr = out

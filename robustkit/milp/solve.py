@@ -7,8 +7,11 @@ of the chosen disjunct. With one disjunct this is a plain MILP; with several (fo
 the disjunct, as in MIPVerify's encoding of a maximum.
 
 Soundness: ``t`` gets the lower bound ``-safety_margin``. If HiGHS proves the model infeasible,
-every input has ``t < -safety_margin`` for every disjunct: the property holds with that margin
-against solver tolerances. A feasible point with ``t >= 0`` is only a *candidate*: the caller
+every input has ``t < -safety_margin`` for every disjunct: the property holds with that margin.
+The model's rows hold for the float32 network and are relaxed beyond HiGHS's tolerances
+(:mod:`robustkit.milp.encoder`), so the verdict rests neither on exact arithmetic nor on those
+tolerances: a real violation (``t >= 0``) is feasible with room ``safety_margin`` in ``t`` and
+at least ``SOLVER_SLACK (1 + |scale|)`` in every row. A feasible point with ``t >= 0`` is only a *candidate*: the caller
 re-checks it in onnxruntime before calling it a counterexample. HiGHS's ``objective_bound``
 is not used (in HiGHS 1.14 it can end with status Optimal on a non-optimal point).
 """
@@ -24,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from robustkit.errors import SolverError
-from robustkit.milp.encoder import INF, Encoding, _add_rows_csr
+from robustkit.milp.encoder import INF, Encoding, _add_rows_csr, relax
 from robustkit.spec import LinearConstraints
 
 if TYPE_CHECKING:
@@ -105,7 +108,8 @@ def solve_violation(
             cols += [t_col] + list(enc.output_cols[nz]) + ([int(s_cols[k])] if multi else [])
             vals += [1.0] + list(dj.C[i, nz]) + ([big_m] if multi else [])
             lower.append(-INF)
-            upper.append(dj.d[i] + big_m)
+            # relaxed against solver tolerances like every row of the encoding
+            upper.append(relax(np.zeros(1), np.array([dj.d[i] + big_m]), abs(dj.d[i]) + abs(big_m))[1][0])
             r += 1
     if multi:  # sum_k s_k = 1
         rows += [r] * len(disjuncts)

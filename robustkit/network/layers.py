@@ -11,6 +11,10 @@ linear layers, one as a matrix (``matrix``/``bias_vector``), which the MILP enco
 solver rows and bound propagation uses through ``backward`` (the product ``A @ W``).
 Weights are stored exactly as read (float32 from ONNX); computations run in the dtype of the
 input (float32 for attacks, float64 for bounds and the MILP).
+
+Each linear layer also states how its float32 evaluation (onnxruntime) may differ from the exact
+affine map: at most ``gamma(rounding_ops) * (|W| |x| + error_offset)`` per output, the model of
+:mod:`robustkit.bounds.floaterr`.
 """
 
 from __future__ import annotations
@@ -82,6 +86,27 @@ class LinearLayer(Layer):
     def abs_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``|W| x`` (no bias), for interval arithmetic."""
 
+    @property
+    @abstractmethod
+    def rounding_ops(self) -> int:
+        """The most float32 roundings on the path to one output when the ONNX operators this layer
+        came from run in float32: the length of the dot product plus the bias and scaling steps."""
+
+    def error_offset(self, dtype: torch.dtype) -> torch.Tensor:
+        """The constant part of the rounding-error magnitude (``|b|`` for a plain affine layer;
+        larger for layers folded from several operators, whose intermediate constants round too)."""
+        return self.bias_tensor(dtype).abs()
+
+    def rounding_error(self, lower: torch.Tensor, upper: torch.Tensor, unit: float) -> torch.Tensor:
+        """Bound ``(B, out_dim)`` on ``|float(W x + b) - (W x + b)|`` for every ``x`` in
+        ``[lower, upper]``, when the layer's operators run in a float format of unit roundoff
+        ``unit``: ``gamma(rounding_ops) * (|W| max(|lower|, |upper|) + error_offset)``."""
+        n = self.rounding_ops
+        if n * unit >= 0.5:
+            raise ValueError(f"{self.describe()}: {n} roundings exceed the error model's range")
+        mag = torch.maximum(lower.abs(), upper.abs())
+        return (n * unit / (1 - n * unit)) * (self.abs_forward(mag) + self.error_offset(mag.dtype))
+
 
 def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
@@ -93,10 +118,23 @@ class Dense(LinearLayer):
 
     weight: torch.Tensor  # (out, in)
     bias: torch.Tensor  # (out,)
+    # folded from an elementwise map before it (see ``simplify``): its roundings and error offset
+    extra_ops: int = 0
+    offset: torch.Tensor | None = None  # (out,) replaces |bias| in the error model
 
     def __post_init__(self) -> None:
         if self.weight.dim() != 2 or self.bias.shape != (self.weight.shape[0],):
             raise ValueError(f"Dense: weight {tuple(self.weight.shape)} and bias {tuple(self.bias.shape)} disagree")
+        if self.offset is not None and self.offset.shape != self.bias.shape:
+            raise ValueError("Dense: error offset and bias differ in shape")
+
+    @property
+    def rounding_ops(self) -> int:
+        # the dot product, the bias add, Gemm's alpha/beta scaling, and a separate Add node
+        return self.in_dim + 3 + self.extra_ops
+
+    def error_offset(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.bias_tensor(dtype).abs() if self.offset is None else _cast(self.offset, dtype)
 
     @property
     def in_dim(self) -> int:
@@ -143,6 +181,12 @@ class Conv2d(LinearLayer):
             raise ValueError(f"Conv2d: weight {tuple(self.weight.shape)} does not match input {self.in_shape}")
         if self.bias.shape != (self.weight.shape[0],):
             raise ValueError("Conv2d: bias length differs from output channels")
+
+    @property
+    def rounding_ops(self) -> int:
+        # the dot product over the kernel, the bias, and a following BatchNormalization that
+        # onnxruntime may fuse into the weights (their float32 rounding)
+        return int(np.prod(self.weight.shape[1:])) + 4
 
     @cached_property
     def out_shape(self) -> tuple[int, int, int]:
@@ -234,10 +278,25 @@ class Elementwise(LinearLayer):
 
     scale: torch.Tensor
     shift: torch.Tensor
+    # roundings of the ONNX operators it came from (one Sub/Div/Mul/Add: 1, plus 1 for the
+    # float64 reciprocal of a divisor; BatchNormalization: 6) and their error offset (default |shift|)
+    ops: int = 2
+    offset: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.scale.shape != self.shift.shape or self.scale.dim() != 1:
             raise ValueError("Elementwise: scale and shift must be flat and of equal length")
+        if self.offset is not None and self.offset.shape != self.shift.shape:
+            raise ValueError("Elementwise: error offset and shift differ in shape")
+        if self.ops < 1:
+            raise ValueError("Elementwise: ops must be >= 1")
+
+    @property
+    def rounding_ops(self) -> int:
+        return self.ops
+
+    def error_offset(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.bias_tensor(dtype).abs() if self.offset is None else _cast(self.offset, dtype)
 
     @property
     def in_dim(self) -> int:

@@ -131,7 +131,11 @@ class _LeakyGradReLU(torch.autograd.Function):
 def simplify(layers: list[Layer]) -> list[Layer]:
     """Fold an ``Elementwise`` into a following ``Dense`` (exact: ``W (s*x + t) + b``), and
     merge consecutive ``Elementwise`` layers. Elementwise maps before a Conv stay separate,
-    because folding them would be wrong at zero-padded borders."""
+    because folding them would be wrong at zero-padded borders.
+
+    The folded layer keeps the float-error model of both (:mod:`robustkit.bounds.floaterr`):
+    ``s x + t`` rounds to within ``g_k (|s||x| + o)``, which ``W`` maps to at most
+    ``|W| g_k (|s||x| + o)``; so the fold has ``k`` more roundings and the offset ``|W| o + o_W``."""
     out: list[Layer] = []
     for layer in layers:
         prev = out[-1] if out else None
@@ -139,11 +143,14 @@ def simplify(layers: list[Layer]) -> list[Layer]:
             w = layer.weight.double()
             weight = w * prev.scale.double().unsqueeze(0)
             bias = layer.bias.double() + w @ prev.shift.double()
-            out[-1] = Dense(weight.float() if _exact_in_float32(weight) else weight, bias)
+            offset = w.abs() @ prev.error_offset(torch.float64) + layer.error_offset(torch.float64)
+            out[-1] = Dense(weight.float() if _exact_in_float32(weight) else weight, bias,
+                            layer.extra_ops + prev.rounding_ops, offset)
         elif isinstance(layer, Elementwise) and isinstance(prev, Elementwise):
             scale = prev.scale.double() * layer.scale.double()
             shift = prev.shift.double() * layer.scale.double() + layer.shift.double()
-            out[-1] = Elementwise(scale, shift)
+            offset = layer.scale.double().abs() * prev.error_offset(torch.float64) + layer.error_offset(torch.float64)
+            out[-1] = Elementwise(scale, shift, prev.ops + layer.ops, offset)
         else:
             out.append(layer)
     return out

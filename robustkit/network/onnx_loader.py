@@ -324,7 +324,9 @@ class _GraphReader:
         ch = (1, -1) + (1,) * (len(self.shape) - 2)
         scale = self._broadcast_flat(node, s.reshape(ch))
         shift = self._broadcast_flat(node, t.reshape(ch))
-        self._push(Elementwise(torch.from_numpy(scale), torch.from_numpy(shift)))
+        # onnxruntime: (x - mean) / sqrt(var + eps) * gamma + beta, each step rounded in float32
+        offset = self._broadcast_flat(node, (np.abs(s) * np.abs(mean) + np.abs(beta)).reshape(ch))
+        self._push(Elementwise(torch.from_numpy(scale), torch.from_numpy(shift), 6, torch.from_numpy(offset)))
 
     def _flatten(self, node: onnx.NodeProto) -> None:
         axis = int(self._attrs(node).get("axis", 1))

@@ -16,7 +16,11 @@ the split constraints' Lagrange multipliers of beta-CROWN (Wang et al. 2021, "Be
   steps of Adam (``iterations``); the best value seen per row is kept (each is valid);
 * pruning: a domain is closed when every disjunct of the violation has a row whose lower bound
   exceeds its threshold by the safety margin, or when its bounds are empty (some neuron's lower
-  bound above its upper bound: the split constraints contradict each other on the box);
+  bound above its upper bound by more than that neuron's float error bound: the split
+  constraints contradict each other on the box). Every bound holds for the float32 network: the
+  backward passes charge each linear layer's rounding and end with the float64 slack of the
+  error model (:mod:`robustkit.bounds.floaterr`, computed once over the root box: valid on
+  every sub-domain);
 * branching: the BaBSR-style intercept score (Bunel et al. 2020, "Branch and Bound for
   Piecewise Linear Neural Network Verification", Sec. 5.1): the loss the upper relaxation's
   intercept ``-l u / (u - l)`` causes in the bound of the open rows, ``-min(A, 0) * intercept``;
@@ -28,8 +32,9 @@ the split constraints' Lagrange multipliers of beta-CROWN (Wang et al. 2021, "Be
 
 A domain whose ReLUs are all decided but which the bound cannot close (the bound does not see
 how the split constraints cut the box) is settled exactly: the network is affine there, and one
-LP per disjunct (the box, the decided neurons' sides, the disjunct's rows) closes it or gives a
-candidate. If one remains undecided (LP trouble, or a candidate ``check`` rejects) when the pool is
+LP per disjunct (the box, the decided neurons' sides, the disjunct's rows, each relaxed by the
+accumulated float error) closes it, from certificates re-checked in float64
+(:mod:`robustkit.verification.leaf_lp`), or gives a candidate. If one remains undecided (LP trouble, or a candidate ``check`` rejects) when the pool is
 empty, the answer is ``unknown``, never ``unsat``.
 """
 
@@ -44,8 +49,11 @@ import numpy as np
 import torch
 
 from robustkit.bounds.crown import CrownConfig, crown_bounds, pre_bounds, relu_relaxation
-from robustkit.bounds.types import NetBounds, widen
+from robustkit.bounds.floaterr import FloatErrors
+from robustkit.bounds.interval import interval_bounds
+from robustkit.bounds.types import NetBounds
 from robustkit.network import LinearLayer, Network, ReLU
+from robustkit.verification.leaf_lp import LeafLp, decide
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +102,7 @@ def spec_backward(
     alphas: dict[int, torch.Tensor] | None = None,
     betas: dict[int, torch.Tensor] | None = None,
     signs: dict[int, torch.Tensor] | None = None,
+    errs: FloatErrors | None = None,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
     """CROWN lower bound ``(B, m)`` of ``C y`` (``C``: ``(B, m, out)``, unwidened), with the
     coefficients on each ReLU's output (``{r: (B, m, d_r)}``, before relaxing it) and on the
@@ -102,7 +111,9 @@ def spec_backward(
     ``signs[r]`` (``(B, d_r)``, entries -1/0/+1): split constraints ``sign * z >= 0`` on the
     ReLU's pre-activation ``z``; ``betas[r] >= 0`` (``(B, m, d_r)``) their multipliers
     (beta-CROWN, Wang et al. 2021, Eq. 7): on the domain ``C y >= C y - beta sign z``, so the
-    bound of the right-hand side, computed over the box, is valid for the domain."""
+    bound of the right-hand side, computed over the box, is valid for the domain. With ``errs``
+    the rounding of every linear layer is charged (valid for the float32 network, less the
+    float64 slack ``errs.spec_slack(C, betas)``)."""
     A = C
     c = torch.zeros(C.shape[:-1], dtype=C.dtype)
     coeffs: dict[int, torch.Tensor] = {}
@@ -110,6 +121,8 @@ def spec_backward(
         layer = net.layers[i]
         if isinstance(layer, LinearLayer):
             c = c + A @ layer.bias_tensor(A.dtype)
+            if errs is not None:
+                c = c - (A.abs() @ errs.rounding[i].unsqueeze(-1)).squeeze(-1)
             A = layer.backward(A)
         elif isinstance(layer, ReLU):
             coeffs[i] = A
@@ -157,8 +170,13 @@ class _Domains:
 class _Search:
     def __init__(self, net: Network, lo: torch.Tensor, hi: torch.Tensor, C: np.ndarray, d: np.ndarray,
                  owner: np.ndarray, margin: float, cfg: BabConfig,
-                 check: Callable[[np.ndarray], object | None], deadline: float = float("inf")) -> None:
+                 check: Callable[[np.ndarray], object | None], deadline: float = float("inf"),
+                 errs: FloatErrors | None = None) -> None:
         self.net, self.cfg, self.margin, self.check = net, cfg, margin, check
+        if errs is None:  # from interval bounds over the box (looser than the root's, as valid)
+            errs = interval_bounds(net, lo.reshape(1, -1), hi.reshape(1, -1)).float_errors(net)
+        self.errs = errs  # the float error model over the root box (valid on every sub-domain)
+        self.cleared = float("inf")  # the least amount by which a closed domain cleared the margin
         self.deadline = deadline  # perf_counter() value past which optimisation stops early
         self.lo, self.hi = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
         self.C = torch.tensor(np.asarray(C, dtype=np.float64))
@@ -186,9 +204,10 @@ class _Search:
         pre = pre_bounds(self.net, nb)
         C = self.C.unsqueeze(0).expand(n, -1, -1)
         m = C.shape[1]
-        best, coeffs, A_in = spec_backward(self.net, C, lo, hi, pre)
+        best, coeffs, A_in = spec_backward(self.net, C, lo, hi, pre, errs=self.errs)
+        best = best - self.errs.spec_slack(C)
         if self.cfg.iterations == 0:
-            return widen(best, best)[0], coeffs, A_in, {}, {}
+            return best, coeffs, A_in, {}, {}
         alphas = {}
         for r in self.net.relu_indices:
             start = dom.alphas.get(r)
@@ -203,8 +222,9 @@ class _Search:
         opt = torch.optim.Adam(list(alphas.values()) + list(betas.values()), lr=self.cfg.lr)
         for it in range(self.cfg.iterations + 1):
             with torch.enable_grad():
-                bound, _, _ = spec_backward(self.net, C, lo, hi, pre, alphas, betas, split)
-            best = torch.maximum(best, bound.detach())
+                bound, _, _ = spec_backward(self.net, C, lo, hi, pre, alphas, betas, split, self.errs)
+            safe = bound.detach() - self.errs.spec_slack(C, {r: b.detach() for r, b in betas.items()})
+            best = torch.maximum(best, safe)
             if (it == self.cfg.iterations or bool((self._measure(best) < -2 * self.margin).all())
                     or time.perf_counter() >= self.deadline):
                 break  # the last evaluation needs no step; nor does a batch already closed or late
@@ -219,7 +239,7 @@ class _Search:
                     b.clamp_(min=0.0)
         keep_a = {r: a.detach().float() for r, a in alphas.items()}
         keep_b = {r: b.detach().float() for r, b in betas.items()}
-        return widen(best, best)[0], coeffs, A_in, keep_a, keep_b
+        return best, coeffs, A_in, keep_a, keep_b
 
     def bound(self, dom: _Domains) -> tuple[_Domains, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Bound ``dom`` (bounds may hold fresh splits): returns the open domains with their
@@ -227,14 +247,17 @@ class _Search:
         input coefficients of the spec rows."""
         n = len(dom)
         start = int(dom.relu.min()) if n and bool((dom.relu >= 0).all()) else 0
-        base = NetBounds(self.lo.expand(n, -1), self.hi.expand(n, -1), dom.lower, dom.upper, "bab")
+        base = NetBounds(self.lo.expand(n, -1), self.hi.expand(n, -1), dom.lower, dom.upper, "bab", self.errs)
         nb, _ = crown_bounds(self.net, base.input_lower, base.input_upper, None, self.cfg.crown, base, start)
         empty = torch.zeros(n, dtype=torch.bool)
-        for lo_i, hi_i in zip(nb.lower, nb.upper):
-            empty |= (lo_i > hi_i).any(dim=1)
+        for i, (lo_i, hi_i) in enumerate(zip(nb.lower, nb.upper)):
+            # crossing by more than the float error bound of the neuron: no float32 point either
+            empty |= (lo_i - hi_i > self.errs.rounding[i] + self.errs.slack[i]).any(dim=1)
         lb, coeffs, A_in, alphas, betas = self._spec_bound(nb, dom)
         measure = self._measure(lb)
         closed = empty | (measure < -self.margin)
+        if bool((~empty & closed).any()):
+            self.cleared = min(self.cleared, float(-measure[~empty & closed].max()))
         self.stats["infeasible"] += int(empty.sum())
         self.stats["closed"] += int(closed.sum())
         keep = torch.nonzero(~closed).flatten()
@@ -359,16 +382,19 @@ class _Search:
 
     def _leaf_lp(self, dom: _Domains, i: int) -> tuple[str, np.ndarray | None]:
         """Domain ``i`` with every ReLU decided (by a split or by its bounds): ``y = A x + c`` on
-        it. For each disjunct maximise ``t`` s.t. ``C_k y + t <= d_k``, ``x`` in the box, and
-        every decided neuron on its side (``z >= 0`` active, ``z <= 0`` inactive). ``closed``
-        if every optimum is below ``-margin`` (or infeasible); ``candidate`` (with its ``x``)
-        if one reaches 0; else ``undecided``."""
-        from scipy.optimize import linprog
+        it for the exact network, within the float error for the float32 one. Decided by
+        :func:`robustkit.verification.leaf_lp.decide`: ``closed`` only from certificates,
+        ``candidate`` (with its ``x``) at a point reaching ``t >= 0``, else ``undecided``.
 
+        The error of a row is charged along the leaf's own linear map (``sum_i |A_i| e_i``, with
+        cancellation) for the specification rows and the split neurons; neurons decided by
+        their bounds hold on the whole domain anyway, and their rows get the cruder forward bound."""
         n = self.lo.shape[1]
         A = torch.eye(n, dtype=torch.float64)
         c = torch.zeros(n, dtype=torch.float64)
         side_rows, side_rhs = [], []
+        errs = self.errs
+        pattern: dict[int, torch.Tensor] = {}
         for pos, layer in enumerate(self.net.layers):
             if isinstance(layer, LinearLayer):
                 A = layer.forward(A.T.contiguous()).T - layer.bias_tensor(torch.float64).unsqueeze(1)
@@ -378,39 +404,45 @@ class _Search:
                 active, inactive = l >= 0, u <= 0
                 if bool((~(active | inactive)).any()):
                     return "undecided", None
-                # active: -(A x + c) <= 0 ; inactive: A x + c <= 0
+                pattern[pos] = active.double()
+                slack = torch.zeros(l.numel(), dtype=torch.float64)
+                if pos > 0:
+                    slack = (errs.accumulated[pos - 1][0] + errs.slack[pos - 1][0]).reshape(-1).clone()
+                    split = torch.nonzero(dom.signs[pos][i] != 0).flatten() if pos in dom.signs else torch.zeros(0)
+                    if split.numel():
+                        unit = torch.zeros(split.numel(), l.numel(), dtype=torch.float64)
+                        unit[torch.arange(split.numel()), split] = 1.0
+                        slack[split] = self._charge(unit, pos - 1, pattern) + errs.slack[pos - 1][0][split]
+                # active: -(A x + c) <= E ; inactive: A x + c <= E
                 sign = torch.where(active, -1.0, 1.0).double()
                 side_rows.append(sign.unsqueeze(1) * A)
-                side_rhs.append(-sign * c)
+                side_rhs.append(-sign * c + slack)
                 A = A * active.double().unsqueeze(1)
                 c = c * active.double()
         G = torch.cat(side_rows).numpy() if side_rows else np.zeros((0, n))
         h = torch.cat(side_rhs).numpy() if side_rows else np.zeros(0)
-        CA, Cc = (self.C @ A).numpy(), (self.C @ c).numpy()
-        d = self.d.numpy()
-        bounds = [(float(a), float(b)) for a, b in zip(self.lo[0], self.hi[0])] + [(None, None)]
-        best_t, best_x = -np.inf, None
-        for g in self.groups:
-            rows = g.numpy()
-            A_ub = np.vstack([np.hstack([CA[rows], np.ones((rows.size, 1))]), np.hstack([G, np.zeros((G.shape[0], 1))])])
-            b_ub = np.concatenate([d[rows] - Cc[rows], h])
-            obj = np.zeros(n + 1)
-            obj[-1] = -1.0
-            res = linprog(obj, A_ub=A_ub, b_ub=b_ub, bounds=bounds, method="highs")
-            if res.status == 2:  # infeasible: the split constraints exclude every point
-                continue
-            if res.status == 3:  # unbounded t cannot happen with finite rows; be safe
-                return "undecided", None
-            if res.status != 0:
-                return "undecided", None
-            t = -float(res.fun)
-            if t > best_t:
-                best_t, best_x = t, np.asarray(res.x[:n], dtype=np.float64)
-        if best_t < -self.margin:
-            return "closed", None
-        if best_t >= 0:
-            return "candidate", best_x
-        return "undecided", None
+        C = self.C.unsqueeze(0)
+        out_err = self._charge(self.C, len(self.net.layers) - 1, pattern) + errs.spec_slack(C)[0]
+        relaxed = (self.C @ c) - out_err  # C y >= C (A x + c) - (error) on the float32 net
+        lp = LeafLp((self.C @ A).numpy(), (self.d - relaxed).numpy(), G, h, self.lo[0].numpy(), self.hi[0].numpy())
+        verdict, x, value = decide(lp, [g.numpy() for g in self.groups], self.margin)
+        if verdict == "closed":
+            self.cleared = min(self.cleared, value)
+        return verdict, x
+
+    def _charge(self, R: torch.Tensor, end: int, pattern: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Float32 rounding bound ``(k,)`` of the rows ``R`` (``(k, d_end)``) of layer ``end``'s
+        output along a fixed activation pattern: ``sum_i |A_i| e_i`` of a backward pass."""
+        A = R
+        charge = torch.zeros(R.shape[0], dtype=torch.float64)
+        for pos in range(end, -1, -1):
+            layer = self.net.layers[pos]
+            if isinstance(layer, LinearLayer):
+                charge = charge + A.abs() @ self.errs.rounding[pos][0]
+                A = layer.backward(A)
+            else:
+                A = A * pattern[pos]
+        return charge
 
     # -- falsification ----------------------------------------------------------------------
     def candidates(self, t: torch.Tensor, lb: torch.Tensor, A_in: torch.Tensor) -> object | None:
@@ -452,7 +484,7 @@ def branch_and_bound(
     t0 = time.perf_counter()
     lo = torch.tensor(np.asarray(lower, dtype=np.float64))
     hi = torch.tensor(np.asarray(upper, dtype=np.float64))
-    search = _Search(net, lo, hi, C, d, owner, margin, cfg, check, deadline)
+    search = _Search(net, lo, hi, C, d, owner, margin, cfg, check, deadline, root.float_errors(net))
     stats = search.stats
     root_dom = _Domains([t.clone() for t in root.lower], [t.clone() for t in root.upper],
                         {r: torch.zeros(1, net.layers[r].in_dim, dtype=torch.int8) for r in search.relus},
@@ -462,6 +494,14 @@ def branch_and_bound(
 
 
 def _search(search: _Search, root_dom: _Domains, deadline: float, cfg: BabConfig, t0: float) -> BabResult:
+    stats = search.stats
+    result = _run(search, root_dom, deadline, cfg, t0)
+    if result.status == "unsat":
+        result.stats["cleared"] = search.cleared
+    return result
+
+
+def _run(search: _Search, root_dom: _Domains, deadline: float, cfg: BabConfig, t0: float) -> BabResult:
     stats = search.stats
     first, t, lb, A_in = search.bound(root_dom)
     stats["domains"] += 1
@@ -515,5 +555,6 @@ def _push(stack: list[_Domains], dom: _Domains) -> None:
 
 def _done(status: str, witness: object | None, stats: dict[str, float | int], t0: float) -> BabResult:
     stats["time"] = time.perf_counter() - t0
+    stats.setdefault("cleared", float("nan"))
     log.debug("branch and bound: %s %s", status, stats)
     return BabResult(status, witness, dict(stats))

@@ -135,6 +135,7 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     details["time_bounds"] = time.perf_counter() - tb
     details["bounds_method"] = method
     details["bound_margin"] = float(t_ub.max())  # proven upper bound of the violation measure
+    details["float_error"] = _float_error(ctx, nb, C)
     unstable = []
     for pos in ctx.net.relu_indices:
         pl, pu = nb.pre_activation(ctx.net, pos)
@@ -142,6 +143,7 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     details["unstable_per_layer"] = unstable
     open_k = [k for k in order if t_ub[k] >= -cfg.safety_margin]
     if not open_k:
+        details["proof_margin"] = float(-t_ub.max())  # cleared below 0 (must exceed the safety margin)
         return Verdict("unsat", "bounds", time.perf_counter() - t0, None, details)
     if cfg.method not in COMPLETE:
         return Verdict("unknown", "bounds", time.perf_counter() - t0, None, details)
@@ -157,7 +159,7 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     groups = [[k] for k in open_k] if cfg.formulation == "per-target" else [open_k]
     from robustkit.milp.solvers import milp_hook
 
-    stem = tag if tag is not None else _box_digest(box)
+    stem = tag if tag is not None or cfg.write_milp is None else _box_digest(box)
     statuses = []
     result, witness = "unsat", None
     for group in groups:
@@ -189,7 +191,21 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
             result = "unknown" if result != "timeout" else result
     details["time_milp"] = time.perf_counter() - tm
     details["solver_status"] = statuses
+    if result == "unsat":  # infeasible with t >= -margin (rows relaxed against solver tolerances)
+        details["proof_margin"] = cfg.safety_margin
     return Verdict(result, "milp", time.perf_counter() - t0, witness, details)
+
+
+def _float_error(ctx: ModelContext, nb: NetBounds, C: np.ndarray) -> float:
+    """The most the float error model took off the bound of a row (CROWN pass at ``nb``)."""
+    from robustkit.bounds.crown import float_charge
+
+    try:
+        charge = float_charge(ctx.net, nb, torch.as_tensor(C[None], dtype=torch.float64))
+    except (TypeError, ValueError) as exc:  # pragma: no cover - the bound methods accept every loaded net
+        log.debug("float error charge unavailable: %s", exc)
+        return float("nan")
+    return float(charge.max())
 
 
 def _box_digest(box: InputBox) -> str:
@@ -214,6 +230,8 @@ def _branch_and_bound(ctx: ModelContext, box: InputBox, output: OutputSpec, open
     res = branch_and_bound(ctx.net, box.lower, box.upper, C, d, owner, nb, deadline, check, cfg.safety_margin)
     details["bab"] = res.stats
     details["time_bab"] = res.stats.get("time", 0.0)
+    if res.status == "unsat":  # the least clearance among closed domains (inf: all infeasible)
+        details["proof_margin"] = float(res.stats.get("cleared", float("nan")))
     witness = res.witness if isinstance(res.witness, Witness) else None
     result = "sat" if witness is not None else ("unsat" if res.status == "unsat" else res.status)
     if result == "sat" and witness is None:
