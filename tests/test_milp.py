@@ -30,9 +30,9 @@ ATOL = 1e-6
 
 def _allowed(net: Network, nb) -> list[np.ndarray]:
     """How far a solver point with the input pinned may lie from the exact forward pass, per
-    layer: the encoding's rows admit each linear layer's float32 rounding ``e`` and the solver
-    slack, and those add up through the layers (``D_i = |W_i| D_{i-1} + e_i + slack_i``), plus the
-    solver's own feasibility tolerance."""
+    layer: the encoding's ReLU rows admit the float32 rounding accumulated before them and the
+    solver slack, and those add up through the layers (``D_i = |W_i| D_{i-1} + e_i + slack_i``:
+    a bound on what the encoding allows), plus the solver's own feasibility tolerance."""
     errs = nb.float_errors(net)
     d = torch.zeros(1, net.in_dim, dtype=torch.float64)
     out = []

@@ -38,3 +38,27 @@ def vnncomp(
     outcome = run_benchmark(folder, cfg, opts)
     typer.echo(outcome.summary_md)
     typer.echo(f"summary: {outcome.out / 'summary.md'}; records: {outcome.out / 'records.jsonl'}", err=True)
+
+
+@bench_app.command("soundness")
+def soundness(
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds per instance and method."),
+    methods: list[str] = typer.Option(["crown", "alpha-crown", "milp", "bab"], "--method", help="Methods to run (repeat)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the table (Markdown) here."),
+) -> None:
+    """Run the adversarial soundness suite (float-error exploits, needles, planted counterexamples):
+    every method must never say unsat where a float32 violation exists. Exit code 2 on a wrong answer."""
+    from robustkit.errors import InputError
+    from robustkit.verification.config import METHODS
+    from robustkit.verification.soundness_suite import default_instances, outcome_table, run_suite
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise InputError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    outcomes = run_suite(default_instances(), tuple(methods), timeout=timeout)
+    table = outcome_table(outcomes)
+    typer.echo(table)
+    if out is not None:
+        out.write_text(table + "\n")
+    if any(o.wrong for o in outcomes):
+        raise typer.Exit(2)

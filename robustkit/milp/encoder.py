@@ -7,18 +7,24 @@ Programming", Sec. 4: a ReLU ``a = max(z, 0)`` with pre-activation bounds ``l <=
 * stably active (``l >= 0``): ``a = z`` (the same column);
 * unstable: ``a >= 0, a >= z, a <= u d, a <= z - l (1 - d)``, ``d`` binary (their Eq. 5).
 
-Linear layers become rows ``b - e <= z - W a <= b + e``, where ``e`` is the float32 rounding
-error of the deployed layer (:mod:`robustkit.bounds.floaterr`), with ``z`` bounded by the
-bounds from bound propagation (which hold for the float32 network). The model is built once per
-sample with highspy's array API (``addVars``/``addRows`` in CSR), which is ~20x faster than a
-modelling layer.
+Linear layers become equality rows ``z - W a = b`` (which presolve can use to eliminate columns;
+ranged rows made HiGHS up to 2.7x slower). The float32 network is one of the perturbed networks
+``z_hat = W a + b + delta`` of :mod:`robustkit.bounds.floaterr`, so each column ``z`` stands for
+a float32 value within ``acc`` of it: ``acc = e`` after a linear layer, carried through stably
+active ReLUs (which reuse the column) and the next linear layers (``|W| acc + e``), and reset to 0
+where an unstable ReLU gets its own output column, whose rows take the pre-activation's ``acc``
+(``a >= z - acc``, ``a <= z + acc - l (1 - d)``, ``a <= u d``, ``a >= 0``). Column bounds are the
+float32 network's bounds widened by ``acc``; the output columns carry ``output_err`` for the
+specification rows (:mod:`robustkit.milp.solve`). The model is built once per sample with
+highspy's array API (``addVars``/``addRows`` in CSR), which is ~20x faster than a modelling layer.
 
 Solver tolerances: HiGHS accepts a point that violates a row or a bound by up to its primal
 feasibility tolerance (1e-7) and calls an integer within 1e-6 integral. So that an
-"infeasible" verdict cannot come from those tolerances alone, every row and column bound of the
-model is relaxed by ``SOLVER_SLACK * (1 + |scale|)`` (``SOLVER_SLACK = 1e-6``), ten times them and more: a
-point of the true (float32) model satisfies every relaxed row with at least that much room,
-which the solver's tolerances cannot take away. Relaxing only adds points, so a proof on the
+"infeasible" verdict cannot come from those tolerances alone, every inequality row and column
+bound of the model is relaxed by ``SOLVER_SLACK * (1 + |scale|)`` (``SOLVER_SLACK = 1e-6``), ten times them and more: a
+point of the true (float32) model satisfies every relaxed inequality with at least that much
+room, and the equalities exactly (up to float64 rounding, far below the tolerance), which the
+solver's tolerances cannot take away. Relaxing only adds points, so a proof on the
 relaxed model is a proof on the true one.
 """
 
@@ -68,8 +74,9 @@ class Encoding:
     num_cols: int
     linear_cols: list[np.ndarray] = field(default_factory=list)  # output columns of each linear layer, by position
     relus: dict[int, _Relu] = field(default_factory=dict)
-    output_lower: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    output_lower: np.ndarray = field(default_factory=lambda: np.zeros(0))  # bounds of the output columns
     output_upper: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    output_err: np.ndarray = field(default_factory=lambda: np.zeros(0))  # |float32 output - column| bound
 
     @property
     def num_binaries(self) -> int:
@@ -140,6 +147,7 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) 
     input_cols = _add_cols(h, lo, hi, ncols)
     ncols += input_cols.size
     expr = input_cols.copy()  # column of each current neuron, or ZERO
+    acc = np.zeros(input_cols.size)  # bound on |float32 value - column value| of each current neuron
     enc = Encoding(h, net, input_cols, input_cols, 0)
     for pos, layer in enumerate(net.layers):
         if isinstance(layer, LinearLayer):
@@ -153,20 +161,23 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) 
             w = layer.matrix()
             keep = np.flatnonzero(expr != ZERO)
             w_keep = w[rows_idx][:, keep].tocsr()
-            new_cols = _add_cols(h, *relax(l_out[rows_idx], u_out[rows_idx], np.maximum(-l_out, u_out)[rows_idx]), ncols)
+            e = errs.rounding[pos][0].detach().cpu().numpy().astype(np.float64)
+            acc_out = np.zeros(layer.out_dim)
+            acc_out[rows_idx] = e[rows_idx] + (abs(w[rows_idx][:, keep]) @ acc[keep] if keep.size else 0.0)
+            new_cols = _add_cols(h, *relax(l_out[rows_idx] - acc_out[rows_idx], u_out[rows_idx] + acc_out[rows_idx],
+                                           np.maximum(-l_out, u_out)[rows_idx]), ncols)
             ncols += new_cols.size
             # rows: z - W a = b  ->  [I | -W] with column map [z_cols, expr[keep]]
             block = sp.hstack([sp.identity(rows_idx.size, format="csr"), -w_keep], format="csr")
             colmap = np.concatenate([new_cols, expr[keep]]).astype(np.int32)
             block = sp.csr_matrix((block.data, colmap[block.indices], block.indptr), shape=(block.shape[0], ncols))
             b = layer.bias_vector()[rows_idx]
-            e = errs.rounding[pos][0].detach().cpu().numpy().astype(np.float64)[rows_idx]
-            scale = np.maximum(-l_out, u_out)[rows_idx]
-            _add_rows_csr(h, block, *relax(b - e, b + e, scale))
+            _add_rows_csr(h, block, b, b)
             z_cols = np.full(layer.out_dim, ZERO, dtype=np.int64)
             z_cols[rows_idx] = new_cols
             enc.linear_cols.append(z_cols)
             expr = z_cols
+            acc = acc_out
         elif isinstance(layer, ReLU):
             enc.linear_cols.append(np.zeros(0, dtype=np.int64))
             pl, pu = bounds.pre_activation(net, pos)
@@ -178,6 +189,7 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) 
             out = np.where(inactive, ZERO, expr).astype(np.int64)
             k = unstable.size
             a_cols = _add_cols(h, *relax(np.zeros(k), u_pre[unstable], u_pre[unstable]), ncols)
+            acc_z = acc[unstable]
             ncols += k
             d_cols = _add_cols(h, np.zeros(k), np.ones(k), ncols)
             ncols += k
@@ -187,20 +199,22 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) 
                 )
                 z = expr[unstable]
                 r = np.arange(k)
-                # a - z >= 0 ; a - u d <= 0 ; a - z - l d <= -l
+                # a - z >= -acc ; a - u d <= 0 ; a - z - l d <= acc - l   (z: the column, off by <= acc)
                 rows = np.concatenate([r, r, k + r, k + r, 2 * k + r, 2 * k + r, 2 * k + r])
                 cols = np.concatenate([a_cols, z, a_cols, d_cols, a_cols, z, d_cols])
                 vals = np.concatenate([
                     np.ones(k), -np.ones(k), np.ones(k), -u_pre[unstable], np.ones(k), -np.ones(k), -l_pre[unstable],
                 ])
                 mat = sp.csr_matrix((vals, (rows, cols)), shape=(3 * k, ncols))
-                lower = np.concatenate([np.zeros(k), np.full(k, -INF), np.full(k, -INF)])
-                upper = np.concatenate([np.full(k, INF), np.zeros(k), -l_pre[unstable]])
+                lower = np.concatenate([-acc_z, np.full(k, -INF), np.full(k, -INF)])
+                upper = np.concatenate([np.full(k, INF), np.zeros(k), acc_z - l_pre[unstable]])
                 scale = np.tile(np.maximum(-l_pre[unstable], u_pre[unstable]), 3)
                 _add_rows_csr(h, mat, *relax(lower, upper, scale))
                 out[unstable] = a_cols
             enc.relus[pos] = _Relu(expr.copy(), out, unstable, d_cols, int(active.sum()), int(inactive.sum()))
             expr = out
+            acc = np.where(inactive, 0.0, acc)
+            acc[unstable] = 0.0  # their own columns are the float32 ReLU outputs
         else:  # pragma: no cover - the loader only produces linear layers and ReLUs
             raise TypeError(f"cannot encode layer {layer.describe()}")
     # outputs that are the constant 0 get a fixed column so objectives can refer to them
@@ -213,6 +227,7 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) 
     enc.output_cols = expr
     enc.num_cols = ncols
     ol, ou = bounds.output()
-    enc.output_lower = ol.reshape(-1).numpy().astype(np.float64)
-    enc.output_upper = ou.reshape(-1).numpy().astype(np.float64)
+    enc.output_err = acc.copy()
+    enc.output_lower = ol.reshape(-1).numpy().astype(np.float64) - enc.output_err
+    enc.output_upper = ou.reshape(-1).numpy().astype(np.float64) + enc.output_err
     return enc

@@ -75,16 +75,19 @@ def solve_violation(
     t0 = time.perf_counter()
     n_out = enc.output_cols.size
     base_rows, base_cols = h.getNumRow(), h.getNumCol()
-    # upper bound of t: max over disjuncts of min over rows of (d - lb(C y))
-    ubs, lbs = [], []
+    # upper bound of t: max over disjuncts of min over rows of (d - lb(C y)). The output columns
+    # are within ``output_err`` of the float32 outputs: a row's threshold moves up by |C| err.
+    ubs, lbs, dd = [], [], []
     for k, dj in enumerate(disjuncts):
         if dj.C.shape[1] != n_out:
             raise ValueError(f"disjunct has {dj.C.shape[1]} output columns, the network has {n_out}")
+        shift = np.abs(dj.C) @ enc.output_err if enc.output_err.size else np.zeros(dj.C.shape[0])
         lo, hi = row_bounds(dj.C, enc.output_lower, enc.output_upper)
         if rows_lower is not None:
-            lo = np.maximum(lo, rows_lower[k])
-        ubs.append(dj.d - lo)
-        lbs.append(dj.d - hi)
+            lo = np.maximum(lo, rows_lower[k] - shift)
+        dd.append(dj.d + shift)
+        ubs.append(dd[k] - lo)
+        lbs.append(dd[k] - hi)
     t_ub = float(max(np.min(u) for u in ubs))
     if t_ub < -safety_margin:
         return SolveResult("holds", t_ub, -np.inf, None, None, "bounds", time.perf_counter() - t0)
@@ -108,8 +111,8 @@ def solve_violation(
             cols += [t_col] + list(enc.output_cols[nz]) + ([int(s_cols[k])] if multi else [])
             vals += [1.0] + list(dj.C[i, nz]) + ([big_m] if multi else [])
             lower.append(-INF)
-            # relaxed against solver tolerances like every row of the encoding
-            upper.append(relax(np.zeros(1), np.array([dj.d[i] + big_m]), abs(dj.d[i]) + abs(big_m))[1][0])
+            # relaxed against solver tolerances like every inequality of the encoding
+            upper.append(relax(np.zeros(1), np.array([dd[k][i] + big_m]), abs(dd[k][i]) + abs(big_m))[1][0])
             r += 1
     if multi:  # sum_k s_k = 1
         rows += [r] * len(disjuncts)
