@@ -155,7 +155,7 @@ def needle_instance(n: int = 3, delta: float = 5e-8, seed: int = 7) -> Instance:
     b2 = np.array([-delta, 0.0])
     model = gemm_model([W1, W2], [b1, b2])
     box = InputBox(np.zeros(n), np.ones(n))
-    return Instance(f"needle_n{n}", model, Specification.single(box, _margin_violation()), [p],
+    return Instance(f"needle_n{n}_s{seed}", model, Specification.single(box, _margin_violation()), [p],
                     note=f"violated only within {delta:g} of a point")
 
 
@@ -185,9 +185,11 @@ def wide_instance(seed: int, widths: tuple[int, ...] = (4, 16, 16, 16, 16, 2), e
 
 
 def default_instances() -> list[Instance]:
-    insts = [cancel_instance(1e8), cancel_instance(1e7), *tiny_margin_instances(), needle_instance()]
-    insts += [planted_instance(n, r, seed) for seed, (n, r) in enumerate([(2, 0.01), (6, 0.02), (12, 0.05)])]
-    insts += [wide_instance(seed) for seed in range(4)]
+    insts = [cancel_instance(m) for m in (1e7, 3e7, 1e8, 1e9)]
+    insts += [*tiny_margin_instances(), needle_instance(3), needle_instance(8, seed=8)]
+    insts += [planted_instance(n, r, seed) for seed, (n, r) in
+              enumerate([(2, 0.01), (6, 0.02), (12, 0.05), (4, 0.002), (20, 0.1)])]
+    insts += [wide_instance(seed) for seed in range(8)]
     return insts
 
 
