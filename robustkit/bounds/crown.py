@@ -290,15 +290,15 @@ def crown_bounds(
     (``(B, k, out_dim)`` or ``(k, out_dim)``) is given. ``base`` (optional, e.g. from a previous
     method) is intersected in; with ``start > 0`` the layers before ``start`` are taken from
     ``base`` as they are (e.g. after tightening them by LP). All returned bounds hold for the
-    float32 network (:mod:`robustkit.bounds.floaterr`); the error model is ``base``'s when it has
-    one (valid on the sub-box), else built from these bounds as they are computed."""
+    float32 network (:mod:`robustkit.bounds.floaterr`); the error model is built from these bounds
+    as they are computed, each term the smaller of that and ``base``'s (when it has one)."""
     if start > 0 and base is None:
         raise ValueError("start > 0 needs base bounds")
     lo_in, hi_in = as_box(lower, upper)
     C = check_spec(net, C, lo_in.shape[0])
-    tracker = ErrorTracker(lo_in, hi_in) if base is None or base.errors is None else None
-    errs = tracker.out if tracker is not None else base.errors  # type: ignore[union-attr]
-    assert errs is not None
+    tracker = ErrorTracker(lo_in, hi_in)
+    prior = None if base is None else base.errors
+    errs = tracker.out
     out = NetBounds(lo_in, hi_in, [], [], "crown", errs)
     pre: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     lo, hi = lo_in, hi_in
@@ -306,8 +306,9 @@ def crown_bounds(
         for i, layer in enumerate(net.layers):
             if isinstance(layer, ReLU):
                 pre[i] = (lo, hi)
-            if tracker is not None:
-                tracker.add(layer, lo, hi)
+            tracker.add(layer, lo, hi)
+            if prior is not None:
+                tracker.meet(prior)
             if i < start:
                 assert base is not None
                 lo, hi = base.lower[i], base.upper[i]

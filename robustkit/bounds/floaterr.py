@@ -141,6 +141,17 @@ class ErrorTracker:
         return e, self._slack
 
 
+    def meet(self, prior: FloatErrors) -> None:
+        """Take, for the layer just added, the smaller of its errors and ``prior``'s (both valid
+        bounds over this box: ``prior`` came from looser bounds or a larger box)."""
+        i = len(self.out.rounding) - 1
+        for name in ("rounding", "slack", "magnitude", "accumulated"):
+            mine, theirs = getattr(self.out, name), getattr(prior, name)
+            mine[i] = torch.minimum(mine[i], theirs[i])
+        self._mag = torch.minimum(self._mag, prior.magnitude[i])
+        self._acc = torch.minimum(self._acc, prior.accumulated[i])
+
+
 def float_errors(net: Network, input_lower: torch.Tensor, input_upper: torch.Tensor,
                  lower: list[torch.Tensor], upper: list[torch.Tensor]) -> FloatErrors:
     """The error model of ``net`` given valid bounds of every layer (``lower[i]``/``upper[i]``:
