@@ -25,7 +25,7 @@ def verify(
     tighten: str = typer.Option("crown", "--tighten", help="Bounds for the MILP: interval|crown|alpha-crown|lp."),
     formulation: str = typer.Option("per-target", "--formulation", help="per-target (one MILP per class) or max (one MILP)."),
     timeout: str = typer.Option("60", "--timeout", help="Seconds per sample."),
-    solver: str = typer.Option("highs", "--solver", help="MILP solver: highs (highspy, default), or through PuLP: pulp-highs, cbc (bundled with PuLP), gurobi, cplex, scip (need their own install/licence)."),
+    solver: str = typer.Option("highs", "--solver", help="MILP solver: highs (highspy, default), or through PuLP: pulp-highs, cbc (bundled with PuLP), gurobi, cplex (need their own install and licence), scip (pip install pyscipopt)."),
     write_milp: Optional[Path] = typer.Option(None, "--write-milp", help="Also write each MILP solved to this directory: .mps, .lp, and a .json saying what each variable is and what the optimum means."),
     attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
     attack_restarts: int = typer.Option(4, "--attack-restarts", help="PGD restarts (small steps, corner-to-corner steps, two leaky surrogate gradients; cycled)."),

@@ -23,8 +23,8 @@ def vnnlib(
     method: str = typer.Option("bab", "--method", help="bab (branch and bound over ReLU splits) or milp (both complete), or interval|crown|alpha-crown (incomplete)."),
     attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
     attack_restarts: int = typer.Option(4, "--attack-restarts", help="PGD restarts (small steps, corner-to-corner steps, two leaky surrogate gradients; cycled)."),
-    solver: str = typer.Option("highs", "--solver", help="MILP solver: highs (highspy, default), or through PuLP: pulp-highs, cbc (bundled with PuLP), gurobi, cplex, scip (need their own install/licence)."),
-    write_milp: Optional[Path] = typer.Option(None, "--write-milp", help="Also write each MILP solved to this directory: .mps, .lp, and a .json saying what each variable is and what the optimum means."),
+    solver: str = typer.Option("highs", "--solver", help="MILP solver (with --method milp): highs (highspy, default), or through PuLP: pulp-highs, cbc (bundled with PuLP), gurobi, cplex (need their own install and licence), scip (pip install pyscipopt)."),
+    write_milp: Optional[Path] = typer.Option(None, "--write-milp", help="With --method milp, also write each MILP solved to this directory: .mps, .lp, and a .json saying what each variable is and what the optimum means."),
     check: bool = typer.Option(False, "--check", help="Only load and check the instance (sizes, operators); no solving."),
     started_at: Optional[float] = typer.Option(
         None, "--started-at", envvar="ROBUSTKIT_STARTED_AT", hidden=True,

@@ -174,6 +174,23 @@ def _highs_class(pulp: Any) -> Any:
     return _StartedHiGHS
 
 
+# The keyword arguments each PuLP 3.3 solver class takes (when its solver is installed) of those
+# robustkit passes; the rest go as the solver's own parameters (_EXTRA). Only CBC and HiGHS are
+# installed where this was written: the Gurobi, CPLEX and SCIP rows follow PuLP's signatures.
+_COMMON = frozenset({"msg", "timeLimit", "gapRel"})
+_ACCEPTS: dict[str, frozenset[str]] = {
+    "PULP_CBC_CMD": _COMMON | {"gapAbs", "warmStart", "threads"},
+    "COIN_CMD": _COMMON | {"gapAbs", "warmStart", "threads"},
+    "GUROBI": _COMMON | {"warmStart"},
+    "GUROBI_CMD": _COMMON | {"gapAbs", "warmStart", "threads"},
+    "CPLEX_PY": _COMMON | {"warmStart", "threads"},
+    "CPLEX_CMD": _COMMON | {"gapAbs", "warmStart", "threads"},
+    "SCIP_PY": _COMMON | {"gapAbs", "warmStart", "threads"},
+    "SCIP_CMD": _COMMON | {"gapAbs", "threads"},
+}
+_EXTRA: dict[str, dict[str, Any]] = {"GUROBI": {"MIPGapAbs": 1e-7, "Threads": 1}}
+
+
 def solve_arrays(arrays: MilpArrays, solver: str, time_limit: float, start: np.ndarray | None = None,
                  options: dict[str, float] | None = None) -> PulpSolve:
     """Solve ``arrays`` with the PuLP solver ``solver`` (a name of :data:`SOLVERS` other than ``highs``)
@@ -193,9 +210,9 @@ def solve_arrays(arrays: MilpArrays, solver: str, time_limit: float, start: np.n
         engine = _highs_class(pulp)(threads=1, **common, **(options or {}))
         engine.start = start
     else:
-        kwargs: dict[str, Any] = dict(common, warmStart=start is not None)
-        if cls_name in ("PULP_CBC_CMD", "COIN_CMD", "GUROBI", "GUROBI_CMD", "CPLEX_PY", "CPLEX_CMD", "SCIP_PY"):
-            kwargs["threads"] = 1
+        offered: dict[str, Any] = dict(common, warmStart=start is not None, threads=1)
+        kwargs = {k: v for k, v in offered.items() if k in _ACCEPTS[cls_name]}
+        kwargs.update(_EXTRA.get(cls_name, {}))
         with warnings.catch_warnings():  # PuLP 3.3 deprecates PULP_CBC_CMD (bundled CBC) for PuLP 4.0
             warnings.simplefilter("ignore", DeprecationWarning)
             engine = getattr(pulp, cls_name)(**kwargs)
