@@ -32,8 +32,10 @@ the box, not only of the exact real-valued function. Two kinds of error are acco
    The LP dual bound evaluates its own rounding error directly (:mod:`robustkit.bounds.lp`).
 
 ``accumulated[i]`` bounds ``|float32 value - exact value|`` of layer ``i``'s output, propagated
-forward (``E_i = |W_i| E_{i-1} + e_i``; a ReLU is 1-Lipschitz): what branch and bound's exact
-leaf LP and the per-record report use.
+forward (``E_i = |W_i| E_{i-1} + e_i``; a ReLU is 1-Lipschitz, and 0 where stably inactive): the
+cruder bound that branch and bound's leaf LP uses for neurons decided by their bounds. What a
+record reports as ``float_error`` is the charge of a backward pass instead
+(:func:`robustkit.bounds.crown.float_charge`), with cancellation.
 
 Solver tolerances are a separate matter: a proof never rests on a solver's tolerance alone
 (see :mod:`robustkit.milp.solve` and the leaf LP of :mod:`robustkit.verification.bab`).
@@ -96,10 +98,6 @@ class FloatErrors:
             pre = self.input_magnitude if r == 0 else self.magnitude[r - 1]
             total = total + (b.abs() @ pre.unsqueeze(-1)).squeeze(-1)
         return factor * total
-
-    def spec_error(self, C: torch.Tensor) -> torch.Tensor:
-        """Bound ``(B, m)`` on how far float32 rounding can move ``C y``: ``|C| E_out``."""
-        return (C.abs() @ self.accumulated[-1].unsqueeze(-1)).squeeze(-1)
 
 
 class ErrorTracker:
