@@ -203,3 +203,13 @@ def test_gemm_model_is_valid_onnx() -> None:
     onnx.checker.check_model(model)
     assert LinearConstraints(np.eye(2), np.zeros(2)).k == 2 and Specification.single(
         InputBox(np.zeros(2), np.ones(2)), LinearConstraints(np.eye(2), np.zeros(2))).n_in == 2
+
+
+def test_bench_soundness_command(tmp_path: Path) -> None:
+    from robustkit.cli.main import main
+
+    out = tmp_path / "suite.md"
+    assert main(["bench", "soundness", "--method", "crown", "--timeout", "2", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "cancel_M1e8" in text and "wrong: 0" in text
+    assert main(["bench", "soundness", "--method", "nonsense"]) == 1
