@@ -400,16 +400,20 @@ def test_bad_files_are_refused(tmp_path: Path) -> None:
         load_onnx(empty)
 
 
-def test_reordering_transpose_is_refused(onnx_kit, save_onnx) -> None:  # type: ignore[no-untyped-def]
-    """NCHW -> NHWC changes the flat element order: it must be refused, not silently ignored."""
+def test_reordering_transpose_is_honoured(onnx_kit, save_onnx) -> None:  # type: ignore[no-untyped-def]
+    """NCHW -> NHWC changes the flat element order: it must be applied, not silently ignored
+    (here folded into the Gemm's columns; see tests/test_linear_ops.py)."""
     n = helper.make_node
+    w = np.arange(24, dtype=np.float32).reshape(3, 8)
     model = onnx_kit.make_model(
         [n("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1], name="to_nhwc"), n("Flatten", ["t"], ["f"], name="flat"),
          n("Gemm", ["f", "W", "b"], ["y"], transB=1, name="fc")],
-        [1, 2, 2, 2], [1, 3], {"W": np.ones((3, 8), np.float32), "b": np.zeros(3, np.float32)})
-    with pytest.raises(UnsupportedOperatorError) as info:
-        load_onnx(save_onnx(model))
-    assert "Transpose" in str(info.value) and "to_nhwc" in str(info.value)
+        [1, 2, 2, 2], [1, 3], {"W": w, "b": np.zeros(3, np.float32)})
+    net = load_onnx(save_onnx(model))
+    x = np.arange(8, dtype=np.float64)
+    want = w.astype(np.float64) @ x.reshape(2, 2, 2).transpose(1, 2, 0).reshape(-1)
+    np.testing.assert_allclose(net.forward(torch.from_numpy(x)[None])[0].numpy(), want)
+    assert not np.allclose(want, w.astype(np.float64) @ x)
 
 
 def test_two_branch_graph_is_refused(onnx_kit, save_onnx) -> None:  # type: ignore[no-untyped-def]

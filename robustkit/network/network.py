@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from robustkit.network.layers import Dense, Elementwise, Layer, LinearLayer, ReLU
+from robustkit.network.linear_ops import Permute
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,7 +132,8 @@ class _LeakyGradReLU(torch.autograd.Function):
 def simplify(layers: list[Layer]) -> list[Layer]:
     """Fold an ``Elementwise`` into a following ``Dense`` (exact: ``W (s*x + t) + b``), and
     merge consecutive ``Elementwise`` layers. Elementwise maps before a Conv stay separate,
-    because folding them would be wrong at zero-padded borders.
+    because folding them would be wrong at zero-padded borders. A ``Permute`` before a ``Dense``
+    (tf2onnx's NCHW -> NHWC before Flatten) becomes a reordering of the Dense's columns.
 
     The folded layer keeps the float-error model of both (:mod:`robustkit.bounds.floaterr`):
     ``s x + t`` rounds to within ``g_k (|s||x| + o)``, which ``W`` maps to at most
@@ -146,6 +148,9 @@ def simplify(layers: list[Layer]) -> list[Layer]:
             offset = w.abs() @ prev.error_offset(torch.float64) + layer.error_offset(torch.float64)
             out[-1] = Dense(weight.float() if _exact_in_float32(weight) else weight, bias,
                             layer.extra_ops + prev.rounding_ops, offset)
+        elif isinstance(layer, Dense) and isinstance(prev, Permute):
+            # W (P x) = (W P) x: the columns of W reordered, exactly (a permutation rounds nothing)
+            out[-1] = Dense(prev.backward(layer.weight), layer.bias, layer.extra_ops, layer.offset)
         elif isinstance(layer, Elementwise) and isinstance(prev, Elementwise):
             scale = prev.scale.double() * layer.scale.double()
             shift = prev.shift.double() * layer.scale.double() + layer.shift.double()

@@ -2,9 +2,12 @@
 
 The graph must be a chain: one dynamic input flows through the nodes; every other node input
 is a constant (initializer or Constant node). Supported operators: Gemm, MatMul, Add, Sub,
-Mul, Div, Conv, Relu, BatchNormalization (inference), Flatten, Reshape, Squeeze, Unsqueeze,
-Transpose (only when it keeps the flat element order), Identity, Dropout, Constant. Anything
-else is refused with its op type and node name.
+Mul, Div, Conv, Relu, BatchNormalization (inference), AveragePool (2-D, ceil_mode 0),
+GlobalAveragePool, Pad (constant 0 on the spatial dims), Flatten, Reshape, Squeeze, Unsqueeze,
+Transpose (any permutation: one that reorders elements becomes a ``Permute`` layer), Identity,
+Dropout, Constant. Small constant subgraphs of shape operators (as torch writes for the pads of
+``nn.ZeroPad2d``) are evaluated at load time. Anything else is refused with its op type and node
+name.
 """
 
 from __future__ import annotations
@@ -19,12 +22,17 @@ from onnx import numpy_helper
 
 from robustkit.errors import ModelFormatError, UnsupportedOperatorError
 from robustkit.network.layers import Conv2d, Dense, Elementwise, Layer, LinearLayer, ReLU
+from robustkit.network.linear_ops import AvgPool2d, Permute, ZeroPad2d
 from robustkit.network.network import Network, simplify
 
 SUPPORTED_OPS = (
     "Gemm MatMul Add Sub Mul Div Conv Relu BatchNormalization Flatten Reshape Squeeze Unsqueeze "
-    "Transpose Identity Dropout Constant"
+    "Transpose Identity Dropout Constant AveragePool GlobalAveragePool Pad"
 ).split()
+
+# operators evaluated at load time when all their inputs are constants
+FOLDABLE_OPS = frozenset(
+    "Cast Concat ConstantOfShape Gather Identity Reshape Shape Slice Squeeze Transpose Unsqueeze".split())
 
 
 def load_onnx(path: str | Path) -> Network:
@@ -141,13 +149,18 @@ class _GraphReader:
             "Mul": self._arith, "Div": self._arith, "Conv": self._conv, "Relu": self._relu,
             "BatchNormalization": self._batchnorm, "Flatten": self._flatten, "Reshape": self._reshape,
             "Squeeze": self._squeeze, "Unsqueeze": self._unsqueeze, "Transpose": self._transpose,
-            "Identity": self._noop, "Dropout": self._noop,
+            "Identity": self._noop, "Dropout": self._noop, "AveragePool": self._avgpool,
+            "GlobalAveragePool": self._global_avgpool, "Pad": self._pad,
         }
         for node in graph.node:
             if node.op_type == "Constant":
                 self._constant(node)
                 continue
             if self.dyn not in node.input:
+                if node.op_type in FOLDABLE_OPS and node.domain in ("", "ai.onnx") \
+                        and all(n == "" or n in self.consts for n in node.input):
+                    self._fold(node)
+                    continue
                 if node.op_type in handlers or node.op_type in ("Shape", "Gather", "Concat", "Cast"):
                     # constant subgraph (e.g. shape computations): evaluate only if trivially constant
                     raise self._fail(node, "computes from constants only; constant folding is not supported "
@@ -182,6 +195,20 @@ class _GraphReader:
         if "value" not in attrs:
             raise self._fail(node, "only tensor-valued Constant nodes are supported")
         self.consts[node.output[0]] = numpy_helper.to_array(attrs["value"])
+
+    def _fold(self, node: onnx.NodeProto) -> None:
+        """Evaluate a shape operator on constants (onnx's reference implementation)."""
+        from onnx.reference import ReferenceEvaluator
+
+        opsets = {op.domain or "": int(op.version) for op in self.model.opset_import}
+        feeds = {n: self.consts[n] for n in node.input if n}
+        try:
+            outs = ReferenceEvaluator(node, opsets=opsets).run(None, feeds)
+        except Exception as exc:
+            raise self._fail(node, f"cannot evaluate on its constant inputs: {exc}") from exc
+        for name, value in zip(node.output, outs):
+            if name:
+                self.consts[name] = np.asarray(value)
 
     def _noop(self, node: onnx.NodeProto) -> None:
         pass
@@ -386,11 +413,98 @@ class _GraphReader:
         self._set_shape(node, tuple(new))
 
     def _transpose(self, node: onnx.NodeProto) -> None:
-        perm = self._attrs(node).get("perm", list(reversed(range(len(self.shape)))))
+        perm = [int(p) for p in self._attrs(node).get("perm", list(reversed(range(len(self.shape)))))]
+        if sorted(perm) != list(range(len(self.shape))):
+            raise self._fail(node, f"perm {perm} is not a permutation of the axes of {self.shape}")
         moved = [p for p in perm if self.shape[p] != 1]
-        if moved != sorted(moved):
-            raise self._fail(node, f"permutation {list(perm)} of {self.shape} reorders elements")
+        if moved != sorted(moved):  # reorders elements: a permutation layer over the whole shape
+            self._push(Permute(tuple(int(d) for d in self.shape), tuple(perm)))
         self.shape = tuple(self.shape[p] for p in perm)
+
+    def _image_shape(self, node: onnx.NodeProto) -> tuple[int, int, int]:
+        if len(self.shape) != 4 or self.shape[0] != 1:
+            raise self._fail(node, f"needs an activation of shape (1, C, H, W), got {self.shape}")
+        return (int(self.shape[1]), int(self.shape[2]), int(self.shape[3]))
+
+    def _push_image(self, node: onnx.NodeProto, make: Callable[[], AvgPool2d | ZeroPad2d]) -> None:
+        try:
+            layer = make()
+        except ValueError as exc:
+            raise self._fail(node, str(exc)) from exc
+        self._push(layer)
+        self.shape = (1,) + layer.out_shape
+
+    def _avgpool(self, node: onnx.NodeProto) -> None:
+        pos, _ = self._split_inputs(node)
+        if pos != 0:
+            raise self._fail(node, "the activation must be the input")
+        attrs = self._attrs(node)
+        kernel = [int(k) for k in attrs.get("kernel_shape", [])]
+        if len(kernel) != 2:
+            raise self._fail(node, f"only 2-D pooling is supported (kernel_shape {kernel})")
+        if int(attrs.get("ceil_mode", 0)) != 0:
+            raise self._fail(node, "ceil_mode 1 is not supported")
+        if any(int(d) != 1 for d in attrs.get("dilations", [1, 1])):
+            raise self._fail(node, "dilated pooling is not supported")
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+        if auto_pad not in ("NOTSET", "VALID"):
+            raise self._fail(node, f"auto_pad {auto_pad} is not supported; give explicit pads")
+        pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])] if auto_pad == "NOTSET" else [0, 0, 0, 0]
+        strides = [int(s) for s in attrs.get("strides", [1, 1])]
+        count_include_pad = int(attrs.get("count_include_pad", 0))
+        if count_include_pad not in (0, 1):
+            raise self._fail(node, f"count_include_pad {count_include_pad} is not 0 or 1")
+        in_shape = self._image_shape(node)
+        self._push_image(node, lambda: AvgPool2d(
+            in_shape, (kernel[0], kernel[1]), (strides[0], strides[1]), (pads[0], pads[1], pads[2], pads[3]),
+            bool(count_include_pad)))
+
+    def _global_avgpool(self, node: onnx.NodeProto) -> None:
+        c, h, w = self._image_shape(node)
+        self._push_image(node, lambda: AvgPool2d((c, h, w), (h, w), name="GlobalAveragePool"))
+
+    def _pad(self, node: onnx.NodeProto) -> None:
+        pos, vals = self._split_inputs(node)
+        if pos != 0:
+            raise self._fail(node, "the activation must be the first input")
+        attrs = self._attrs(node)
+        mode = attrs.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        if mode != "constant":
+            raise self._fail(node, f"mode {mode!r} is not supported (only constant)")
+        rank = len(self.shape)
+        if len(node.input) > 1 and node.input[1]:
+            if vals[1] is None:
+                raise self._fail(node, "the pads must be a constant")
+            raw = [int(p) for p in vals[1].reshape(-1)]
+        elif "pads" in attrs:  # opset < 11
+            raw = [int(p) for p in attrs["pads"]]
+        else:
+            raise self._fail(node, "pads missing")
+        value = attrs.get("value", 0.0)
+        if len(node.input) > 2 and node.input[2]:
+            if vals[2] is None:
+                raise self._fail(node, "the pad value must be a constant")
+            value = vals[2].reshape(-1)[0] if vals[2].size else 0.0
+        if float(value) != 0.0:
+            raise self._fail(node, f"pad value {float(value)} is not supported (only 0)")
+        axes = list(range(rank))
+        if len(node.input) > 3 and node.input[3]:
+            if vals[3] is None:
+                raise self._fail(node, "the axes must be a constant")
+            axes = [int(a) + rank if int(a) < 0 else int(a) for a in vals[3].reshape(-1)]
+        if len(raw) != 2 * len(axes):
+            raise self._fail(node, f"{len(raw)} pads for {len(axes)} axes")
+        begin, end = [0] * rank, [0] * rank
+        for k, a in enumerate(axes):
+            begin[a], end[a] = raw[k], raw[k + len(axes)]
+        in_shape = self._image_shape(node)
+        if begin[0] or end[0] or begin[1] or end[1]:
+            raise self._fail(node, f"pads {raw} touch the batch or channel axis (only H and W may be padded)")
+        if min(begin + end) < 0:
+            raise self._fail(node, f"negative pads {raw} (cropping) are not supported")
+        self._push_image(node, lambda: ZeroPad2d(in_shape, (begin[2], begin[3], end[2], end[3])))
 
 
 def _check_finite(layer: Layer, index: int, source: str) -> None:
