@@ -96,11 +96,13 @@ def test_children_bounds_contain_their_points(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_final_pass_is_crown_and_optimising_stays_valid(seed: int) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_final_pass_is_crown_and_optimising_stays_valid(seed: int, dtype: str) -> None:
+    """Optimised bounds (Adam in float32 or float64; a float64 pass decides) stay valid on points."""
     net = _random_net(seed, (5, 16, 16, 4))
     lo, hi = _box(net, seed, 0.4)
     C = np.stack([np.eye(4)[0] - np.eye(4)[j] for j in (1, 2, 3)])
-    search = _search(net, lo, hi, C, np.zeros(3), BabConfig(iterations=20))
+    search = _search(net, lo, hi, C, np.zeros(3), BabConfig(iterations=20, optimise_dtype=dtype))
     dom = _root(net, search)
     nb, _ = crown_bounds(net, search.lo, search.hi)
     pre = pre_bounds(net, nb)
@@ -128,8 +130,9 @@ def test_final_pass_is_crown_and_optimising_stays_valid(seed: int) -> None:
         if bool(side.any()):
             assert bool((opt_lb[child] <= y[side].min(dim=0).values + 1e-9).all()), (child, opt_lb[child])
     assert float((opt_lb - flat_lb).max()) > 0, "optimising slopes and multipliers gained nothing"
+    assert opt_lb.dtype == torch.float64
     # past the deadline the optimisation stops after its first evaluation (CROWN's own slopes)
-    late = _search(net, lo, hi, C, np.zeros(3), BabConfig(iterations=20), deadline=-float("inf"))
+    late = _search(net, lo, hi, C, np.zeros(3), BabConfig(iterations=20, optimise_dtype=dtype), deadline=-float("inf"))
     torch.testing.assert_close(late._spec_bound(nb2, children)[0], flat_lb)
 
 
@@ -160,6 +163,11 @@ def test_bab_agrees_with_the_milp(seed: int, tmp_path: Path, onnx_kit, save_onnx
         assert got["bab"] == got["milp"], (seed, eps, got)
         answers[eps] = got["bab"]
     assert set(answers.values()) <= {"sat", "unsat"}
+
+
+def test_optimise_dtype_is_validated() -> None:
+    with pytest.raises(ValueError):
+        BabConfig(optimise_dtype="float16")
 
 
 def test_deadline_passed_gives_timeout() -> None:
