@@ -53,7 +53,7 @@ from robustkit.bounds.floaterr import FloatErrors
 from robustkit.bounds.interval import interval_bounds
 from robustkit.bounds.types import NetBounds
 from robustkit.network import LinearLayer, Network, ReLU
-from robustkit.verification.leaf_lp import LeafLp, decide
+from robustkit.verification.leaf_lp import settle_leaf
 
 log = logging.getLogger(__name__)
 
@@ -440,68 +440,14 @@ class _Search:
         return None
 
     def _leaf_lp(self, dom: _Domains, i: int) -> tuple[str, np.ndarray | None]:
-        """Domain ``i`` with every ReLU decided (by a split or by its bounds): ``y = A x + c`` on
-        it for the exact network, within the float error for the float32 one. Decided by
-        :func:`robustkit.verification.leaf_lp.decide`: ``closed`` only from certificates,
-        ``candidate`` (with its ``x``) at a point reaching ``t >= 0``, else ``undecided``.
-
-        The error of a row is charged along the leaf's own linear map (``sum_i |A_i| e_i``, with
-        cancellation) for the specification rows and the split neurons; neurons decided by
-        their bounds hold on the whole domain anyway, and their rows get the cruder forward bound."""
-        n = self.lo.shape[1]
-        A = torch.eye(n, dtype=torch.float64)
-        c = torch.zeros(n, dtype=torch.float64)
-        side_rows, side_rhs = [], []
-        errs = self.errs
-        pattern: dict[int, torch.Tensor] = {}
-        for pos, layer in enumerate(self.net.layers):
-            if isinstance(layer, LinearLayer):
-                A = layer.forward(A.T.contiguous()).T - layer.bias_tensor(torch.float64).unsqueeze(1)
-                c = layer.forward(c.unsqueeze(0)).reshape(-1)
-            elif isinstance(layer, ReLU):
-                l, u = (self.lo[0], self.hi[0]) if pos == 0 else (dom.lower[pos - 1][i], dom.upper[pos - 1][i])
-                active, inactive = l >= 0, u <= 0
-                if bool((~(active | inactive)).any()):
-                    return "undecided", None
-                pattern[pos] = active.double()
-                slack = torch.zeros(l.numel(), dtype=torch.float64)
-                if pos > 0:
-                    slack = (errs.accumulated[pos - 1][0] + errs.slack[pos - 1][0]).reshape(-1).clone()
-                    split = torch.nonzero(dom.signs[pos][i] != 0).flatten() if pos in dom.signs else torch.zeros(0)
-                    if split.numel():
-                        unit = torch.zeros(split.numel(), l.numel(), dtype=torch.float64)
-                        unit[torch.arange(split.numel()), split] = 1.0
-                        slack[split] = self._charge(unit, pos - 1, pattern) + errs.slack[pos - 1][0][split]
-                # active: -(A x + c) <= E ; inactive: A x + c <= E
-                sign = torch.where(active, -1.0, 1.0).double()
-                side_rows.append(sign.unsqueeze(1) * A)
-                side_rhs.append(-sign * c + slack)
-                A = A * active.double().unsqueeze(1)
-                c = c * active.double()
-        G = torch.cat(side_rows).numpy() if side_rows else np.zeros((0, n))
-        h = torch.cat(side_rhs).numpy() if side_rows else np.zeros(0)
-        C = self.C.unsqueeze(0)
-        out_err = self._charge(self.C, len(self.net.layers) - 1, pattern) + errs.spec_slack(C)[0]
-        relaxed = (self.C @ c) - out_err  # C y >= C (A x + c) - (error) on the float32 net
-        lp = LeafLp((self.C @ A).numpy(), (self.d - relaxed).numpy(), G, h, self.lo[0].numpy(), self.hi[0].numpy())
-        verdict, x, value = decide(lp, [g.numpy() for g in self.groups], self.margin)
+        """Domain ``i`` with every ReLU decided: settled by :func:`robustkit.verification.leaf_lp.settle_leaf`
+        (``closed`` only from certificates, ``candidate`` with its ``x``, else ``undecided``)."""
+        verdict, x, value = settle_leaf(self.net, self.errs, [t[i] for t in dom.lower], [t[i] for t in dom.upper],
+                                        {r: t[i] for r, t in dom.signs.items()}, self.lo[0], self.hi[0], self.C,
+                                        self.d, [g.numpy() for g in self.groups], self.margin)
         if verdict == "closed":
             self.cleared = min(self.cleared, value)
         return verdict, x
-
-    def _charge(self, R: torch.Tensor, end: int, pattern: dict[int, torch.Tensor]) -> torch.Tensor:
-        """Float32 rounding bound ``(k,)`` of the rows ``R`` (``(k, d_end)``) of layer ``end``'s
-        output along a fixed activation pattern: ``sum_i |A_i| e_i`` of a backward pass."""
-        A = R
-        charge = torch.zeros(R.shape[0], dtype=torch.float64)
-        for pos in range(end, -1, -1):
-            layer = self.net.layers[pos]
-            if isinstance(layer, LinearLayer):
-                charge = charge + A.abs() @ self.errs.rounding[pos][0]
-                A = layer.backward(A)
-            else:
-                A = A * pattern[pos]
-        return charge
 
     # -- falsification ----------------------------------------------------------------------
     def candidates(self, t: torch.Tensor, lb: torch.Tensor, A_in: torch.Tensor) -> object | None:

@@ -26,9 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.optimize import linprog
 
-from robustkit.bounds.floaterr import U64, gamma
+from robustkit.bounds.floaterr import U64, FloatErrors, gamma
+from robustkit.network import LinearLayer, Network, ReLU
 
 
 @dataclass(frozen=True)
@@ -125,3 +127,64 @@ def decide(lp: LeafLp, groups: list[np.ndarray], margin: float) -> tuple[str, np
     if worst_bound < -margin:
         return "closed", None, -worst_bound
     return "undecided", None, np.nan
+
+
+def settle_leaf(net: Network, errs: FloatErrors, lower: list[torch.Tensor], upper: list[torch.Tensor],
+                signs: dict[int, torch.Tensor], lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
+                groups: list[np.ndarray], margin: float) -> tuple[str, np.ndarray | None, float]:
+    """A branch-and-bound leaf (``lower[i]``/``upper[i]``: its bounds of layer ``i``; ``signs[r]``:
+    its splits at the ReLU ``r``) decided by :func:`decide` on its affine piece ``y = A x + c``.
+
+    The error of a row is charged along the leaf's own linear map (``sum_i |A_i| e_i``, with
+    cancellation) for the specification rows and the split neurons; neurons decided by their
+    bounds hold on the whole domain anyway, and their rows get the cruder forward bound."""
+    n = lo.numel()
+    A = torch.eye(n, dtype=torch.float64)
+    c = torch.zeros(n, dtype=torch.float64)
+    side_rows, side_rhs = [], []
+    pattern: dict[int, torch.Tensor] = {}
+    for pos, layer in enumerate(net.layers):
+        if isinstance(layer, LinearLayer):
+            A = layer.forward(A.T.contiguous()).T - layer.bias_tensor(torch.float64).unsqueeze(1)
+            c = layer.forward(c.unsqueeze(0)).reshape(-1)
+        elif isinstance(layer, ReLU):
+            l, u = (lo, hi) if pos == 0 else (lower[pos - 1], upper[pos - 1])
+            active, inactive = l >= 0, u <= 0
+            if bool((~(active | inactive)).any()):
+                return "undecided", None, np.nan
+            pattern[pos] = active.double()
+            slack = torch.zeros(l.numel(), dtype=torch.float64)
+            if pos > 0:
+                slack = (errs.accumulated[pos - 1][0] + errs.slack[pos - 1][0]).reshape(-1).clone()
+                split = torch.nonzero(signs[pos] != 0).flatten() if pos in signs else torch.zeros(0)
+                if split.numel():
+                    unit = torch.zeros(split.numel(), l.numel(), dtype=torch.float64)
+                    unit[torch.arange(split.numel()), split] = 1.0
+                    slack[split] = _charge(net, errs, unit, pos - 1, pattern) + errs.slack[pos - 1][0][split]
+            # active: -(A x + c) <= E ; inactive: A x + c <= E
+            sign = torch.where(active, -1.0, 1.0).double()
+            side_rows.append(sign.unsqueeze(1) * A)
+            side_rhs.append(-sign * c + slack)
+            A = A * active.double().unsqueeze(1)
+            c = c * active.double()
+    G = torch.cat(side_rows).numpy() if side_rows else np.zeros((0, n))
+    h = torch.cat(side_rhs).numpy() if side_rows else np.zeros(0)
+    out_err = _charge(net, errs, C, len(net.layers) - 1, pattern) + errs.spec_slack(C.unsqueeze(0))[0]
+    relaxed = (C @ c) - out_err  # C y >= C (A x + c) - (error) on the float32 net
+    lp = LeafLp((C @ A).numpy(), (d - relaxed).numpy(), G, h, lo.numpy(), hi.numpy())
+    return decide(lp, groups, margin)
+
+
+def _charge(net: Network, errs: FloatErrors, R: torch.Tensor, end: int, pattern: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Float32 rounding bound ``(k,)`` of the rows ``R`` (``(k, d_end)``) of layer ``end``'s output
+    along a fixed activation pattern: ``sum_i |A_i| e_i`` of a backward pass."""
+    A = R
+    charge = torch.zeros(R.shape[0], dtype=torch.float64)
+    for pos in range(end, -1, -1):
+        layer = net.layers[pos]
+        if isinstance(layer, LinearLayer):
+            charge = charge + A.abs() @ errs.rounding[pos][0]
+            A = layer.backward(A)
+        else:
+            A = A * pattern[pos]
+    return charge
