@@ -213,3 +213,24 @@ def test_bench_soundness_command(tmp_path: Path) -> None:
     text = out.read_text()
     assert "cancel_M1e8" in text and "wrong: 0" in text
     assert main(["bench", "soundness", "--method", "nonsense"]) == 1
+
+
+def test_exact_milp_only_proposes_candidates() -> None:
+    """The exact-network MILP (no float band) finds a needle narrower than the band, which the
+    pipeline replays; on the cancellation net the same exact MILP is "infeasible" (a wrong proof
+    for float32), and the pipeline does not take it as one."""
+    from robustkit.bounds import interval_bounds
+    from robustkit.milp import encode, solve_violation
+    from robustkit.verification.soundness_suite import needle_instance
+
+    needle = needle_instance(3)
+    ctx = ModelContext.from_bytes(needle.model)
+    v = verify_spec(ctx, needle.spec, VerifyConfig(method="milp", attack_steps=0, timeout=10))
+    assert v.result == "sat" and v.witness is not None
+    inst = cancel_instance(1e8)
+    ctx = ModelContext.from_bytes(inst.model)
+    (box, out), = list(inst.spec)
+    nb = interval_bounds(ctx.net, torch.tensor(box.lower[None]), torch.tensor(box.upper[None]))
+    exact = solve_violation(encode(ctx.net, nb, exact=True), list(out), 10)
+    assert exact.outcome == "holds"  # exact arithmetic: margin 0.5 everywhere
+    assert verify_spec(ctx, inst.spec, VerifyConfig(method="milp", attack_steps=0, timeout=10)).result == "sat"

@@ -135,8 +135,18 @@ def new_highs(threads: int = 1) -> highspy.Highs:
     return h
 
 
-def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) -> Encoding:
-    """Build the MILP of ``net`` over ``bounds``' input box (``bounds`` must hold one sample)."""
+def _exact(lower: np.ndarray, upper: np.ndarray, scale: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    return lower, upper
+
+
+def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None, exact: bool = False) -> Encoding:
+    """Build the MILP of ``net`` over ``bounds``' input box (``bounds`` must hold one sample).
+
+    ``exact``: the exact network, without the float error band and the solver slack. Its
+    "infeasible" proves nothing about the float32 network; it is only a source of candidate points
+    (a relaxed model's optimum can lie off a violation narrower than the band), each of which
+    is replayed in onnxruntime like any other."""
+    relax_ = _exact if exact else relax
     if bounds.input_lower.shape[0] != 1:
         raise ValueError("encode() takes the bounds of a single sample")
     h = highs or new_highs()
@@ -163,8 +173,9 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) 
             w_keep = w[rows_idx][:, keep].tocsr()
             e = errs.rounding[pos][0].detach().cpu().numpy().astype(np.float64)
             acc_out = np.zeros(layer.out_dim)
-            acc_out[rows_idx] = e[rows_idx] + (abs(w[rows_idx][:, keep]) @ acc[keep] if keep.size else 0.0)
-            new_cols = _add_cols(h, *relax(l_out[rows_idx] - acc_out[rows_idx], u_out[rows_idx] + acc_out[rows_idx],
+            if not exact:
+                acc_out[rows_idx] = e[rows_idx] + (abs(w[rows_idx][:, keep]) @ acc[keep] if keep.size else 0.0)
+            new_cols = _add_cols(h, *relax_(l_out[rows_idx] - acc_out[rows_idx], u_out[rows_idx] + acc_out[rows_idx],
                                            np.maximum(-l_out, u_out)[rows_idx]), ncols)
             ncols += new_cols.size
             # rows: z - W a = b  ->  [I | -W] with column map [z_cols, expr[keep]]
@@ -188,7 +199,7 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) 
             unstable = np.flatnonzero(~inactive & ~active)
             out = np.where(inactive, ZERO, expr).astype(np.int64)
             k = unstable.size
-            a_cols = _add_cols(h, *relax(np.zeros(k), u_pre[unstable], u_pre[unstable]), ncols)
+            a_cols = _add_cols(h, *relax_(np.zeros(k), u_pre[unstable], u_pre[unstable]), ncols)
             acc_z = acc[unstable]
             ncols += k
             d_cols = _add_cols(h, np.zeros(k), np.ones(k), ncols)
@@ -209,7 +220,7 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None) 
                 lower = np.concatenate([-acc_z, np.full(k, -INF), np.full(k, -INF)])
                 upper = np.concatenate([np.full(k, INF), np.zeros(k), acc_z - l_pre[unstable]])
                 scale = np.tile(np.maximum(-l_pre[unstable], u_pre[unstable]), 3)
-                _add_rows_csr(h, mat, *relax(lower, upper, scale))
+                _add_rows_csr(h, mat, *relax_(lower, upper, scale))
                 out[unstable] = a_cols
             enc.relus[pos] = _Relu(expr.copy(), out, unstable, d_cols, int(active.sum()), int(inactive.sum()))
             expr = out

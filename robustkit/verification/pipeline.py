@@ -179,6 +179,9 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
         if res.outcome == "candidate":
             assert res.x is not None
             witness = validate_witness(ctx, res.x, box, output, strict_label)
+            if witness is None:  # the band-relaxed optimum may lie off a violation narrower than the band
+                witness = _exact_candidate(ctx, nb, box, [output[k] for k in group], output, cfg, deadline,
+                                           start_x, strict_label)
             if witness is not None:
                 result = "sat"
                 break
@@ -194,6 +197,23 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     if result == "unsat":  # infeasible with t >= -margin (rows relaxed against solver tolerances)
         details["proof_margin"] = cfg.safety_margin
     return Verdict(result, "milp", time.perf_counter() - t0, witness, details)
+
+
+def _exact_candidate(ctx: ModelContext, nb: NetBounds, box: InputBox, disjuncts: list, output: OutputSpec,
+                     cfg: VerifyConfig, deadline: float, start_x: np.ndarray | None,
+                     strict_label: int | None) -> Witness | None:
+    """A second candidate from the MILP of the exact network (no float error band, no solver
+    slack), replayed in onnxruntime; never a proof."""
+    left = _deadline_left(deadline)
+    if left <= 0:
+        return None
+    try:
+        res = solve_violation(encode(ctx.net, nb, exact=True), disjuncts, left, cfg.safety_margin, start_x)
+    except SolverError:
+        return None
+    if res.outcome != "candidate" or res.x is None:
+        return None
+    return validate_witness(ctx, res.x, box, output, strict_label)
 
 
 def _float_error(ctx: ModelContext, nb: NetBounds, C: np.ndarray) -> float:
