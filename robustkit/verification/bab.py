@@ -434,18 +434,21 @@ class _Search:
                 assert x is not None
                 self.stats["candidates"] += 1
                 w = self.check(x)
+                if w is None:  # the band-relaxed optimum may miss a violation narrower than the band
+                    exact, x2 = self._leaf_lp(dom, i, exact=True)  # a candidate only, never a proof
+                    w = self.check(x2) if exact == "candidate" and x2 is not None else None
                 if w is not None:
                     return w
             self.stats["undecided"] += 1
         return None
 
-    def _leaf_lp(self, dom: _Domains, i: int) -> tuple[str, np.ndarray | None]:
+    def _leaf_lp(self, dom: _Domains, i: int, exact: bool = False) -> tuple[str, np.ndarray | None]:
         """Domain ``i`` with every ReLU decided: settled by :func:`robustkit.verification.leaf_lp.settle_leaf`
         (``closed`` only from certificates, ``candidate`` with its ``x``, else ``undecided``)."""
         verdict, x, value = settle_leaf(self.net, self.errs, [t[i] for t in dom.lower], [t[i] for t in dom.upper],
                                         {r: t[i] for r, t in dom.signs.items()}, self.lo[0], self.hi[0], self.C,
-                                        self.d, [g.numpy() for g in self.groups], self.margin)
-        if verdict == "closed":
+                                        self.d, [g.numpy() for g in self.groups], self.margin, exact)
+        if verdict == "closed" and not exact:
             self.cleared = min(self.cleared, value)
         return verdict, x
 

@@ -131,13 +131,15 @@ def decide(lp: LeafLp, groups: list[np.ndarray], margin: float) -> tuple[str, np
 
 def settle_leaf(net: Network, errs: FloatErrors, lower: list[torch.Tensor], upper: list[torch.Tensor],
                 signs: dict[int, torch.Tensor], lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
-                groups: list[np.ndarray], margin: float) -> tuple[str, np.ndarray | None, float]:
+                groups: list[np.ndarray], margin: float, exact: bool = False) -> tuple[str, np.ndarray | None, float]:
     """A branch-and-bound leaf (``lower[i]``/``upper[i]``: its bounds of layer ``i``; ``signs[r]``:
     its splits at the ReLU ``r``) decided by :func:`decide` on its affine piece ``y = A x + c``.
 
     The error of a row is charged along the leaf's own linear map (``sum_i |A_i| e_i``, with
     cancellation) for the specification rows and the split neurons; neurons decided by their
-    bounds hold on the whole domain anyway, and their rows get the cruder forward bound."""
+    bounds hold on the whole domain anyway, and their rows get the cruder forward bound.
+    ``exact``: no float error at all (the exact network's LP): a source of candidate points only;
+    its "closed" proves nothing about the float32 network."""
     n = lo.numel()
     A = torch.eye(n, dtype=torch.float64)
     c = torch.zeros(n, dtype=torch.float64)
@@ -154,7 +156,7 @@ def settle_leaf(net: Network, errs: FloatErrors, lower: list[torch.Tensor], uppe
                 return "undecided", None, np.nan
             pattern[pos] = active.double()
             slack = torch.zeros(l.numel(), dtype=torch.float64)
-            if pos > 0:
+            if pos > 0 and not exact:
                 slack = (errs.accumulated[pos - 1][0] + errs.slack[pos - 1][0]).reshape(-1).clone()
                 split = torch.nonzero(signs[pos] != 0).flatten() if pos in signs else torch.zeros(0)
                 if split.numel():
@@ -169,7 +171,8 @@ def settle_leaf(net: Network, errs: FloatErrors, lower: list[torch.Tensor], uppe
             c = c * active.double()
     G = torch.cat(side_rows).numpy() if side_rows else np.zeros((0, n))
     h = torch.cat(side_rhs).numpy() if side_rows else np.zeros(0)
-    out_err = _charge(net, errs, C, len(net.layers) - 1, pattern) + errs.spec_slack(C.unsqueeze(0))[0]
+    out_err = torch.zeros(C.shape[0], dtype=torch.float64) if exact else (
+        _charge(net, errs, C, len(net.layers) - 1, pattern) + errs.spec_slack(C.unsqueeze(0))[0])
     relaxed = (C @ c) - out_err  # C y >= C (A x + c) - (error) on the float32 net
     lp = LeafLp((C @ A).numpy(), (d - relaxed).numpy(), G, h, lo.numpy(), hi.numpy())
     return decide(lp, groups, margin)
