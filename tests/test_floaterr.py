@@ -225,8 +225,9 @@ def test_exact_milp_only_proposes_candidates() -> None:
 
     needle = needle_instance(3)
     ctx = ModelContext.from_bytes(needle.model)
-    v = verify_spec(ctx, needle.spec, VerifyConfig(method="milp", attack_steps=0, timeout=10))
-    assert v.result == "sat" and v.witness is not None
+    for method in ("milp", "bab"):
+        v = verify_spec(ctx, needle.spec, VerifyConfig(method=method, attack_steps=0, timeout=10))  # type: ignore[arg-type]
+        assert v.result == "sat" and v.witness is not None, method
     inst = cancel_instance(1e8)
     ctx = ModelContext.from_bytes(inst.model)
     (box, out), = list(inst.spec)
