@@ -178,7 +178,7 @@ def test_interval_bounds_of_a_point_are_tight_and_reject_empty_boxes() -> None:
     y = net.forward(x)
     lo, hi = nb.output()
     assert bool((lo <= y).all() and (y <= hi).all())
-    assert float((hi - lo).max()) < 1e-3  # only the float safety widening, amplified by the weights
+    assert float((hi - lo).max()) < 1e-3  # only the float error model's band, amplified by the weights
     exact = interval_bounds(net, x, x, safe=False)
     for lo_i, hi_i, h in zip(exact.lower, exact.upper, net.forward_all(x)):
         np.testing.assert_allclose(lo_i.numpy(), h.numpy(), atol=1e-12)

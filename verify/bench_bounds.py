@@ -189,7 +189,7 @@ def lirpa_section(net: Network, cases: list[Case], name: str, alpha_boxes: int) 
         "| computation | robustkit (s) | auto_LiRPA (s) | ratio auto_LiRPA / robustkit | bounds |",
         "|---|---|---|---|---|",
         f"| plain CROWN, batch of {n} (best of 3) | {t_rk:.4f} | {t_li:.4f} | {t_li / t_rk:.2f} | max abs difference "
-        f"{diff:.2e} (relative to the largest bound {rel:.1e}; robustkit's are widened by the float margin) |",
+        f"{diff:.2e} (relative to the largest bound {rel:.1e}; robustkit's carry the float error model of robustkit/bounds/floaterr.py) |",
         f"| plain CROWN, one box (fastest of {n}) | {t1_rk:.4f} | {t1_li:.4f} | {t1_li / t1_rk:.2f} | same |",
         f"| default CROWN, batch of {n} (robustkit: stable neurons skipped, tighter of CROWN and interval per "
         f"neuron; auto_LiRPA: sparse intermediate bounds) | {t_rk_def:.4f} | {t_li_def:.4f} | {t_li_def / t_rk_def:.2f} "
