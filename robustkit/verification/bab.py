@@ -203,7 +203,7 @@ class _Search:
         """Widened lower bounds ``(n, m)`` of the rows: the best of CROWN and ``iterations``
         steps of Adam on the final pass's slopes and split multipliers (started from the
         parent's); with the coefficients of the CROWN pass (for branching and falsification) and
-        the slopes and multipliers reached (detached)."""
+        each row's best slopes and multipliers (float32, to start the children from)."""
         n = nb.lower[0].shape[0]
         lo, hi = self.lo.expand(n, -1), self.hi.expand(n, -1)
         pre = pre_bounds(self.net, nb)
@@ -213,26 +213,39 @@ class _Search:
         best = best - self.errs.spec_slack(C)
         if self.cfg.iterations == 0:
             return best, coeffs, A_in, {}, {}
+        dtype = torch.float32 if self.cfg.optimise_dtype == "float32" else torch.float64
+        net = self._net_in(dtype)
+        C_o, lo_o, hi_o = C.to(dtype), lo.to(dtype), hi.to(dtype)
+        pre_o = {r: (l.to(dtype), u.to(dtype)) for r, (l, u) in pre.items()}
         alphas = {}
         for r in self.net.relu_indices:
             start = dom.alphas.get(r)
-            a = (pre[r][1] >= -pre[r][0]).double().unsqueeze(1).expand(-1, m, -1) if start is None else start.double()
-            alphas[r] = a.clone().requires_grad_(True)
-        split = {r: t.double() for r, t in dom.signs.items() if bool(t.any())} if self.cfg.beta else {}
+            a = (pre[r][1] >= -pre[r][0]).unsqueeze(1).expand(-1, m, -1) if start is None else start
+            alphas[r] = a.to(dtype).clone().requires_grad_(True)
+        split = {r: t.to(dtype) for r, t in dom.signs.items() if bool(t.any())} if self.cfg.beta else {}
         betas = {}
         for r, sg in split.items():
             start = dom.betas.get(r)
-            b = torch.zeros(n, m, sg.shape[1], dtype=torch.float64) if start is None else start.double()
-            betas[r] = b.clone().requires_grad_(True)
-        if self.cfg.optimise_dtype == "float32":
-            return self._optimise32(best, coeffs, A_in, C, lo, hi, pre, alphas, betas, split)
+            b = torch.zeros(n, m, sg.shape[1]) if start is None else start
+            betas[r] = b.to(dtype).clone().requires_grad_(True)
+        # Adam in ``dtype`` without the float error charges (they only steer), keeping per row
+        # the slopes and multipliers of its best bound; ONE float64 pass with those and the float
+        # error model decides (an optimisation value never closes a domain).
+        best_a = {r: a.detach().clone() for r, a in alphas.items()}
+        best_b = {r: b.detach().clone() for r, b in betas.items()}
+        best_o = torch.full(best.shape, -torch.inf, dtype=dtype)
         opt = torch.optim.Adam(list(alphas.values()) + list(betas.values()), lr=self.cfg.lr)
         for it in range(self.cfg.iterations + 1):
             with torch.enable_grad():
-                bound, _, _ = spec_backward(self.net, C, lo, hi, pre, alphas, betas, split, self.errs)
-            safe = bound.detach() - self.errs.spec_slack(C, {r: b.detach() for r, b in betas.items()})
-            best = torch.maximum(best, safe)
-            if (it == self.cfg.iterations or bool((self._measure(best) < -2 * self.margin).all())
+                bound, _, _ = spec_backward(net, C_o, lo_o, hi_o, pre_o, alphas, betas, split)
+            with torch.no_grad():
+                better = bound > best_o  # (n, m)
+                best_o = torch.where(better, bound, best_o)
+                for r, a in alphas.items():
+                    best_a[r] = torch.where(better.unsqueeze(-1), a, best_a[r])
+                for r, b in betas.items():
+                    best_b[r] = torch.where(better.unsqueeze(-1), b, best_b[r])
+            if (it == self.cfg.iterations or bool((self._measure(best_o.double()) < -4 * self.margin).all())
                     or time.perf_counter() >= self.deadline):
                 break  # the last evaluation needs no step; nor does a batch already closed or late
             opt.zero_grad()
@@ -244,58 +257,17 @@ class _Search:
                     a.clamp_(0.0, 1.0)
                 for b in betas.values():
                     b.clamp_(min=0.0)
-        keep_a = {r: a.detach().float() for r, a in alphas.items()}
-        keep_b = {r: b.detach().float() for r, b in betas.items()}
-        return best, coeffs, A_in, keep_a, keep_b
-
-    def _optimise32(self, best: torch.Tensor, coeffs: dict[int, torch.Tensor], A_in: torch.Tensor, C: torch.Tensor,
-                    lo: torch.Tensor, hi: torch.Tensor, pre: dict[int, tuple[torch.Tensor, torch.Tensor]],
-                    alphas: dict[int, torch.Tensor], betas: dict[int, torch.Tensor], split: dict[int, torch.Tensor],
-                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor, dict[int, torch.Tensor],
-                               dict[int, torch.Tensor]]:
-        """The Adam steps in float32 (no float error charges: they only steer), keeping per row the
-        slopes and multipliers of its best float32 bound; then ONE float64 pass with those, with
-        the float error model, decides (the float32 values never close a domain)."""
-        net32 = self._net32()
-        C32, lo32, hi32 = C.float(), lo.float(), hi.float()
-        pre32 = {r: (l.float(), u.float()) for r, (l, u) in pre.items()}
-        split32 = {r: t.float() for r, t in split.items()}
-        a32 = {r: a.detach().float().requires_grad_(True) for r, a in alphas.items()}
-        b32 = {r: b.detach().float().requires_grad_(True) for r, b in betas.items()}
-        best_a = {r: a.detach().clone() for r, a in a32.items()}
-        best_b = {r: b.detach().clone() for r, b in b32.items()}
-        best32 = torch.full(best.shape, -torch.inf, dtype=torch.float32)
-        opt = torch.optim.Adam(list(a32.values()) + list(b32.values()), lr=self.cfg.lr)
-        for it in range(self.cfg.iterations + 1):
-            with torch.enable_grad():
-                bound, _, _ = spec_backward(net32, C32, lo32, hi32, pre32, a32, b32, split32)
-            with torch.no_grad():
-                better = bound > best32  # (n, m)
-                best32 = torch.where(better, bound, best32)
-                for r, a in a32.items():
-                    best_a[r] = torch.where(better.unsqueeze(-1), a, best_a[r])
-                for r, b in b32.items():
-                    best_b[r] = torch.where(better.unsqueeze(-1), b, best_b[r])
-            if (it == self.cfg.iterations or bool((self._measure(best32.double()) < -4 * self.margin).all())
-                    or time.perf_counter() >= self.deadline):
-                break
-            opt.zero_grad()
-            with torch.enable_grad():
-                (-bound.sum()).backward()
-            opt.step()
-            with torch.no_grad():
-                for a in a32.values():
-                    a.clamp_(0.0, 1.0)
-                for b in b32.values():
-                    b.clamp_(min=0.0)
         a64 = {r: a.double() for r, a in best_a.items()}
         b64 = {r: b.double() for r, b in best_b.items()}
-        final, _, _ = spec_backward(self.net, C, lo, hi, pre, a64, b64, split, self.errs)
+        split64 = {r: t.double() for r, t in split.items()}
+        final, _, _ = spec_backward(self.net, C, lo, hi, pre, a64, b64, split64, self.errs)
         best = torch.maximum(best, final - self.errs.spec_slack(C, b64))
-        return best, coeffs, A_in, best_a, best_b
+        return best, coeffs, A_in, {r: a.float() for r, a in best_a.items()}, {r: b.float() for r, b in best_b.items()}
 
-    def _net32(self) -> Network:
-        """The network with float32 weights (cached), for the optimisation passes."""
+    def _net_in(self, dtype: torch.dtype) -> Network:
+        """The network with weights in ``dtype`` (float32 copy cached), for the optimisation passes."""
+        if dtype == torch.float64:
+            return self.net
         if getattr(self, "_net32_cache", None) is None:
             self._net32_cache = self.net.to_torch().to(torch.float32).net
         return self._net32_cache
