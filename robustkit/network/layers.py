@@ -166,8 +166,21 @@ class Dense(LinearLayer):
         return self.bias.detach().double().cpu().numpy()
 
 
+class SpatialDims:
+    """``in_dim``/``out_dim`` of a layer on a ``(C, H, W)``-style activation, from its ``in_shape``
+    and ``out_shape`` (mix in before the layer base class)."""
+
+    @property
+    def in_dim(self) -> int:
+        return int(np.prod(self.in_shape))  # type: ignore[attr-defined]
+
+    @property
+    def out_dim(self) -> int:
+        return int(np.prod(self.out_shape))  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True, eq=False)
-class Conv2d(LinearLayer):
+class Conv2d(SpatialDims, LinearLayer):
     """2-D convolution (ONNX Conv, group 1, dilation 1) on flat ``(C, H, W)`` activations."""
 
     weight: torch.Tensor  # (C_out, C_in, kh, kw)
@@ -198,14 +211,6 @@ class Conv2d(LinearLayer):
         if ho <= 0 or wo <= 0:
             raise ValueError(f"Conv2d: empty output for input {self.in_shape}")
         return (int(self.weight.shape[0]), int(ho), int(wo))
-
-    @property
-    def in_dim(self) -> int:
-        return int(np.prod(self.in_shape))
-
-    @property
-    def out_dim(self) -> int:
-        return int(np.prod(self.out_shape))
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         b = x.shape[0]

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from robustkit.network.layers import LinearLayer
+from robustkit.network.layers import LinearLayer, SpatialDims
 
 
 class _NoBias(LinearLayer):
@@ -30,7 +30,7 @@ class _NoBias(LinearLayer):
 
 
 @dataclass(frozen=True, eq=False)
-class AvgPool2d(_NoBias):
+class AvgPool2d(SpatialDims, _NoBias):
     """2-D average pooling (ONNX AveragePool with ``ceil_mode`` 0, GlobalAveragePool) on flat
     ``(C, H, W)`` activations. ``count_include_pad``: divide by the kernel size everywhere (ONNX
     ``count_include_pad=1``) instead of by the number of input (non-pad) elements in the window."""
@@ -83,14 +83,6 @@ class AvgPool2d(_NoBias):
     def rounding_ops(self) -> int:
         return self.kernel[0] * self.kernel[1] + 1
 
-    @property
-    def in_dim(self) -> int:
-        return int(np.prod(self.in_shape))
-
-    @property
-    def out_dim(self) -> int:
-        return int(np.prod(self.out_shape))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         pt, pl, pb, pr = self.padding
@@ -137,7 +129,7 @@ class AvgPool2d(_NoBias):
 
 
 @dataclass(frozen=True, eq=False)
-class Permute(_NoBias):
+class Permute(SpatialDims, _NoBias):
     """ONNX Transpose that reorders elements: the activation, read as ``in_shape`` (row-major),
     has its axes permuted by ``perm`` (output axis ``k`` is input axis ``perm[k]``)."""
 
@@ -165,14 +157,6 @@ class Permute(_NoBias):
     def rounding_ops(self) -> int:
         return 0  # moves values, no arithmetic
 
-    @property
-    def in_dim(self) -> int:
-        return int(np.prod(self.in_shape))
-
-    @property
-    def out_dim(self) -> int:
-        return self.in_dim
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         return x.reshape(b, *self.in_shape).permute(0, *(p + 1 for p in self.perm)).reshape(b, -1)
@@ -197,7 +181,7 @@ class Permute(_NoBias):
 
 
 @dataclass(frozen=True, eq=False)
-class ZeroPad2d(_NoBias):
+class ZeroPad2d(SpatialDims, _NoBias):
     """ONNX Pad (mode constant, value 0) of the spatial dims of a flat ``(C, H, W)`` activation."""
 
     in_shape: tuple[int, int, int]  # (C, H, W)
@@ -216,14 +200,6 @@ class ZeroPad2d(_NoBias):
     @property
     def rounding_ops(self) -> int:
         return 0  # copies values and inserts exact zeros
-
-    @property
-    def in_dim(self) -> int:
-        return int(np.prod(self.in_shape))
-
-    @property
-    def out_dim(self) -> int:
-        return int(np.prod(self.out_shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
