@@ -213,6 +213,8 @@ def test_bench_soundness_command(tmp_path: Path) -> None:
     text = out.read_text()
     assert "cancel_M1e8" in text and "wrong: 0" in text
     assert main(["bench", "soundness", "--method", "nonsense"]) == 1
+    assert main(["bench", "soundness", "--out", str(tmp_path / "missing" / "x.md")]) == 1  # before any work
+    assert main(["bench", "soundness", "--timeout", "-1", "--method", "crown"]) == 1
 
 
 def test_exact_milp_only_proposes_candidates() -> None:

@@ -55,6 +55,8 @@ def soundness(
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise InputError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    if out is not None and not out.parent.is_dir():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist")
     outcomes = run_suite(default_instances(), tuple(methods), timeout=timeout)
     table = outcome_table(outcomes)
     typer.echo(table)
