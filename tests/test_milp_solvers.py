@@ -245,6 +245,17 @@ def test_unavailable_solver_names_what_to_install(tiny_mnist, capsys: pytest.Cap
     assert set(SOLVERS) == {"highs", "pulp-highs", "cbc", "gurobi", "cplex", "scip"}
 
 
+def test_write_milp_folder_that_cannot_be_made_is_a_usage_error(tiny_mnist, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = tmp_path / "records.jsonl"
+    code = main(["verify", str(tiny_mnist.path), "--eps", "0.03", "--n", "1", "--workers", "0", "--quiet",
+                 "--method", "milp", "--write-milp", str(blocker / "sub"), "--out", str(out)])
+    assert code == 1
+    assert "--write-milp" in capsys.readouterr().err
+    assert not out.exists()  # nothing ran, nothing stored as an error record
+
+
 def test_solver_options_are_validated() -> None:
     with pytest.raises(InputError, match="unknown solver"):
         VerifyConfig(solver="xpress")

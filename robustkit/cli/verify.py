@@ -40,6 +40,7 @@ def verify(
 ) -> None:
     """Verify robustness of test images: attack, then bounds, then MILP; print the table."""
     from robustkit.report.summary import format_rows
+    from robustkit.milp.write import milp_dir
     from robustkit.verification import VerifyConfig
     from robustkit.verification.model import ModelContext
     from robustkit.verification.run import DatasetChoice, RunOptions, model_dataset, verify_dataset
@@ -52,6 +53,7 @@ def verify(
     from robustkit.milp.solvers import check_solver
 
     check_solver(cfg.solver)  # an unavailable solver fails here, naming what to install
+    milp_dir(write_milp)  # a folder that cannot be made fails here, before any sample runs
     ds_name = model_dataset(ModelContext.from_path(model), dataset)
     choice = DatasetChoice(ds_name, n, start, data_dir)
     opts = RunOptions(out=out, workers=workers, rerun=tuple(rerun), quiet=quiet, cluster=cluster, scheduler=scheduler,

@@ -31,6 +31,7 @@ def vnnlib(
         help="Wall-clock time (Unix seconds) the timeout counts from (set by vnncomp/run_instance.sh)."),
 ) -> None:
     """Verify one instance; print sat/unsat/timeout/unknown (exit 0 for any of them)."""
+    from robustkit.milp.write import milp_dir
     from robustkit.verification import VerifyConfig
     from robustkit.vnnlib.instance import load_instance, verify_instance
 
@@ -45,6 +46,7 @@ def vnnlib(
     from robustkit.milp.solvers import check_solver
 
     check_solver(cfg.solver)  # an unavailable solver fails here, naming what to install
+    milp_dir(write_milp)  # a folder that cannot be made fails here, before any sample runs
     res = verify_instance(model, prop, cfg, result_path=result, started_at=started_at)
     typer.echo(res.status)
     typer.echo(f"{res.status} in {res.time:.2f} s (stage {res.record.get('stage', '-')})"

@@ -21,11 +21,24 @@ from typing import Any
 import highspy
 import numpy as np
 
+from robustkit.errors import InputError
 from robustkit.milp.assembled import AssembledMilp, arrays_of
 from robustkit.milp.encoder import ZERO
 from robustkit.network import ReLU
 
 log = logging.getLogger(__name__)
+
+
+def milp_dir(path: Path | None) -> str | None:
+    """The ``--write-milp`` folder, created now (so that a bad path is a usage error before any
+    sample runs, not an error record per sample), as an absolute path."""
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--write-milp {path}: cannot create the folder ({exc.strerror})") from exc
+    return str(path.resolve())
 
 
 def safe_tag(tag: str) -> str:
