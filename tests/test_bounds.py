@@ -446,3 +446,10 @@ def test_agrees_with_auto_lirpa(name: str) -> None:
     r = lirpa_bounds(net, lo, hi, "alpha-crown", C)
     gain = (r.lower - spec.lower).clamp(min=0)
     assert bool((aspec.lower >= r.lower - 0.1 * gain - 1e-4).all()), (aspec.lower, r.lower, spec.lower)
+
+
+def test_certified_needs_the_safety_margin() -> None:
+    from robustkit.bounds import BoundStatistics
+
+    stats = BoundStatistics("crown", 0.1, [], np.array([5e-5, 1.0, 0.5]), np.array([True, True, False]), 0.0)
+    assert stats.certified.tolist() == [False, True, False]

@@ -66,11 +66,15 @@ def total_unstable(layers: list[LayerStability]) -> np.ndarray:
     return np.sum([layer.unstable for layer in layers], axis=0)
 
 
+CERTIFY_MARGIN = 1e-4  # = VerifyConfig.safety_margin's default: a bound must clear it to count
+
+
 @dataclass
 class BoundStatistics:
     """Bounds over eps-boxes around ``n`` samples: per-layer stability, the lowest margin lower
     bound ``min_j (y_label - y_j)`` per sample, the prediction's correctness, and the time taken.
-    ``certified``: correct and margin lower bound > 0 (robust on the whole box)."""
+    ``certified``: correct and margin lower bound > ``CERTIFY_MARGIN`` (robust on the whole box,
+    with the same safety margin that ``verify`` asks of a proof)."""
 
     method: str
     eps: float
@@ -86,7 +90,7 @@ class BoundStatistics:
 
     @property
     def certified(self) -> np.ndarray:
-        return self.correct & (self.margin_lower > 0)
+        return self.correct & (self.margin_lower > CERTIFY_MARGIN)
 
     def summary(self) -> dict[str, object]:
         return {
