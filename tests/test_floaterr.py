@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from robustkit.bounds import crown_bounds
 from robustkit.bounds.crown import pre_bounds, spec_lower
 from robustkit.bounds.floaterr import U32, gamma
-from robustkit.spec import InputBox, LinearConstraints, Specification, eps_box, robustness_spec
+from robustkit.spec import InputBox, eps_box, robustness_spec
 from robustkit.verification import ModelContext, VerifyConfig, verify_spec
 from robustkit.verification.leaf_lp import LeafLp, certify_infeasible, decide, upper_bound_t
 from robustkit.verification.soundness_suite import (
@@ -121,7 +121,7 @@ def test_jia_rinard_instance_fools_exact_arithmetic_but_not_robustkit() -> None:
     # exact arithmetic "proves" the margin 0.5 ...
     lo, hi = torch.tensor(box.lower[None]), torch.tensor(box.upper[None])
     nb, _ = crown_bounds(ctx.net, lo, hi)
-    C = torch.tensor([[[-1.0, 1.0]]], dtype=torch.float64)  # y1 - y0 <= 0 is the property's negation's complement
+    C = torch.tensor([[[-1.0, 1.0]]], dtype=torch.float64)  # so -C y = y0 - y1, the margin
     exact = spec_lower(ctx.net, -C, nb.input_lower, nb.input_upper, pre_bounds(ctx.net, nb))
     assert float(exact.min()) > 0.4
     # ... while float32 onnxruntime violates it at the box's corner
@@ -198,11 +198,15 @@ def test_degenerate_rounding_count_is_refused() -> None:
     assert gamma(10) == pytest.approx(10 * U32, rel=1e-6)
 
 
-def test_gemm_model_is_valid_onnx() -> None:
-    model = onnx.load_from_string(gemm_model([np.eye(2)], [np.zeros(2)]))
-    onnx.checker.check_model(model)
-    assert LinearConstraints(np.eye(2), np.zeros(2)).k == 2 and Specification.single(
-        InputBox(np.zeros(2), np.ones(2)), LinearConstraints(np.eye(2), np.zeros(2))).n_in == 2
+def test_gemm_model_is_the_network_it_describes() -> None:
+    rng = np.random.default_rng(4)
+    ws, bs = [rng.normal(size=(5, 3)), rng.normal(size=(2, 5))], [rng.normal(size=5), rng.normal(size=2)]
+    ctx = ModelContext.from_bytes(gemm_model(ws, bs))
+    onnx.checker.check_model(onnx.load_from_string(ctx.model_bytes))
+    x = rng.uniform(-1, 1, size=(8, 3)).astype(np.float32).astype(np.float64)
+    expected = np.maximum(x @ ws[0].astype(np.float32).T + bs[0].astype(np.float32), 0) @ ws[1].astype(np.float32).T \
+        + bs[1].astype(np.float32)
+    np.testing.assert_allclose(ctx.ort(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bench_soundness_command(tmp_path: Path) -> None:

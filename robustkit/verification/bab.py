@@ -465,7 +465,6 @@ def branch_and_bound(
     lo = torch.tensor(np.asarray(lower, dtype=np.float64))
     hi = torch.tensor(np.asarray(upper, dtype=np.float64))
     search = _Search(net, lo, hi, C, d, owner, margin, cfg, check, deadline, root.float_errors(net))
-    stats = search.stats
     root_dom = _Domains([t.clone() for t in root.lower], [t.clone() for t in root.upper],
                         {r: torch.zeros(1, net.layers[r].in_dim, dtype=torch.int8) for r in search.relus},
                         torch.full((1,), -1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
@@ -474,7 +473,7 @@ def branch_and_bound(
 
 
 def _search(search: _Search, root_dom: _Domains, deadline: float, cfg: BabConfig, t0: float) -> BabResult:
-    stats = search.stats
+    """The search; a proof also reports the least amount by which a closed domain cleared the margin."""
     result = _run(search, root_dom, deadline, cfg, t0)
     if result.status == "unsat":
         result.stats["cleared"] = search.cleared
