@@ -156,7 +156,7 @@ class _Optimiser:
         for r in self.relus:
             if r >= 1 and needs_backward(net, r - 1) and config.intermediate != "fixed":
                 l, u = self.fixed_pre[r]
-                unstable = (l < 0) & (u > 0)
+                _, _, unstable = net.layers[r].phases(l, u)
                 cols = torch.nonzero(unstable.any(dim=0)).flatten()
                 if cols.numel():
                     self.targets[r - 1] = (cols, unstable[:, cols])

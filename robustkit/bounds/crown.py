@@ -98,23 +98,6 @@ def check_spec(net: Network, C: torch.Tensor | None, batch: int) -> torch.Tensor
     return C
 
 
-def relu_relaxation(
-    lower: torch.Tensor, upper: torch.Tensor, alpha: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Slopes ``(lam_lower, lam_upper, mu_upper)`` of the ReLU relaxation for pre-activation bounds
-    ``(B, d)``: ``lam_lower z <= relu(z) <= lam_upper z + mu_upper``. ``alpha`` (broadcastable to
-    ``(B, [m,] d)``) replaces the adaptive lower slope of unstable neurons."""
-    active = lower >= 0
-    unstable = (lower < 0) & (upper > 0)
-    width = torch.where(unstable, upper - lower, torch.ones_like(upper))
-    lam_u = torch.where(unstable, upper / width, active.to(upper.dtype))
-    mu_u = torch.where(unstable, -lam_u * lower, torch.zeros_like(lower))
-    if alpha is None:
-        alpha = (upper >= -lower).to(upper.dtype)
-    lam_l = torch.where(unstable, alpha, active.to(upper.dtype))
-    return lam_l, lam_u, mu_u
-
-
 def adaptive_alpha(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     """CROWN's adaptive lower slope: 1 where ``u >= -l``, else 0."""
     return (upper >= -lower).to(upper.dtype)
@@ -150,7 +133,7 @@ def backward_lower(
             alpha = None if alphas is None else alphas.get(i)
             if alpha is not None and alpha.dim() == 2:
                 alpha = alpha.unsqueeze(1)
-            lam_l, lam_u, mu_u = relu_relaxation(l.unsqueeze(1), u.unsqueeze(1), alpha)
+            lam_l, lam_u, mu_u = layer.relaxation(l.unsqueeze(1), u.unsqueeze(1), alpha)
             neg = A.clamp(max=0)
             pos = A.clamp(min=0)
             c = c + (neg * mu_u).sum(-1)

@@ -123,7 +123,7 @@ class ErrorTracker:
             self._acc = layer.abs_forward(self._acc) + e
         elif isinstance(layer, ReLU):
             e = torch.zeros_like(lower)
-            on = (upper > 0).double()
+            on = (~layer.phases(lower, upper)[1]).double()  # 0 only where stably inactive
             self._mag = self._mag * on
             self._acc = self._acc * on
             self._relus += 1

@@ -143,10 +143,11 @@ class _Model:
                 w = self.matrices[i]
                 n = layer.out_dim
                 keep = np.arange(n)
-                if i + 1 < len(self.net.layers) and isinstance(self.net.layers[i + 1], ReLU):
+                nxt = self.net.layers[i + 1] if i + 1 < len(self.net.layers) else None
+                if isinstance(nxt, ReLU):
                     # a neuron whose ReLU is stably off constrains nothing downstream: leaving out its
                     # row only relaxes the LP (sound) and keeps it small
-                    keep = np.flatnonzero(hi > 0)
+                    keep = np.flatnonzero((hi > 0) | ~nxt.relu_mask.numpy())
                 wk = w[keep].tocoo()
                 m = keep.size
                 mat = sp.coo_matrix(
@@ -164,11 +165,13 @@ class _Model:
 
     def _add_relu(self, i: int, prev: int) -> int:
         l, u = self.bounds.pre_activation(self.net, i)
+        layer = self.net.layers[i]
         l, u = self._np(l), self._np(u)
         n = l.size
-        first = self._add_cols(np.maximum(l, 0.0), np.maximum(u, 0.0))
+        real = layer.relu_mask.numpy()  # identity coordinates: v = z with z's bounds, no v >= 0
+        first = self._add_cols(np.where(real, np.maximum(l, 0.0), l), np.where(real, np.maximum(u, 0.0), u))
         z, v = prev + np.arange(n), first + np.arange(n)
-        active, unstable = l >= 0, (l < 0) & (u > 0)
+        active, _, unstable = (m.numpy() for m in layer.phases(torch.from_numpy(l), torch.from_numpy(u)))
         rows, cols, vals, rlo, rhi = [], [], [], [], []
         r = 0
         for j in np.flatnonzero(active):  # v = z
@@ -314,7 +317,8 @@ def _tighten_sample(
         model.extend_to(t)
         lo = nb.lower[t][0].numpy().copy()
         hi = nb.upper[t][0].numpy().copy()
-        unstable = np.flatnonzero((lo < 0) & (hi > 0))
+        # the unstable ReLUs fed by layer t (identity coordinates of a graph's carried tensors excluded)
+        unstable = np.flatnonzero(net.layers[t + 1].phases(torch.from_numpy(lo), torch.from_numpy(hi))[2].numpy())
         first = model.layer_start(t)
         done = 0
         for j in _order(lo, hi, unstable):

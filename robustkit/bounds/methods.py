@@ -82,8 +82,7 @@ def count_unstable(net: Network, bounds: NetBounds) -> int:
     """Unstable ReLUs (``l < 0 < u`` on the pre-activation) summed over layers and samples."""
     total = 0
     for r in net.relu_indices:
-        lo, hi = bounds.pre_activation(net, r)
-        total += int(((lo < 0) & (hi > 0)).sum())
+        total += int(bounds.phases(net, r)[2].sum())
     return total
 
 

@@ -46,15 +46,18 @@ def relu_stability(net: Network, bounds: NetBounds) -> list[LayerStability]:
     """Stability of every ReLU layer of ``net`` under ``bounds``."""
     out = []
     for r in net.relu_indices:
+        layer = net.layers[r]
         lo, hi = bounds.pre_activation(net, r)
         lo, hi = lo.detach().double(), hi.detach().double()
+        real = layer.relu_mask  # identity coordinates (carried tensors of a graph) are no ReLUs
+        active, inactive, unstable = (m[:, real] for m in layer.phases(lo, hi))
         out.append(LayerStability(
             position=r,
-            dim=int(lo.shape[1]),
-            active=(lo >= 0).sum(1).numpy(),
-            inactive=(hi <= 0).sum(1).numpy(),
-            unstable=((lo < 0) & (hi > 0)).sum(1).numpy(),
-            mean_width=(hi - lo).mean(1).numpy(),
+            dim=layer.count,
+            active=active.sum(1).numpy(),
+            inactive=inactive.sum(1).numpy(),
+            unstable=unstable.sum(1).numpy(),
+            mean_width=(hi - lo)[:, real].mean(1).numpy() if layer.count else np.zeros(lo.shape[0]),
         ))
     return out
 

@@ -39,6 +39,12 @@ class NetBounds:
             return self.input_lower, self.input_upper
         return self.lower[relu_pos - 1], self.upper[relu_pos - 1]
 
+    def phases(self, net: Network, relu_pos: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(active, inactive, unstable)`` masks ``(B, dim)`` of the ReLU at ``relu_pos`` under
+        these bounds (:meth:`ReLU.phases`: identity coordinates count as active)."""
+        lo, hi = self.pre_activation(net, relu_pos)
+        return net.layers[relu_pos].phases(lo, hi)  # type: ignore[union-attr]
+
     def output(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lower[-1], self.upper[-1]
 

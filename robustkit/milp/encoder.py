@@ -165,8 +165,9 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None, 
             u_out = bounds.upper[pos].reshape(-1).numpy().astype(np.float64)
             # neurons feeding a stably inactive ReLU are never needed: no column, no row
             needed = np.ones(layer.out_dim, dtype=bool)
-            if pos + 1 < len(net.layers) and isinstance(net.layers[pos + 1], ReLU):
-                needed = u_out > 0
+            nxt = net.layers[pos + 1] if pos + 1 < len(net.layers) else None
+            if isinstance(nxt, ReLU):
+                needed = (u_out > 0) | ~nxt.relu_mask.numpy()  # a carried coordinate is always needed
             rows_idx = np.flatnonzero(needed)
             w = layer.matrix()
             keep = np.flatnonzero(expr != ZERO)
@@ -194,8 +195,9 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None, 
             pl, pu = bounds.pre_activation(net, pos)
             l_pre = pl.reshape(-1).numpy().astype(np.float64)
             u_pre = pu.reshape(-1).numpy().astype(np.float64)
-            inactive = (u_pre <= 0) | (expr == ZERO)
-            active = (l_pre >= 0) & ~inactive
+            act, inact, _ = (m.numpy() for m in layer.phases(torch.from_numpy(l_pre), torch.from_numpy(u_pre)))
+            inactive = inact | (expr == ZERO)
+            active = act & ~inactive  # includes the identity (carried) coordinates: the same column
             unstable = np.flatnonzero(~inactive & ~active)
             out = np.where(inactive, ZERO, expr).astype(np.int64)
             k = unstable.size
@@ -222,7 +224,8 @@ def encode(net: Network, bounds: NetBounds, highs: highspy.Highs | None = None, 
                 scale = np.tile(np.maximum(-l_pre[unstable], u_pre[unstable]), 3)
                 _add_rows_csr(h, mat, *relax_(lower, upper, scale))
                 out[unstable] = a_cols
-            enc.relus[pos] = _Relu(expr.copy(), out, unstable, d_cols, int(active.sum()), int(inactive.sum()))
+            enc.relus[pos] = _Relu(expr.copy(), out, unstable, d_cols, int((active & layer.relu_mask.numpy()).sum()),
+                                   int(inactive.sum()))
             expr = out
             acc = np.where(inactive, 0.0, acc)
             acc[unstable] = 0.0  # their own columns are the float32 ReLU outputs

@@ -19,7 +19,9 @@ affine map: at most ``gamma(rounding_ops) * (|W| |x| + error_offset)`` per outpu
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -50,6 +52,12 @@ class Layer(ABC):
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.in_dim} -> {self.out_dim})"
+
+    def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Layer":
+        """The same layer with ``fn`` applied to its tensors (device and dtype moves)."""
+        moved = {f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **moved) if moved else self  # type: ignore[type-var]
 
 
 class LinearLayer(Layer):
@@ -335,9 +343,24 @@ class Elementwise(LinearLayer):
 
 @dataclass(frozen=True, eq=False)
 class ReLU(Layer):
-    """Elementwise ``max(x, 0)``."""
+    """Elementwise ``max(x, 0)``; where ``identity`` (bool, ``(dim,)``) is set, ``x`` itself.
+
+    The identity coordinates carry activations past the ReLU unchanged: a network graph with
+    branches (a residual ``Add``, ``Concat``, MaxPool as ``max(a, b) = relu(a - b) + b``) becomes a
+    chain whose activation holds every live tensor side by side
+    (:mod:`robustkit.network.graph_ops`). They are neither stable nor unstable ReLUs: no relaxation,
+    no binary variable, no split, and no constraint ``x >= 0``. Every bound method and encoder asks
+    :meth:`phases` (never ``lower >= 0`` itself) which coordinates are the identity."""
 
     dim: int
+    identity: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.identity is not None:
+            if self.identity.dtype != torch.bool or self.identity.shape != (self.dim,):
+                raise ValueError(f"ReLU: identity mask must be bool of shape ({self.dim},)")
+            if not bool(self.identity.any()):
+                object.__setattr__(self, "identity", None)
 
     @property
     def in_dim(self) -> int:
@@ -347,8 +370,59 @@ class ReLU(Layer):
     def out_dim(self) -> int:
         return self.dim
 
+    @property
+    def count(self) -> int:
+        """The number of real ReLUs (not identity coordinates)."""
+        return self.dim if self.identity is None else int((~self.identity).sum())
+
+    @property
+    def relu_mask(self) -> torch.Tensor:
+        """Bool ``(dim,)``: the coordinates that are real ReLUs."""
+        return torch.ones(self.dim, dtype=torch.bool) if self.identity is None else ~self.identity.cpu()
+
+    def phases(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(active, inactive, unstable)`` masks (shaped like ``lower``) for pre-activation bounds:
+        ``active`` includes the identity coordinates (output = input), ``inactive`` means output 0,
+        ``unstable`` the ReLUs that need a relaxation or a split. Use ``active & relu_coords`` where
+        a constraint ``x >= 0`` is meant."""
+        active = lower >= 0
+        inactive = upper <= 0
+        if self.identity is not None:
+            ident = self.identity.to(lower.device)
+            active = active | ident
+            inactive = inactive & ~ident
+        inactive = inactive & ~active
+        return active, inactive, ~(active | inactive)
+
+    def relaxation(
+        self, lower: torch.Tensor, upper: torch.Tensor, alpha: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Slopes ``(lam_lower, lam_upper, mu_upper)`` of the linear relaxation for pre-activation
+        bounds (``(..., dim)``): ``lam_lower z <= relu(z) <= lam_upper z + mu_upper``. Unstable:
+        the upper chord ``u (z - l) / (u - l)`` and lower slope ``alpha`` (broadcastable; default
+        CROWN's adaptive 1 if ``u >= -l`` else 0); active and identity coordinates: 1, 1, 0;
+        inactive: 0, 0, 0."""
+        active, _, unstable = self.phases(lower, upper)
+        width = torch.where(unstable, upper - lower, torch.ones_like(upper))
+        lam_u = torch.where(unstable, upper / width, active.to(upper.dtype))
+        mu_u = torch.where(unstable, -lam_u * lower, torch.zeros_like(lower))
+        if alpha is None:
+            alpha = (upper >= -lower).to(upper.dtype)
+        lam_l = torch.where(unstable, alpha, active.to(upper.dtype))
+        return lam_l, lam_u, mu_u
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x)
+        if self.identity is None:
+            return torch.relu(x)
+        return torch.where(self.identity.to(x.device), x, torch.relu(x))
 
     def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.relu(lower), torch.relu(upper)
+        if self.identity is None:
+            return torch.relu(lower), torch.relu(upper)
+        ident = self.identity.to(lower.device)
+        return torch.where(ident, lower, torch.relu(lower)), torch.where(ident, upper, torch.relu(upper))
+
+    def describe(self) -> str:
+        if self.identity is None:
+            return super().describe()
+        return f"ReLU({self.count} of {self.dim}; {self.dim - self.count} carried)"

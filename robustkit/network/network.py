@@ -51,7 +51,7 @@ class Network:
 
     @property
     def num_relus(self) -> int:
-        return sum(layer.dim for layer in self.layers if isinstance(layer, ReLU))
+        return sum(layer.count for layer in self.layers if isinstance(layer, ReLU))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluate on a batch: ``x`` has shape ``(B, *sample_shape)`` or ``(B, in_dim)``."""
@@ -99,17 +99,17 @@ class NetworkModule(nn.Module):
             return self.net.forward(x)
         h = x.reshape(x.shape[0], -1)
         for layer in self.net.layers:
-            h = _LeakyGradReLU.apply(h, self.relu_grad_slope) if isinstance(layer, ReLU) else layer.forward(h)
+            if isinstance(layer, ReLU):
+                leaky = _LeakyGradReLU.apply(h, self.relu_grad_slope)
+                h = leaky if layer.identity is None else torch.where(layer.identity.to(h.device), h, leaky)
+            else:
+                h = layer.forward(h)
         return h
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def, override]
         """Device/dtype moves (``.to``, ``.cuda``) apply to the layers' weight tensors too."""
-        layers = []
-        for layer in self.net.layers:
-            moved = {f.name: fn(getattr(layer, f.name)) for f in dataclasses.fields(layer)
-                     if isinstance(getattr(layer, f.name), torch.Tensor)}
-            layers.append(dataclasses.replace(layer, **moved) if moved else layer)
-        self.net = dataclasses.replace(self.net, layers=tuple(layers))
+        layers = tuple(layer.map_tensors(fn) for layer in self.net.layers)
+        self.net = dataclasses.replace(self.net, layers=layers)
         return super()._apply(fn, recurse)
 
 

@@ -82,7 +82,7 @@ class StatsConfig:
 
 # -- activation patterns ---------------------------------------------------------------------------
 def relu_patterns(net: Network, x: torch.Tensor) -> list[torch.Tensor]:
-    """Per ReLU layer of ``net``, the bool pattern ``pre-activation > 0`` (``(B, dim)``) at the
+    """Per ReLU layer of ``net``, the bool pattern ``pre-activation > 0`` (``(B, count)``) at the
     points ``x`` (``(B, in_dim)`` or ``(B, *sample_shape)``), evaluated in float64."""
     h = x.reshape(x.shape[0], -1).double()
     relus = set(net.relu_indices)
@@ -90,7 +90,7 @@ def relu_patterns(net: Network, x: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
         for i, layer in enumerate(net.layers):
             if i in relus:
-                out.append(h > 0)
+                out.append((h > 0)[:, layer.relu_mask])  # not the identity (carried) coordinates
             h = layer.forward(h)
     return out
 

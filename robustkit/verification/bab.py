@@ -48,7 +48,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from robustkit.bounds.crown import CrownConfig, crown_bounds, pre_bounds, relu_relaxation
+from robustkit.bounds.crown import CrownConfig, crown_bounds, pre_bounds
 from robustkit.bounds.floaterr import FloatErrors
 from robustkit.bounds.interval import interval_bounds
 from robustkit.bounds.types import NetBounds
@@ -133,7 +133,7 @@ def spec_backward(
             coeffs[i] = A
             l, u = pre[i]
             alpha = None if alphas is None else alphas.get(i)
-            lam_l, lam_u, mu_u = relu_relaxation(l.unsqueeze(1), u.unsqueeze(1), alpha)
+            lam_l, lam_u, mu_u = layer.relaxation(l.unsqueeze(1), u.unsqueeze(1), alpha)
             neg = A.clamp(max=0)
             c = c + (neg * mu_u).sum(-1)
             A = A.clamp(min=0) * lam_l + neg * lam_u
@@ -316,7 +316,7 @@ class _Search:
         scores, owners = [], []
         for r in self.relus:
             l, u = dom.lower[r - 1], dom.upper[r - 1]
-            unstable = (l < 0) & (u > 0)
+            _, _, unstable = self.net.layers[r].phases(l, u)
             width = torch.where(unstable, u - l, torch.ones_like(u))
             intercept = torch.where(unstable, -l * u / width, torch.zeros_like(u))
             loss = (-coeffs[r].clamp(max=0) * open_rows.unsqueeze(-1)).sum(1) * intercept

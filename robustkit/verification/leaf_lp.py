@@ -151,8 +151,8 @@ def settle_leaf(net: Network, errs: FloatErrors, lower: list[torch.Tensor], uppe
             c = layer.forward(c.unsqueeze(0)).reshape(-1)
         elif isinstance(layer, ReLU):
             l, u = (lo, hi) if pos == 0 else (lower[pos - 1], upper[pos - 1])
-            active, inactive = l >= 0, u <= 0
-            if bool((~(active | inactive)).any()):
+            active, inactive, unstable = layer.phases(l, u)
+            if bool(unstable.any()):
                 return "undecided", None, np.nan
             pattern[pos] = active.double()
             slack = torch.zeros(l.numel(), dtype=torch.float64)
@@ -164,9 +164,11 @@ def settle_leaf(net: Network, errs: FloatErrors, lower: list[torch.Tensor], uppe
                     unit[torch.arange(split.numel()), split] = 1.0
                     slack[split] = _charge(net, errs, unit, pos - 1, pattern) + errs.slack[pos - 1][0][split]
             # active: -(A x + c) <= E ; inactive: A x + c <= E
+            # (identity coordinates, carried tensors of a graph, constrain nothing)
             sign = torch.where(active, -1.0, 1.0).double()
-            side_rows.append(sign.unsqueeze(1) * A)
-            side_rhs.append(-sign * c + slack)
+            real = layer.relu_mask.reshape(-1)
+            side_rows.append((sign.unsqueeze(1) * A)[real])
+            side_rhs.append((-sign * c + slack)[real])
             A = A * active.double().unsqueeze(1)
             c = c * active.double()
     G = torch.cat(side_rows).numpy() if side_rows else np.zeros((0, n))

@@ -138,8 +138,7 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     details["float_error"] = _float_error(ctx, nb, C)
     unstable = []
     for pos in ctx.net.relu_indices:
-        pl, pu = nb.pre_activation(ctx.net, pos)
-        unstable.append(int(((pl < 0) & (pu > 0)).sum()))
+        unstable.append(int(nb.phases(ctx.net, pos)[2].sum()))
     details["unstable_per_layer"] = unstable
     open_k = [k for k in order if t_ub[k] >= -cfg.safety_margin]
     if not open_k:
