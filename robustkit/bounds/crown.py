@@ -33,7 +33,7 @@ import torch
 
 from robustkit.bounds.floaterr import ErrorTracker, FloatErrors, outward
 from robustkit.bounds.types import NetBounds
-from robustkit.network import Dense, LinearLayer, Network, ReLU
+from robustkit.network import Activation, Dense, LinearLayer, Network
 
 logger = logging.getLogger(__name__)
 
@@ -128,16 +128,20 @@ def backward_lower(
             if errs is not None:
                 c = c - (A.abs() @ errs.rounding[i].unsqueeze(-1)).squeeze(-1)
             A = layer.backward(A)
-        elif isinstance(layer, ReLU):
+        elif isinstance(layer, Activation):
             l, u = pre[i]
             alpha = None if alphas is None else alphas.get(i)
             if alpha is not None and alpha.dim() == 2:
                 alpha = alpha.unsqueeze(1)
-            lam_l, lam_u, mu_u = layer.relaxation(l.unsqueeze(1), u.unsqueeze(1), alpha)
+            lam_l, mu_l, lam_u, mu_u = layer.linear_bounds(l.unsqueeze(1), u.unsqueeze(1), alpha)
             neg = A.clamp(max=0)
             pos = A.clamp(min=0)
             c = c + (neg * mu_u).sum(-1)
-            A = pos * lam_l + neg * lam_u
+            if layer.piecewise_linear:  # a ReLU's lower bound has no intercept
+                A = pos * lam_l + neg * lam_u
+            else:
+                c = c + (pos * mu_l).sum(-1)
+                A = pos * lam_l + neg * lam_u
         else:
             raise TypeError(f"CROWN does not support layer {layer.describe()}")
     center = ((lo + hi) / 2).unsqueeze(-1)
@@ -222,13 +226,13 @@ def needs_backward(net: Network, i: int) -> bool:
     layers = net.layers
     if i == 0 or not isinstance(layers[i], LinearLayer):
         return False
-    return i == len(layers) - 1 or isinstance(layers[i + 1], ReLU)
+    return i == len(layers) - 1 or isinstance(layers[i + 1], Activation)
 
 
 def pre_bounds(net: Network, bounds: NetBounds, upto: int | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Pre-activation bounds of every ReLU (before position ``upto``) from ``bounds``."""
     out = {}
-    for r in net.relu_indices:
+    for r in net.activation_indices:
         if upto is not None and r >= upto:
             break
         out[r] = (bounds.input_lower, bounds.input_upper) if r == 0 else (bounds.lower[r - 1], bounds.upper[r - 1])
@@ -287,7 +291,7 @@ def crown_bounds(
     lo, hi = lo_in, hi_in
     with torch.no_grad():
         for i, layer in enumerate(net.layers):
-            if isinstance(layer, ReLU):
+            if isinstance(layer, Activation):
                 pre[i] = (lo, hi)
             tracker.add(layer, lo, hi)
             if prior is not None:

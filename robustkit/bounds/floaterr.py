@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustkit.network import Layer, LinearLayer, Network, ReLU
+from robustkit.network import Activation, Layer, LinearLayer, Network
 
 U32 = 2.0**-24  # unit roundoff of the deployed network's float32
 U64 = 2.0**-53  # unit roundoff of robustkit's float64 bound arithmetic
@@ -121,11 +121,8 @@ class ErrorTracker:
             self._ops += layer.rounding_ops
             self._mag = layer.abs_forward(self._mag) + layer.bias_tensor(torch.float64).abs() + e
             self._acc = layer.abs_forward(self._acc) + e
-        elif isinstance(layer, ReLU):
-            e = torch.zeros_like(lower)
-            on = (~layer.phases(lower, upper)[1]).double()  # 0 only where stably inactive
-            self._mag = self._mag * on
-            self._acc = self._acc * on
+        elif isinstance(layer, Activation):
+            e, self._mag, self._acc = layer.error_transfer(lower, upper, self._mag, self._acc)
             self._relus += 1
         else:  # pragma: no cover - the loader only produces linear layers and ReLUs
             raise TypeError(f"no float error model for layer {layer.describe()}")

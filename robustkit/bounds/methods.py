@@ -122,6 +122,10 @@ def run_bounds(
     if lo.shape[1] != net.in_dim:
         raise InputError(f"input box has {lo.shape[1]} entries per sample, the network takes {net.in_dim}")
     C = check_spec(net, C, lo.shape[0])
+    if method in (BoundMethod.LP, BoundMethod.MILP) and not net.piecewise_linear:
+        smooth = next(layer.describe() for layer in net.layers if not getattr(layer, "piecewise_linear", True))
+        raise InputError(f"bound method {method.value} needs a piecewise-linear network (ReLU only); this one has "
+                         f"{smooth}: use interval, crown or alpha-crown")
     start = time.perf_counter()
     stages: list[StageReport] = []
     bounds: NetBounds | None = None

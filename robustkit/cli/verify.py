@@ -54,7 +54,12 @@ def verify(
 
     check_solver(cfg.solver)  # an unavailable solver fails here, naming what to install
     milp_dir(write_milp)  # a folder that cannot be made fails here, before any sample runs
-    ds_name = model_dataset(ModelContext.from_path(model), dataset)
+    ctx = ModelContext.from_path(model)
+    if cfg.method in ("milp", "bab") and not ctx.net.piecewise_linear:
+        typer.echo(f"note: {model.name} has Sigmoid/Tanh layers; {cfg.method} (complete) does not apply to them: "
+                   "'verified' comes from alpha-CROWN bounds, and every other sample is 'unknown' (never "
+                   "falsified except by a replayed attack)", err=True)
+    ds_name = model_dataset(ctx, dataset)
     choice = DatasetChoice(ds_name, n, start, data_dir)
     opts = RunOptions(out=out, workers=workers, rerun=tuple(rerun), quiet=quiet, cluster=cluster, scheduler=scheduler,
                       order=order)

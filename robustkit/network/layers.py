@@ -341,8 +341,40 @@ class Elementwise(LinearLayer):
         return self.shift.detach().double().cpu().numpy()
 
 
+class Activation(Layer):
+    """An elementwise nonlinearity ``y = f(x)`` (``dim`` in, ``dim`` out). It owns its relaxation
+    for bound propagation (:meth:`linear_bounds`) and its part of the float error model
+    (:meth:`error_transfer`). Only piecewise-linear ones (ReLU) have an exact MILP encoding and
+    splits; the others (Sigmoid, Tanh) are for bound methods only."""
+
+    piecewise_linear: bool = True
+    dim: int
+
+    @property
+    def in_dim(self) -> int:
+        return self.dim
+
+    @property
+    def out_dim(self) -> int:
+        return self.dim
+
+    @abstractmethod
+    def linear_bounds(
+        self, lower: torch.Tensor, upper: torch.Tensor, alpha: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(lam_l, mu_l, lam_u, mu_u)`` with ``lam_l x + mu_l <= f(x) <= lam_u x + mu_u`` for
+        every ``x`` in ``[lower, upper]`` (for the float32 ``f`` of onnxruntime)."""
+
+    @abstractmethod
+    def error_transfer(self, lower: torch.Tensor, upper: torch.Tensor, mag: torch.Tensor, acc: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For inputs in ``[lower, upper]`` of magnitude ``mag`` off the exact network's by at
+        most ``acc``: ``(e, mag_out, acc_out)``, the float32 error of ``f`` itself, the output
+        magnitude bound and the accumulated error bound after it."""
+
+
 @dataclass(frozen=True, eq=False)
-class ReLU(Layer):
+class ReLU(Activation):
     """Elementwise ``max(x, 0)``; where ``identity`` (bool, ``(dim,)``) is set, ``x`` itself.
 
     The identity coordinates carry activations past the ReLU unchanged: a network graph with
@@ -361,14 +393,6 @@ class ReLU(Layer):
                 raise ValueError(f"ReLU: identity mask must be bool of shape ({self.dim},)")
             if not bool(self.identity.any()):
                 object.__setattr__(self, "identity", None)
-
-    @property
-    def in_dim(self) -> int:
-        return self.dim
-
-    @property
-    def out_dim(self) -> int:
-        return self.dim
 
     @property
     def count(self) -> int:
@@ -410,6 +434,17 @@ class ReLU(Layer):
             alpha = (upper >= -lower).to(upper.dtype)
         lam_l = torch.where(unstable, alpha, active.to(upper.dtype))
         return lam_l, lam_u, mu_u
+
+    def linear_bounds(
+        self, lower: torch.Tensor, upper: torch.Tensor, alpha: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        lam_l, lam_u, mu_u = self.relaxation(lower, upper, alpha)
+        return lam_l, torch.zeros_like(mu_u), lam_u, mu_u
+
+    def error_transfer(self, lower: torch.Tensor, upper: torch.Tensor, mag: torch.Tensor, acc: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        on = (~self.phases(lower, upper)[1]).to(mag.dtype)  # exact; 0 only where stably inactive
+        return torch.zeros_like(lower), mag * on, acc * on
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.identity is None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustkit.network.layers import Dense, Elementwise, Layer, LinearLayer, ReLU
+from robustkit.network.layers import Activation, Dense, Elementwise, Layer, LinearLayer, ReLU
 from robustkit.network.linear_ops import Permute
 
 
@@ -48,6 +48,16 @@ class Network:
     def relu_indices(self) -> list[int]:
         """Positions of the ReLU layers in ``layers``."""
         return [i for i, layer in enumerate(self.layers) if isinstance(layer, ReLU)]
+
+    @property
+    def activation_indices(self) -> list[int]:
+        """Positions of the nonlinear layers (ReLU, Sigmoid, Tanh) in ``layers``."""
+        return [i for i, layer in enumerate(self.layers) if isinstance(layer, Activation)]
+
+    @property
+    def piecewise_linear(self) -> bool:
+        """Whether every layer is linear or a ReLU (what the MILP and branch and bound need)."""
+        return all(getattr(layer, "piecewise_linear", True) for layer in self.layers)
 
     @property
     def num_relus(self) -> int:

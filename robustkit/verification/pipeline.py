@@ -118,6 +118,12 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     tb = time.perf_counter()
     C, d, owner = output.stacked()
     method = cfg.tighten if cfg.method in COMPLETE else cfg.method
+    complete = cfg.method in COMPLETE and ctx.net.piecewise_linear
+    if cfg.method in COMPLETE and not complete:
+        # Sigmoid/Tanh: no exact encoding; the strongest bounds decide what they can, the rest is open
+        details["incomplete"] = f"{cfg.method} does not apply to Sigmoid/Tanh layers: bounds only"
+        if method in ("lp", "milp"):
+            method = "alpha-crown"
     try:
         nb, rows_lower = compute_bounds(ctx, box, method, C)
     except ImportError:
@@ -144,7 +150,7 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     if not open_k:
         details["proof_margin"] = float(-t_ub.max())  # cleared below 0 (must exceed the safety margin)
         return Verdict("unsat", "bounds", time.perf_counter() - t0, None, details)
-    if cfg.method not in COMPLETE:
+    if not complete:
         return Verdict("unknown", "bounds", time.perf_counter() - t0, None, details)
     if _deadline_left(deadline) <= 0:
         return Verdict("timeout", "bounds", time.perf_counter() - t0, None, details)

@@ -1,0 +1,95 @@
+"""Sigmoid and Tanh (robustkit.network.smooth): sound linear bounds, bound methods on nets with
+them, and the refusal of the methods that need piecewise-linear nets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robustkit.bounds.methods import run_bounds
+from robustkit.errors import InputError
+from robustkit.network import Dense, Network, ReLU, SCurve
+from robustkit.network.smooth import ACT_ERROR
+
+INTERVALS = [(-6.0, -0.5), (-3.0, -2.9), (0.2, 4.0), (1.0, 1.05), (-2.0, 3.0), (-0.1, 0.05), (-30.0, 25.0),
+             (0.7, 0.7 + 1e-9), (-1e-8, 0.0)]
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("interval", INTERVALS)
+def test_linear_bounds_hold_on_dense_points(kind: str, interval: tuple[float, float]) -> None:
+    act = SCurve(1, kind)
+    lo, hi = interval
+    l, u = torch.tensor([[lo]], dtype=torch.float64), torch.tensor([[hi]], dtype=torch.float64)
+    lam_l, mu_l, lam_u, mu_u = act.linear_bounds(l, u)
+    x = torch.linspace(lo, hi, 20001, dtype=torch.float64).reshape(1, -1)
+    y64 = act.f(x)
+    y32 = act.f(x.float()).double()  # a float32 evaluation, as onnxruntime's
+    below, above = lam_l * x + mu_l, lam_u * x + mu_u
+    for y in (y64, y32):
+        assert bool((below <= y).all()) and bool((y <= above).all())
+    il, iu = act.interval(l, u)
+    assert bool((il <= y64.min()).all()) and bool((iu >= y64.max()).all())
+    # not vacuous: on a narrow interval the two lines are close to the function
+    if hi - lo <= 0.2:
+        assert float((above - below).max()) < 5e-3 + 4 * ACT_ERROR
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+def test_convex_and_concave_pieces_use_chords_and_tangents(kind: str) -> None:
+    act = SCurve(2, kind)
+    l = torch.tensor([[-3.0, 1.0]], dtype=torch.float64)
+    u = torch.tensor([[-1.0, 3.0]], dtype=torch.float64)
+    lam_l, mu_l, lam_u, mu_u = act.linear_bounds(l, u)
+    chord = (act.f(u) - act.f(l)) / (u - l)
+    torch.testing.assert_close(lam_u[0, 0], chord[0, 0])  # convex: the chord is the upper bound
+    torch.testing.assert_close(lam_l[0, 1], chord[0, 1])  # concave: the chord is the lower bound
+    torch.testing.assert_close(lam_l[0, 0], act.df(torch.tensor(-2.0, dtype=torch.float64)))
+
+
+def _net(kind: str, seed: int) -> Network:
+    rng = np.random.default_rng(seed)
+    t = lambda a: torch.from_numpy(a)  # noqa: E731
+    layers = (
+        Dense(t(rng.normal(size=(8, 3))), t(rng.normal(size=8) * 0.3)), SCurve(8, kind),
+        Dense(t(rng.normal(size=(8, 8))), t(rng.normal(size=8) * 0.3)), ReLU(8),
+        Dense(t(rng.normal(size=(3, 8))), t(rng.normal(size=3) * 0.3)),
+    )
+    return Network(layers, (3,), (1, 3))
+
+
+@pytest.mark.parametrize("method", ["interval", "crown", "alpha-crown"])
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+def test_bounds_contain_samples_of_nets_with_smooth_layers(method: str, kind: str) -> None:
+    net = _net(kind, 3)
+    assert not net.piecewise_linear and net.activation_indices == [1, 3] and net.relu_indices == [3]
+    rng = np.random.default_rng(0)
+    x0 = rng.uniform(-1, 1, size=3)
+    lo, hi = x0 - 0.4, x0 + 0.4
+    C = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    res = run_bounds(net, torch.from_numpy(lo[None]), torch.from_numpy(hi[None]), method, C=C)
+    pts = np.concatenate([rng.uniform(lo, hi, size=(5000, 3)), np.where(rng.random((500, 3)) < 0.5, lo, hi)])
+    with torch.no_grad():
+        acts64 = net.forward_all(torch.from_numpy(pts))
+        y32 = net.to_torch().to(torch.float32)(torch.from_numpy(pts).float()).double()
+    for i, a in enumerate(acts64):
+        assert bool((a >= res.bounds.lower[i]).all()) and bool((a <= res.bounds.upper[i]).all()), (method, i)
+    assert bool((y32 >= res.bounds.lower[-1]).all()) and bool((y32 <= res.bounds.upper[-1]).all())
+    assert bool(((y32 @ C.T) >= res.spec.lower).all())
+    if method != "interval":  # CROWN through the smooth layer is tighter than interval arithmetic
+        ibp = run_bounds(net, torch.from_numpy(lo[None]), torch.from_numpy(hi[None]), "interval", C=C)
+        assert float(res.spec.lower) > float(ibp.spec.lower)
+
+
+def test_lp_and_milp_bounds_are_refused_with_the_layer_named() -> None:
+    net = _net("tanh", 0)
+    lo = torch.zeros(1, 3, dtype=torch.float64)
+    for method in ("lp", "milp"):
+        with pytest.raises(InputError, match="Tanh"):
+            run_bounds(net, lo, lo + 0.1, method)
+
+
+def test_kind_is_validated() -> None:
+    with pytest.raises(ValueError):
+        SCurve(2, "relu")
