@@ -1,14 +1,16 @@
 """robustkit's network representation: ONNX in, a sequence of flat layers out."""
 
-from robustkit.network.layers import Conv2d, Dense, Elementwise, Layer, LinearLayer, ReLU
+from robustkit.network.layers import Activation, Conv2d, Dense, Elementwise, Layer, LinearLayer, ReLU
 from robustkit.network.graph_ops import Blocks, Identity, SparseLinear
 from robustkit.network.linear_ops import AvgPool2d, Permute, ZeroPad2d
+from robustkit.network.smooth import SCurve
 from robustkit.network.network import Network, NetworkModule, simplify
 from robustkit.network.onnx_loader import SUPPORTED_OPS, load_onnx, network_from_onnx
 from robustkit.network.ort import OrtModel
 
 __all__ = [
-    "AvgPool2d", "Blocks", "Conv2d", "Dense", "Elementwise", "Identity", "Layer", "LinearLayer", "Permute", "ReLU", "SparseLinear", "ZeroPad2d",
+    "Activation", "AvgPool2d", "Blocks", "Conv2d", "Dense", "Elementwise", "Identity", "Layer", "LinearLayer",
+    "Permute", "ReLU", "SCurve", "SparseLinear", "ZeroPad2d",
     "Network", "NetworkModule", "simplify",
     "SUPPORTED_OPS", "load_onnx", "network_from_onnx", "OrtModel",
 ]
