@@ -78,6 +78,15 @@ def test_bad_eps_with_equals_sign(tiny_mnist, capsys: pytest.CaptureFixture) -> 
     assert "negative" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["-v"], ["verify", "--bogus", "1"], ["verify"], ["vnnlib", "m.onnx"]])
+def test_usage_errors_exit_1_without_a_traceback(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    """Unknown options and missing arguments are usage errors (exit 1), also with the copy of
+    click that newer typer versions carry (its exceptions are not click's)."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Error" in err and "internal error" not in err and "Traceback" not in err
+
+
 def test_missing_model_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     missing = tmp_path / "nope.onnx"
     assert main(["verify", str(missing), "--eps", "0.1"]) == 1

@@ -45,6 +45,22 @@ for _name in COMMAND_MODULES:
     _mod.register(app)
 
 
+def _click_kinds() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """The usage-error and abort exception classes: click's, and those of the copy of click that
+    typer >= 0.2x carries inside it (``typer._click``), which do not derive from click's."""
+    import click
+
+    usage: list[type] = [click.ClickException]
+    aborts: list[type] = [click.exceptions.Abort, typer.Abort]
+    try:
+        from typer._click import exceptions as vendored  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:
+        usage.append(vendored.ClickException)
+    return tuple(usage), tuple(aborts)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; map errors to exit codes (1 input, 2 internal)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -60,13 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         return int(code or 0)
     except Exception as exc:  # click usage errors and internal errors
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
+        usage, aborts = _click_kinds()
+        if isinstance(exc, aborts):
             typer.secho("aborted", err=True)
             return 130
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        if isinstance(exc, usage):
+            exc.show()  # type: ignore[attr-defined]
             return 1
         logging.getLogger("robustkit").exception("internal error")
         typer.secho(f"internal error: {type(exc).__name__}: {exc}", err=True, fg=typer.colors.RED)
