@@ -197,7 +197,7 @@ def test_hamming_relaxation_tends_to_true_hamming_distance() -> None:
 
 
 def test_jin_rinard_terms_match_separate_forward_passes() -> None:
-    """One batched forward of cat([x+, x-]) == the terms computed from two separate passes."""
+    """The terms == a direct re-computation from two separate forward passes of x+ and x-."""
     torch.manual_seed(6)
     net = build_net(NetConfig("small", (1, 28, 28)))
     x = torch.rand(5, 1, 28, 28)

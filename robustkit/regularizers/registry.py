@@ -5,8 +5,8 @@ Spec syntax: ``NAME``, ``NAME=WEIGHT`` or either followed by ``:KEY=VALUE`` opti
 ``pgd:steps=7:eps=8/255``, ``contractive=1e-3:layer_weights=1,1,1,0.5``. ``WEIGHT`` sets the
 entry's weight option (listed by ``robustkit regularizers``); options are the fields of the
 entry's config dataclass. Numbers accept fractions (``8/255``); negative weights and eps are
-refused. ``intrinsic`` and ``hamming`` given together share one corner sample and one batched
-forward pass (exactly the ``jin-rinard`` regularizer with both weights).
+refused. ``intrinsic`` and ``hamming`` given together share one corner sample and its
+forward passes (exactly the ``jin-rinard`` regularizer with both weights).
 """
 
 from __future__ import annotations
