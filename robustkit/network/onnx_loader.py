@@ -1,13 +1,12 @@
 """Read an ONNX model into a :class:`~robustkit.network.network.Network`.
 
-The graph must be a chain: one dynamic input flows through the nodes; every other node input
-is a constant (initializer or Constant node). Supported operators: Gemm, MatMul, Add, Sub,
-Mul, Div, Conv, Relu, BatchNormalization (inference), AveragePool (2-D, ceil_mode 0),
-GlobalAveragePool, Pad (constant 0 on the spatial dims), Flatten, Reshape, Squeeze, Unsqueeze,
-Transpose (any permutation: one that reorders elements becomes a ``Permute`` layer), Identity,
-Dropout, Constant. Small constant subgraphs of shape operators (as torch writes for the pads of
-``nn.ZeroPad2d``) are evaluated at load time. Anything else is refused with its op type and node
-name.
+One dynamic graph input; every other node input is a dynamic tensor or a constant (initializer
+or Constant node). A node with one dynamic input is handled by the operator handlers below; the
+graph itself (residual Add/Sub of two tensors, Concat, a tensor read by several nodes) is
+lowered to a chain by :mod:`robustkit.network.graph_lowering`, and a chain loads as plain layers.
+Supported operators: ``SUPPORTED_OPS`` (README "Supported ONNX"). Small constant subgraphs of
+shape operators (as torch writes for the pads of ``nn.ZeroPad2d``) are evaluated at load time.
+Anything else is refused with its op type and node name.
 """
 
 from __future__ import annotations
@@ -21,13 +20,15 @@ import torch
 from onnx import numpy_helper
 
 from robustkit.errors import ModelFormatError, UnsupportedOperatorError
+from robustkit.network.graph_ops import Blocks
+from robustkit.network.graph_lowering import GraphLowering, clip_layers, maxpool_layers, slice_layer
 from robustkit.network.layers import Conv2d, Dense, Elementwise, Layer, LinearLayer, ReLU
 from robustkit.network.linear_ops import AvgPool2d, Permute, ZeroPad2d
 from robustkit.network.network import Network, simplify
 
 SUPPORTED_OPS = (
     "Gemm MatMul Add Sub Mul Div Conv Relu BatchNormalization Flatten Reshape Squeeze Unsqueeze "
-    "Transpose Identity Dropout Constant AveragePool GlobalAveragePool Pad"
+    "Transpose Identity Dropout Constant AveragePool GlobalAveragePool Pad MaxPool Clip Slice Concat"
 ).split()
 
 # operators evaluated at load time when all their inputs are constants
@@ -152,11 +153,14 @@ class _GraphReader:
             "Identity": self._noop, "Dropout": self._noop, "AveragePool": self._avgpool,
             "GlobalAveragePool": self._global_avgpool, "Pad": self._pad,
         }
-        for node in graph.node:
+        handlers.update({"MaxPool": self._maxpool, "Clip": self._clip, "Slice": self._slice})
+        lowering = GraphLowering(self, graph.node, [graph.output[0].name], inp.name, self.shape)
+        for k, node in enumerate(graph.node):
             if node.op_type == "Constant":
                 self._constant(node)
                 continue
-            if self.dyn not in node.input:
+            dyn = [name for name in node.input if name and lowering.find(name) is not None]
+            if not dyn:
                 if node.op_type in FOLDABLE_OPS and node.domain in ("", "ai.onnx") \
                         and all(n == "" or n in self.consts for n in node.input):
                     self._fold(node)
@@ -166,13 +170,21 @@ class _GraphReader:
                     raise self._fail(node, "computes from constants only; constant folding is not supported "
                                            "(simplify the model, e.g. with onnxsim)")
                 raise self._fail(node, "not connected to the network input")
-            handler = handlers.get(node.op_type)
-            if handler is None:
+            if node.op_type == "Concat":
+                lowering.concat(node, k, int(self._attrs(node).get("axis", 0)),
+                                [n if lowering.find(n) is not None else self.consts.get(n) for n in node.input])
+            elif node.op_type in ("Add", "Sub") and len(dyn) == 2:
+                lowering.add(node, k, dyn, node.op_type == "Sub")
+            elif len(dyn) > 1:
+                raise self._fail(node, f"combines {len(dyn)} activations {dyn}; only Add, Sub and Concat may "
+                                       "(anything else is not piecewise linear)")
+            elif node.op_type not in handlers:
                 raise self._fail(node, f"supported operators are: {', '.join(SUPPORTED_OPS)}")
-            handler(node)
-            self.dyn = node.output[0]
-        if graph.output[0].name != self.dyn:
-            raise ModelFormatError(f"{self.source}: graph output {graph.output[0].name!r} is not the end of the chain")
+            else:
+                lowering.unary(node, k, dyn[0], handlers[node.op_type])
+        if not lowering.finish(graph.output[0].name):
+            raise ModelFormatError(f"{self.source}: graph output {graph.output[0].name!r} is not computed "
+                                   "from the network input")
         layers = simplify(self.layers)
         for i, layer in enumerate(layers):
             _check_finite(layer, i, self.source)
@@ -434,7 +446,8 @@ class _GraphReader:
         self._push(layer)
         self.shape = (1,) + layer.out_shape
 
-    def _avgpool(self, node: onnx.NodeProto) -> None:
+    def _pool_attrs(self, node: onnx.NodeProto) -> tuple[list[int], list[int], list[int], dict]:
+        """kernel, strides, pads (t, l, b, r) of a 2-D pooling node, refusing what is not supported."""
         pos, _ = self._split_inputs(node)
         if pos != 0:
             raise self._fail(node, "the activation must be the input")
@@ -452,6 +465,10 @@ class _GraphReader:
             raise self._fail(node, f"auto_pad {auto_pad} is not supported; give explicit pads")
         pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])] if auto_pad == "NOTSET" else [0, 0, 0, 0]
         strides = [int(s) for s in attrs.get("strides", [1, 1])]
+        return kernel, strides, pads, attrs
+
+    def _avgpool(self, node: onnx.NodeProto) -> None:
+        kernel, strides, pads, attrs = self._pool_attrs(node)
         count_include_pad = int(attrs.get("count_include_pad", 0))
         if count_include_pad not in (0, 1):
             raise self._fail(node, f"count_include_pad {count_include_pad} is not 0 or 1")
@@ -459,6 +476,65 @@ class _GraphReader:
         self._push_image(node, lambda: AvgPool2d(
             in_shape, (kernel[0], kernel[1]), (strides[0], strides[1]), (pads[0], pads[1], pads[2], pads[3]),
             bool(count_include_pad)))
+
+    def _maxpool(self, node: onnx.NodeProto) -> None:
+        """MaxPool as a tournament of ``max(a, b) = relu(a - b) + b`` (``graph_lowering.maxpool_layers``)."""
+        kernel, strides, pads, attrs = self._pool_attrs(node)
+        if int(attrs.get("storage_order", 0)) != 0 or len([o for o in node.output if o]) > 1:
+            raise self._fail(node, "the Indices output is not supported")
+        in_shape = self._image_shape(node)
+        try:
+            layers, out = maxpool_layers(in_shape, (kernel[0], kernel[1]), (strides[0], strides[1]),
+                                         (pads[0], pads[1], pads[2], pads[3]))
+        except ValueError as exc:
+            raise self._fail(node, str(exc)) from exc
+        for layer in layers:
+            self._push(layer)
+        self.shape = (1,) + out
+
+    def _clip(self, node: onnx.NodeProto) -> None:
+        """Clip with constant bounds: ``lo + relu(x - lo) - relu(x - hi)`` (exact)."""
+        pos, vals = self._split_inputs(node)
+        if pos != 0:
+            raise self._fail(node, "the activation must be the first input")
+        attrs = self._attrs(node)
+        bounds: list[float | None] = [attrs.get("min"), attrs.get("max")]  # opset < 11
+        for i in (1, 2):
+            if len(node.input) > i and node.input[i]:
+                v = vals[i]
+                if v is None or v.size != 1:
+                    raise self._fail(node, "min and max must be scalar constants")
+                bounds[i - 1] = float(v.reshape(-1)[0])
+        lo, hi = (None if b is None or not np.isfinite(b) else float(b) for b in bounds)
+        try:
+            for layer in clip_layers(self._flat, lo, hi):
+                self._push(layer)
+        except ValueError as exc:
+            raise self._fail(node, str(exc)) from exc
+
+    def _slice(self, node: onnx.NodeProto) -> None:
+        pos, vals = self._split_inputs(node)
+        if pos != 0:
+            raise self._fail(node, "the activation must be the data input")
+        attrs = self._attrs(node)
+        rank = len(self.shape)
+        if len(node.input) > 1:  # opset >= 10: starts, ends, axes, steps are inputs
+            if any(node.input[i] and vals[i] is None for i in range(1, len(node.input))):
+                raise self._fail(node, "starts, ends, axes and steps must be constants")
+            got = [[int(v) for v in vals[i].reshape(-1)] if len(node.input) > i and node.input[i] else None  # type: ignore[union-attr]
+                   for i in range(1, 5)]
+        else:
+            got = [attrs.get("starts"), attrs.get("ends"), attrs.get("axes"), None]
+        starts, ends, axes, steps = got
+        if starts is None or ends is None:
+            raise self._fail(node, "starts and ends missing")
+        axes = list(range(len(starts))) if axes is None else [int(a) + rank if int(a) < 0 else int(a) for a in axes]
+        steps = [1] * len(starts) if steps is None else steps
+        try:
+            layer, self.shape = slice_layer(tuple(self.shape), self.batch_dims, starts, ends, axes, steps)
+        except ValueError as exc:
+            raise self._fail(node, str(exc)) from exc
+        self._push(layer)
 
     def _global_avgpool(self, node: onnx.NodeProto) -> None:
         c, h, w = self._image_shape(node)
@@ -508,8 +584,12 @@ class _GraphReader:
 
 
 def _check_finite(layer: Layer, index: int, source: str) -> None:
-    if isinstance(layer, LinearLayer):
+    if isinstance(layer, Blocks):
+        for _, _, part in layer.blocks:
+            _check_finite(part, index, source)
+    elif isinstance(layer, LinearLayer):
         for name in ("weight", "bias", "scale", "shift"):
             t = getattr(layer, name, None)
+            t = t.coalesce().values() if t is not None and t.is_sparse else t
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise ModelFormatError(f"{source}: layer {index} ({layer.describe()}) has NaN or infinite {name}")
