@@ -63,8 +63,10 @@ def _spec_objective(output: OutputSpec) -> "callable":  # type: ignore[valid-typ
     return objective
 
 
-def compute_bounds(ctx: ModelContext, box: InputBox, method: str, C: np.ndarray | None) -> tuple[NetBounds, np.ndarray | None]:
-    """Layer bounds over ``box`` by ``method`` and, when the method gives them, lower bounds of ``C y``."""
+def compute_bounds(ctx: ModelContext, box: InputBox, method: str, C: np.ndarray | None,
+                   time_budget: float | None = None) -> tuple[NetBounds, np.ndarray | None]:
+    """Layer bounds over ``box`` by ``method`` and, when the method gives them, lower bounds of ``C y``;
+    ``time_budget`` (seconds) limits the optimising stages (alpha-CROWN, LP, MILP tightening)."""
     lo = torch.tensor(box.lower[None], dtype=torch.float64)
     hi = torch.tensor(box.upper[None], dtype=torch.float64)
     if method == "interval":
@@ -72,7 +74,7 @@ def compute_bounds(ctx: ModelContext, box: InputBox, method: str, C: np.ndarray 
     from robustkit.bounds.methods import compute_bounds as _compute  # bound propagation beyond IBP
 
     Ct = None if C is None else torch.as_tensor(C[None], dtype=torch.float64)
-    nb, spec = _compute(ctx.net, lo, hi, method, C=Ct)
+    nb, spec = _compute(ctx.net, lo, hi, method, C=Ct, time_budget=time_budget)
     rows_lower = None if spec is None else spec.lower.reshape(-1).detach().numpy()
     return nb, rows_lower
 
@@ -125,7 +127,9 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
         if method in ("lp", "milp"):
             method = "alpha-crown"
     try:
-        nb, rows_lower = compute_bounds(ctx, box, method, C)
+        # the tightening stages get at most half of what is left: the complete method needs the rest
+        left = _deadline_left(deadline)
+        nb, rows_lower = compute_bounds(ctx, box, method, C, time_budget=max(0.0, left) / 2 if np.isfinite(left) else None)
     except ImportError:
         log.warning("bound method %s unavailable; using interval bounds", method)
         method = "interval"
