@@ -1,9 +1,12 @@
 """Export a robustkit net (or a training run) to one self-contained ONNX file.
 
 The graph is written directly with ``onnx.helper`` from the ``nn.Sequential`` (robustkit nets
-contain only ``Normalize``, ``Conv2d``, ``Linear``, ``ReLU`` and ``Flatten``), which gives a
-predictable operator set for robustkit's own ONNX loader: Sub/Div (normalization), Conv,
-Gemm (``transB=1``), Relu, Flatten. Input ``input`` is ``[N, C, H, W]`` with a symbolic batch
+contain only ``Normalize``, ``Conv2d``, ``Linear``, ``ReLU``, ``Flatten``, ``MaxPool2d`` and
+:class:`~robustkit.nets.Residual`), which gives a predictable operator set for robustkit's own
+ONNX loader: Sub/Div (normalization), Conv, Gemm (``transB=1``), Relu, Flatten, MaxPool
+(``kernel_shape``, ``strides``, ``pads``), and for a residual block the body's nodes followed by
+``Add(block input, body output)``. Nodes and weights of a block's body are named by their path,
+e.g. ``Conv_3.0`` / ``layer3.0.weight`` for the first layer of the body at position 3. Input ``input`` is ``[N, C, H, W]`` with a symbolic batch
 ``N``; output ``output`` is ``[N, classes]``; opset 13; weights are stored inside the file.
 
 Metadata (``metadata_props``, all strings, JSON where structured): ``robustkit.dataset``,
@@ -28,7 +31,7 @@ from torch import nn
 
 from robustkit import __version__
 from robustkit.errors import InputError, ModelFormatError, RobustkitError
-from robustkit.nets import Normalize
+from robustkit.nets import Normalize, Residual
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def _add_conv(b: _GraphBuilder, layer: nn.Conv2d, x: str, i: int) -> str:
+def _add_conv(b: _GraphBuilder, layer: nn.Conv2d, x: str, i: int | str) -> str:
     if layer.padding_mode != "zeros":
         raise InputError(f"layer {i}: Conv2d padding_mode {layer.padding_mode!r} cannot be exported (only 'zeros')")
     if isinstance(layer.padding, str):
@@ -96,13 +99,24 @@ def _add_conv(b: _GraphBuilder, layer: nn.Conv2d, x: str, i: int) -> str:
     )
 
 
-def sequential_to_onnx(model: nn.Sequential, input_shape: tuple[int, int, int]) -> onnx.ModelProto:
-    """The ONNX graph of a robustkit ``nn.Sequential`` taking ``(N, *input_shape)``."""
-    if not isinstance(model, nn.Sequential):
-        raise InputError(f"only nn.Sequential models can be exported, got {type(model).__name__}")
-    b = _GraphBuilder()
-    x, rank = INPUT_NAME, 4
-    for i, layer in enumerate(model):
+def _add_maxpool(b: _GraphBuilder, layer: nn.MaxPool2d, x: str, i: int | str) -> str:
+    if layer.return_indices:
+        raise InputError(f"layer {i}: MaxPool2d(return_indices=True) cannot be exported")
+    if _pair(layer.dilation) != (1, 1):
+        raise InputError(f"layer {i}: MaxPool2d with dilation {layer.dilation} cannot be exported (only 1)")
+    kh, kw = _pair(layer.kernel_size)
+    stride = layer.stride if layer.stride is not None else layer.kernel_size
+    ph, pw = _pair(layer.padding)
+    attrs: dict[str, Any] = {"kernel_shape": [kh, kw], "strides": list(_pair(stride)), "pads": [ph, pw, ph, pw]}
+    if layer.ceil_mode:
+        attrs["ceil_mode"] = 1
+    return b.node("MaxPool", [x], f"MaxPool_{i}", **attrs)
+
+
+def _add_layers(b: _GraphBuilder, model: nn.Sequential, x: str, rank: int, prefix: str = "") -> tuple[str, int]:
+    """Append the nodes of ``model``'s layers to ``b``; returns the output name and its rank."""
+    for j, layer in enumerate(model):
+        i: int | str = f"{prefix}{j}" if prefix else j
         if isinstance(layer, Normalize):
             x = b.node("Sub", [x, b.const(f"layer{i}.mean", layer.mean)], f"Sub_{i}")
             x = b.node("Div", [x, b.const(f"layer{i}.std", layer.std)], f"Div_{i}")
@@ -110,6 +124,15 @@ def sequential_to_onnx(model: nn.Sequential, input_shape: tuple[int, int, int]) 
             if rank != 4:
                 raise InputError(f"layer {i}: Conv2d after Flatten cannot be exported")
             x = _add_conv(b, layer, x, i)
+        elif isinstance(layer, nn.MaxPool2d):
+            if rank != 4:
+                raise InputError(f"layer {i}: MaxPool2d after Flatten cannot be exported")
+            x = _add_maxpool(b, layer, x, i)
+        elif isinstance(layer, Residual):
+            out, out_rank = _add_layers(b, layer.body, x, rank, prefix=f"{i}.")
+            if out_rank != rank:
+                raise InputError(f"layer {i}: a Residual body must keep the rank of its input (no Flatten)")
+            x = b.node("Add", [x, out], f"Add_{i}")
         elif isinstance(layer, nn.Linear):
             if rank != 2:
                 raise InputError(f"layer {i}: Linear needs a flat (N, features) input; add nn.Flatten() before it")
@@ -126,8 +149,17 @@ def sequential_to_onnx(model: nn.Sequential, input_shape: tuple[int, int, int]) 
         else:
             raise InputError(
                 f"layer {i}: {type(layer).__name__} cannot be exported "
-                "(supported: Normalize, Conv2d, Linear, ReLU, Flatten)"
+                "(supported: Normalize, Conv2d, Linear, ReLU, Flatten, MaxPool2d, Residual)"
             )
+    return x, rank
+
+
+def sequential_to_onnx(model: nn.Sequential, input_shape: tuple[int, int, int]) -> onnx.ModelProto:
+    """The ONNX graph of a robustkit ``nn.Sequential`` taking ``(N, *input_shape)``."""
+    if not isinstance(model, nn.Sequential):
+        raise InputError(f"only nn.Sequential models can be exported, got {type(model).__name__}")
+    b = _GraphBuilder()
+    x, rank = _add_layers(b, model, INPUT_NAME, 4)
     if rank != 2:
         raise InputError("the model must end in a Linear layer giving (N, classes) logits")
     with torch.no_grad():

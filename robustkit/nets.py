@@ -1,12 +1,24 @@
 """Network architectures by name (registry) and access to hidden activations.
 
 Every robustkit net is a ``torch.nn.Sequential`` built only from ``Normalize``,
-``nn.Conv2d``, ``nn.Linear``, ``nn.ReLU`` and ``nn.Flatten``, so that it exports to plain
-ONNX (Sub/Div, Conv, Gemm, Relu, Flatten) and loads back into robustkit's verifier.
+``nn.Conv2d``, ``nn.Linear``, ``nn.ReLU``, ``nn.Flatten``, ``nn.MaxPool2d`` and
+:class:`Residual` (``x + body(x)``, its body again such a Sequential), so that it exports to plain
+ONNX (Sub/Div, Conv, Gemm, Relu, Flatten, MaxPool, Add; :mod:`robustkit.export`).
 
 ``small`` and ``large`` are the architectures of Wong & Kolter (2018) used by Xiao et al.
 (2019) and Jin & Rinard (2020): small = Conv 16 4x4/2, Conv 32 4x4/2, FC 100, FC 10;
 large = Conv 32 3x3/1, Conv 32 4x4/2, Conv 64 3x3/1, Conv 64 4x4/2, FC 512, FC 512, FC 10.
+
+``maxpool`` (LeNet-like, channels shrunk for verification): Conv 8 3x3/1 pad 1, ReLU,
+MaxPool 2x2/2, Conv 16 3x3/1 pad 1, ReLU, MaxPool 2x2/2, FC 100, FC 10.
+``resnet`` (2 residual blocks): Conv 8 3x3/2 pad 1, ReLU, then twice
+``relu(x + conv(relu(conv(x))))`` (Conv 8 3x3/1 pad 1), FC 100, FC 10.
+
+The regularizers that walk the Sequential themselves (``relu-stability``'s interval bounds,
+``contractive``'s closed-form Jacobians) handle only the plain layers and raise an
+:class:`InputError` on ``MaxPool2d`` / ``Residual``; the ones that use
+:func:`forward_with_activations` (``jin-rinard``, ``mrnet``, ``mat``) and ``pgd`` / ``advprop``
+work on every net.
 """
 
 from __future__ import annotations
@@ -58,6 +70,21 @@ class NetConfig:
             raise InputError("give both mean and std for normalization, or neither")
 
 
+class Residual(nn.Module):
+    """Residual block ``x + body(x)`` (exported as the body's nodes and an ONNX ``Add``); the
+    body must keep the shape of its input. The ReLU after the sum is a separate ``nn.ReLU`` in
+    the outer Sequential."""
+
+    def __init__(self, body: nn.Sequential) -> None:
+        super().__init__()
+        if not isinstance(body, nn.Sequential):
+            raise InputError(f"Residual body must be an nn.Sequential, got {type(body).__name__}")
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - kernel) // stride + 1
 
@@ -85,6 +112,31 @@ def _large(cfg: NetConfig) -> list[nn.Module]:
     return _conv_stack(cfg, [(32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 4, 2, 1)], [512, 512])
 
 
+def _maxpool(cfg: NetConfig) -> list[nn.Module]:
+    c, h, w = cfg.input_shape
+    layers: list[nn.Module] = []
+    for out_c in (8, 16):
+        layers += [nn.Conv2d(c, out_c, 3, stride=1, padding=1), nn.ReLU(), nn.MaxPool2d(2, stride=2)]
+        c, h, w = out_c, _conv_out(h, 2, 2, 0), _conv_out(w, 2, 2, 0)
+        if min(h, w) < 1:
+            raise InputError(f"maxpool: input {cfg.input_shape} is too small for two 2x2 poolings")
+    return layers + [nn.Flatten(), nn.Linear(c * h * w, 100), nn.ReLU(), nn.Linear(100, cfg.num_classes)]
+
+
+def _resnet(cfg: NetConfig, channels: int = 8, blocks: int = 2) -> list[nn.Module]:
+    c, h, w = cfg.input_shape
+    layers: list[nn.Module] = [nn.Conv2d(c, channels, 3, stride=2, padding=1), nn.ReLU()]
+    h, w = _conv_out(h, 3, 2, 1), _conv_out(w, 3, 2, 1)
+    for _ in range(blocks):
+        body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, stride=1, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=1, padding=1),
+        )
+        layers += [Residual(body), nn.ReLU()]
+    return layers + [nn.Flatten(), nn.Linear(channels * h * w, 100), nn.ReLU(), nn.Linear(100, cfg.num_classes)]
+
+
 def _mlp(cfg: NetConfig) -> list[nn.Module]:
     return _conv_stack(cfg, [], list(cfg.hidden or (100, 100)))
 
@@ -93,6 +145,8 @@ NETS: dict[str, Callable[[NetConfig], list[nn.Module]]] = {
     "mlp": _mlp,
     "small": _small,
     "large": _large,
+    "maxpool": _maxpool,
+    "resnet": _resnet,
 }
 
 
@@ -110,6 +164,8 @@ class Activations:
 
     ``preacts[k]`` is the input of the k-th ReLU (pre-activation), ``posts[k]`` its output;
     ``linear_inputs[k]`` is the input of the k-th Linear/Conv layer (for layer-wise Jacobians).
+    ReLUs and Linear/Conv layers inside a :class:`Residual` body count too, in the order they
+    run (a block's body before the ReLU that follows the block).
     """
 
     logits: torch.Tensor
@@ -126,8 +182,14 @@ class Activations:
 
 
 def forward_with_activations(model: nn.Sequential, x: torch.Tensor) -> Activations:
-    """Run a robustkit ``nn.Sequential`` and keep every pre-/post-activation (differentiable)."""
+    """Run a robustkit ``nn.Sequential`` and keep every pre-/post-activation (differentiable),
+    including those inside :class:`Residual` blocks."""
     acts = Activations(logits=x)
+    acts.logits = _forward_recording(model, x, acts)
+    return acts
+
+
+def _forward_recording(model: nn.Sequential, x: torch.Tensor, acts: Activations) -> torch.Tensor:
     h = x
     for layer in model:
         if isinstance(layer, (nn.Linear, nn.Conv2d)):
@@ -136,7 +198,8 @@ def forward_with_activations(model: nn.Sequential, x: torch.Tensor) -> Activatio
             acts.preacts.append(h)
             h = layer(h)
             acts.posts.append(h)
+        elif isinstance(layer, Residual):
+            h = h + _forward_recording(layer.body, h, acts)
         else:
             h = layer(h)
-    acts.logits = h
-    return acts
+    return h

@@ -81,7 +81,7 @@ def test_config_validation_and_round_trip() -> None:
     assert cfg.net_config().mean == (0.4914, 0.4822, 0.4465)  # CIFAR normalizes by default
     assert TrainConfig(dataset="mnist").net_config().mean is None
     bad: list[dict[str, Any]] = [
-        {"optimizer": "rmsprop"}, {"net": "resnet"}, {"hidden": (10,)}, {"eps": -0.1}, {"epochs": 0},
+        {"optimizer": "rmsprop"}, {"net": "resnet50"}, {"hidden": (10,)}, {"eps": -0.1}, {"epochs": 0},
         {"momentum": 1.0}, {"device": "tpu!"}, {"eps_ramp": (5, 1)}, {"n_train": 0}, {"dataset": "svhn"},
     ]
     for kw in bad:

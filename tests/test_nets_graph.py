@@ -1,0 +1,192 @@
+"""Graph nets (``maxpool``: MaxPool2d; ``resnet``: Residual blocks): structure, activations,
+ONNX export (MaxPool, Add) equal to torch in onnxruntime, one training step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustkit.data import DATA_ENV
+from robustkit.errors import InputError
+from robustkit.export import check_onnx_matches, export_onnx, sequential_to_onnx
+from robustkit.nets import NetConfig, Residual, build_net, forward_with_activations
+from robustkit.regularizers.base import ScheduleState
+from robustkit.training import TrainConfig, train
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA = SHARED / "data"
+needs_data = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"shared data not found at {DATA}")
+
+GRAPH_NETS = ("maxpool", "resnet")
+OPS = {
+    "maxpool": {"Conv", "Relu", "MaxPool", "Flatten", "Gemm", "Identity"},
+    "resnet": {"Conv", "Relu", "Add", "Flatten", "Gemm", "Identity"},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _net(name: str, shape: tuple[int, int, int] = (1, 28, 28), seed: int = 0, **kw: object) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return build_net(NetConfig(name, shape, **kw)).eval()  # type: ignore[arg-type]
+
+
+def test_architectures() -> None:
+    mp = _net("maxpool")
+    assert [type(m).__name__ for m in mp] == [
+        "Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear", "ReLU", "Linear"]
+    assert mp[7].in_features == 16 * 7 * 7
+    rn = _net("resnet")
+    assert [type(m).__name__ for m in rn] == [
+        "Conv2d", "ReLU", "Residual", "ReLU", "Residual", "ReLU", "Flatten", "Linear", "ReLU", "Linear"]
+    assert rn[0].stride == (2, 2) and rn[7].in_features == 8 * 14 * 14
+    assert [type(m).__name__ for m in rn[2].body] == ["Conv2d", "ReLU", "Conv2d"]
+    # other input shapes (CIFAR, odd sizes) build and run
+    for name in GRAPH_NETS:
+        for shape in ((3, 32, 32), (1, 9, 11)):
+            assert _net(name, shape)(torch.rand(2, *shape)).shape == (2, 10)
+    with pytest.raises(InputError, match="too small"):
+        NetConfig("maxpool", (1, 3, 3)) and build_net(NetConfig("maxpool", (1, 3, 3)))
+    with pytest.raises(InputError, match="Sequential"):
+        Residual(nn.Conv2d(1, 1, 3))  # type: ignore[arg-type]
+
+
+def test_residual_block_is_x_plus_body() -> None:
+    block = _net("resnet")[2]
+    x = torch.randn(3, 8, 14, 14)
+    body = block.body
+    expected = x + body[2](F.relu(body[0](x)))
+    torch.testing.assert_close(block(x), expected)
+
+
+@pytest.mark.parametrize("name", GRAPH_NETS)
+def test_activations_include_residual_relus(name: str) -> None:
+    model = _net(name)
+    x = torch.rand(4, 1, 28, 28)
+    acts = forward_with_activations(model, x)
+    torch.testing.assert_close(acts.logits, model(x))
+    n_relu = sum(isinstance(m, nn.ReLU) for m in model.modules())
+    n_lin = sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules())
+    assert len(acts.preacts) == len(acts.posts) == n_relu and len(acts.linear_inputs) == n_lin
+    for z, h in zip(acts.preacts, acts.posts):
+        torch.testing.assert_close(h, z.clamp_min(0))
+    if name == "resnet":
+        assert n_relu == 6  # stem, 2 x (inside the body, after the Add), FC
+        blk = model[2]
+        stem = F.relu(model[0](x))
+        torch.testing.assert_close(acts.preacts[1], blk.body[0](stem))  # the ReLU inside block 1
+        torch.testing.assert_close(acts.preacts[2], blk(stem))  # the ReLU after block 1's Add
+    assert acts.last_hidden.shape == (4, 100)
+
+
+@pytest.mark.parametrize("name", GRAPH_NETS)
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_export_equals_torch(tmp_path: Path, name: str, shape: tuple[int, int, int]) -> None:
+    model = _net(name, shape)
+    path = export_onnx(model, tmp_path / "m.onnx", input_shape=shape)  # runs check_onnx_matches
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert {n.op_type for n in proto.graph.node} == OPS[name]
+    assert path.stat().st_size < 1_000_000
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(13, *shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], ref, atol=1e-5, rtol=1e-5)
+    if name == "maxpool":
+        pools = [n for n in proto.graph.node if n.op_type == "MaxPool"]
+        assert len(pools) == 2
+        attrs = {a.name: list(a.ints) for a in pools[0].attribute}
+        assert attrs == {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [0, 0, 0, 0]}
+    else:
+        adds = [n for n in proto.graph.node if n.op_type == "Add"]
+        assert len(adds) == 2
+        producer = {o: n for n in proto.graph.node for o in n.output}
+        for add in adds:
+            # Add(block input, body output): the input comes from the ReLU before the block,
+            # the other operand from the body's second Conv, which runs on that same tensor's path
+            assert producer[add.input[0]].op_type == "Relu" and producer[add.input[1]].op_type == "Conv"
+        assert len({t.name for t in proto.graph.initializer}) == len(proto.graph.initializer)
+
+
+def test_maxpool_variants_export(tmp_path: Path) -> None:
+    """Padding, stride != kernel, ceil_mode, default stride; a residual body with a MaxPool-free
+    body that has a bias-free conv."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(3, stride=2, padding=1),
+        nn.MaxPool2d(2, ceil_mode=True),
+        Residual(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(3, 3, 1))),
+        nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5),
+    ).eval()
+    path = export_onnx(model, tmp_path / "v.onnx", input_shape=(1, 13, 13))
+    assert check_onnx_matches(model, path, (1, 13, 13), value_range=(-1.0, 1.0)) <= 1e-5
+    with pytest.raises(InputError, match="dilation"):
+        sequential_to_onnx(nn.Sequential(nn.MaxPool2d(2, dilation=2), nn.Flatten(), nn.Linear(4, 2)), (1, 6, 6))
+    with pytest.raises(InputError, match="rank"):
+        sequential_to_onnx(nn.Sequential(Residual(nn.Sequential(nn.Flatten())), nn.Linear(4, 2)), (1, 2, 2))
+
+
+@pytest.mark.parametrize("name", GRAPH_NETS)
+def test_one_pgd_step_changes_weights(name: str) -> None:
+    """A hand-driven step of the PGD regularizer (no data needed)."""
+    from robustkit.regularizers.pgd import PGDConfig, PGDTraining
+
+    model = _net(name).train()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    clean = forward_with_activations(model, x)
+    out = PGDTraining(PGDConfig(steps=2))(model, x, y, ScheduleState(epoch=0, step=0, eps=0.1, total_epochs=1), clean)
+    assert out.replaces_clean_loss
+    loss = sum(out.terms.values())
+    opt.zero_grad()
+    loss.backward()  # type: ignore[union-attr]
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@needs_data
+@pytest.mark.parametrize("name", GRAPH_NETS)
+@pytest.mark.parametrize("reg", ["none", "pgd:steps=2"])
+def test_train_tiny_and_export(tmp_path: Path, name: str, reg: str) -> None:
+    cfg = TrainConfig(net=name, epochs=1, n_train=100, n_eval=50, batch_size=50, eps=0.1,
+                      regularizers=(reg,), data_dir=str(DATA))
+    result = train(cfg, tmp_path / "run", quiet=True)
+    assert result.epochs_done == 1 and 0.0 <= result.test_acc <= 1.0
+    out = export_onnx(tmp_path / "run", tmp_path / "m.onnx")
+    assert check_onnx_matches(result.model, out, (1, 28, 28)) <= 1e-5
+
+
+@pytest.mark.parametrize("name", GRAPH_NETS)
+def test_sequential_walking_regularizers_refuse_graph_nets_clearly(name: str) -> None:
+    """relu-stability (IBP) and contractive walk the Sequential themselves and know only plain
+    layers: on these nets they raise an InputError naming themselves and the layer (this is the
+    error `robustkit train` reports at the first batch)."""
+    from robustkit.regularizers.contractive import Contractive
+    from robustkit.regularizers.relu_stability import ReluStability
+
+    model = _net(name).train()
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    clean = forward_with_activations(model, x)
+    state = ScheduleState(epoch=0, step=0, eps=0.1, total_epochs=1)
+    for reg in (ReluStability(), Contractive()):
+        with pytest.raises(InputError, match=f"{reg.name}.*(MaxPool2d|Residual)"):
+            reg(model, x, y, state, clean)
