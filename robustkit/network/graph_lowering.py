@@ -144,6 +144,12 @@ class GraphLowering:
             handler(node)
         finally:
             pushed, reader.layers = reader.layers, saved
+        if not outs or outs[0] not in self.last_use:  # nobody reads the result: checked, not lowered
+            self._finish(k)
+            return
+        if any(not isinstance(layer, (LinearLayer, ReLU)) for layer in pushed):
+            # Sigmoid/Tanh have no identity coordinates to carry the other tensors past them
+            raise reader._fail(node, "Sigmoid/Tanh are supported in single-path parts of a network only")
         if not pushed:  # shape only: another name for the same values
             seg.names[outs[0]] = reader.shape
             self._finish(k)

@@ -25,10 +25,11 @@ from robustkit.network.graph_lowering import GraphLowering, clip_layers, maxpool
 from robustkit.network.layers import Conv2d, Dense, Elementwise, Layer, LinearLayer, ReLU
 from robustkit.network.linear_ops import AvgPool2d, Permute, ZeroPad2d
 from robustkit.network.network import Network, simplify
+from robustkit.network.smooth import SCurve
 
 SUPPORTED_OPS = (
     "Gemm MatMul Add Sub Mul Div Conv Relu BatchNormalization Flatten Reshape Squeeze Unsqueeze "
-    "Transpose Identity Dropout Constant AveragePool GlobalAveragePool Pad MaxPool Clip Slice Concat"
+    "Transpose Identity Dropout Constant AveragePool GlobalAveragePool Pad MaxPool Clip Slice Concat Sigmoid Tanh"
 ).split()
 
 # operators evaluated at load time when all their inputs are constants
@@ -148,6 +149,7 @@ class _GraphReader:
         handlers: dict[str, Callable[[onnx.NodeProto], None]] = {
             "Gemm": self._gemm, "MatMul": self._matmul, "Add": self._arith, "Sub": self._arith,
             "Mul": self._arith, "Div": self._arith, "Conv": self._conv, "Relu": self._relu,
+            "Sigmoid": self._scurve, "Tanh": self._scurve,
             "BatchNormalization": self._batchnorm, "Flatten": self._flatten, "Reshape": self._reshape,
             "Squeeze": self._squeeze, "Unsqueeze": self._unsqueeze, "Transpose": self._transpose,
             "Identity": self._noop, "Dropout": self._noop, "AveragePool": self._avgpool,
@@ -227,6 +229,9 @@ class _GraphReader:
 
     def _relu(self, node: onnx.NodeProto) -> None:
         self._push(ReLU(self._flat))
+
+    def _scurve(self, node: onnx.NodeProto) -> None:  # bound methods only (robustkit.network.smooth)
+        self._push(SCurve(self._flat, node.op_type.lower()))
 
     def _dense(self, node: onnx.NodeProto, w: np.ndarray, b: np.ndarray | None, out_shape: tuple[int, ...]) -> None:
         """Append ``y = w @ x + b`` (w: (out, in) over the flat activation)."""
