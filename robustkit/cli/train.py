@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         out: Path = typer.Option(..., "--out", help="Run directory (config, metrics, checkpoint, model)."),
         dataset: Optional[str] = typer.Option(None, help="mnist or cifar10 [default: mnist]."),
-        net: Optional[str] = typer.Option(None, help="mlp, small or large [default: small]."),
+        net: Optional[str] = typer.Option(None, help="mlp, small, large, maxpool (LeNet-like with MaxPool) or resnet (2 residual blocks) [default: small]."),
         hidden: Optional[str] = typer.Option(None, help="mlp hidden widths, e.g. 100,100."),
         epochs: Optional[int] = typer.Option(None, help="Number of epochs [default: 20]."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="[default: 50]"),
