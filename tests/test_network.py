@@ -357,16 +357,16 @@ def test_vnncomp_nets_match_onnxruntime(vnncomp_dir: Path) -> None:
 
 
 # -- ONNX loader: bad input --------------------------------------------------------------------------
-def test_sigmoid_is_refused_naming_op_and_node(onnx_kit, save_onnx) -> None:  # type: ignore[no-untyped-def]
+def test_unsupported_activation_is_refused_naming_op_and_node(onnx_kit, save_onnx) -> None:  # type: ignore[no-untyped-def]
     w, b = np.ones((3, 4), np.float32), np.zeros(3, np.float32)
     model = onnx_kit.make_model([helper.make_node("Gemm", ["x", "W", "b"], ["h"], transB=1, name="fc0"),
-                                 helper.make_node("Sigmoid", ["h"], ["y"], name="squash_7")],
+                                 helper.make_node("Softplus", ["h"], ["y"], name="squash_7")],
                                 [1, 4], [1, 3], {"W": w, "b": b})
     with pytest.raises(UnsupportedOperatorError) as info:
         load_onnx(save_onnx(model))
     msg = str(info.value)
-    assert "Sigmoid" in msg and "squash_7" in msg
-    assert info.value.op_type == "Sigmoid" and info.value.node_name == "squash_7"
+    assert "Softplus" in msg and "squash_7" in msg
+    assert info.value.op_type == "Softplus" and info.value.node_name == "squash_7"
 
 
 def test_nan_weights_are_refused(onnx_kit, save_onnx) -> None:  # type: ignore[no-untyped-def]
