@@ -137,11 +137,9 @@ def backward_lower(
             neg = A.clamp(max=0)
             pos = A.clamp(min=0)
             c = c + (neg * mu_u).sum(-1)
-            if layer.piecewise_linear:  # a ReLU's lower bound has no intercept
-                A = pos * lam_l + neg * lam_u
-            else:
+            if not layer.piecewise_linear:  # a ReLU's lower bound has no intercept: skip the zero sum
                 c = c + (pos * mu_l).sum(-1)
-                A = pos * lam_l + neg * lam_u
+            A = pos * lam_l + neg * lam_u
         else:
             raise TypeError(f"CROWN does not support layer {layer.describe()}")
     center = ((lo + hi) / 2).unsqueeze(-1)
