@@ -72,7 +72,8 @@ def test_children_bounds_contain_their_points(seed: int) -> None:
     with torch.no_grad():
         acts = net.forward_all(pts)
     for _ in range(3):  # three rounds of splitting, every child checked
-        search._choose_splits(dom, torch.full((len(dom), 1), -1e9, dtype=torch.float64),
+        dom.rows = torch.full((len(dom), 1), -1e9, dtype=torch.float64)
+        search._choose_splits(dom, torch.arange(1),
                               {r: -torch.ones(len(dom), 1, net.layers[r].in_dim, dtype=torch.float64) for r in search.relus})
         dom = dom.take(torch.nonzero(dom.relu >= 0).flatten())
         if len(dom) == 0:
@@ -93,6 +94,60 @@ def test_children_bounds_contain_their_points(seed: int) -> None:
                 assert bool((a[inside] >= nb.lower[i][c] - 1e-9).all()), (seed, c, i)
                 assert bool((a[inside] <= nb.upper[i][c] + 1e-9).all()), (seed, c, i)
         dom = _Domains(nb.lower, nb.upper, children.signs, children.relu.clone(), children.neuron)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_children_bounds_with_the_roots_slopes_contain_their_points(seed: int) -> None:
+    """Children bounded with the intermediate slopes alpha-CROWN optimised over the root box (as
+    BaB does) contain every sampled point of the child, on every layer."""
+    from robustkit.bounds.alpha_crown import AlphaCrownConfig, alpha_crown_bounds
+
+    net = _random_net(seed, (4, 16, 16, 16, 3))
+    lo, hi = _box(net, seed, 0.6)
+    C = torch.from_numpy(np.eye(3)[[0]] - np.eye(3)[[1]]).unsqueeze(0)
+    root, _ = alpha_crown_bounds(net, torch.from_numpy(lo)[None], torch.from_numpy(hi)[None], C,
+                                 AlphaCrownConfig(iterations=20, intermediate="per-row"))
+    assert root.slopes, "alpha-CROWN kept no intermediate slopes"
+    box_lo, box_hi = torch.from_numpy(lo)[None], torch.from_numpy(hi)[None]
+    shell = NetBounds(box_lo, box_hi, root.lower, root.upper, "bab", root.errors)
+    plain, _ = crown_bounds(net, box_lo, box_hi, None, base=shell, start=1)
+    with_slopes, _ = crown_bounds(net, box_lo, box_hi, None, base=shell, start=1, slopes=root.slopes)
+    assert any(not torch.equal(a, b) for a, b in zip(with_slopes.lower, plain.lower)), "the slopes were not used"
+    search = _search(net, lo, hi, C[0].numpy(), np.zeros(1), BabConfig(iterations=0))
+    search.slopes = root.slopes
+    dom = _Domains([t.clone() for t in root.lower], [t.clone() for t in root.upper],
+                   {r: torch.zeros(1, net.layers[r].in_dim, dtype=torch.int8) for r in search.relus},
+                   torch.full((1,), -1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    pts = _points(lo, hi, 4000, seed)
+    with torch.no_grad():
+        acts = net.forward_all(pts)
+    checked = 0
+    for _ in range(3):
+        dom.rows = torch.full((len(dom), 1), -1e9, dtype=torch.float64)
+        search._choose_splits(dom, torch.arange(1),
+                              {r: -torch.ones(len(dom), 1, net.layers[r].in_dim, dtype=torch.float64) for r in search.relus})
+        dom = dom.take(torch.nonzero(dom.relu >= 0).flatten())
+        if len(dom) == 0:
+            break
+        children = search.split(dom)
+        n = len(children)
+        base = NetBounds(search.lo.expand(n, -1), search.hi.expand(n, -1), children.lower, children.upper, "bab", search.errs)
+        nb, _ = crown_bounds(net, base.input_lower, base.input_upper, None, search.cfg.crown, base,
+                             int(children.relu.min()), search.slopes)
+        for c in range(n):
+            inside = torch.ones(pts.shape[0], dtype=torch.bool)
+            for r, sg in children.signs.items():
+                for j in torch.nonzero(sg[c]).flatten().tolist():
+                    z = acts[r - 1][:, j]
+                    inside &= (z >= 0) if int(sg[c, j]) > 0 else (z <= 0)
+            if not bool(inside.any()):
+                continue
+            checked += 1
+            for i, a in enumerate(acts):
+                assert bool((a[inside] >= nb.lower[i][c] - 1e-9).all()), (seed, c, i)
+                assert bool((a[inside] <= nb.upper[i][c] + 1e-9).all()), (seed, c, i)
+        dom = _Domains(nb.lower, nb.upper, children.signs, children.relu.clone(), children.neuron)
+    assert checked > 0
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -123,8 +178,9 @@ def test_final_pass_is_crown_and_optimising_stays_valid(seed: int, dtype: str) -
     box_lo, box_hi = search.lo.expand(2, -1), search.hi.expand(2, -1)
     nb2, _ = crown_bounds(net, box_lo, box_hi, None, search.cfg.crown,
                           NetBounds(box_lo, box_hi, children.lower, children.upper, "bab"), r)
-    opt_lb = search._spec_bound(nb2, children)[0]
-    flat_lb = _search(net, lo, hi, C, np.zeros(3), BabConfig(iterations=0))._spec_bound(nb2, children)[0]
+    rows, known = torch.arange(3), torch.full((2, 3), -torch.inf, dtype=torch.float64)
+    opt_lb = search._spec_bound(nb2, children, rows, known)[0]
+    flat_lb = _search(net, lo, hi, C, np.zeros(3), BabConfig(iterations=0))._spec_bound(nb2, children, rows, known)[0]
     assert bool((opt_lb >= flat_lb - 1e-9).all())
     for child, side in ((0, z <= 0), (1, z >= 0)):
         if bool(side.any()):
@@ -133,7 +189,7 @@ def test_final_pass_is_crown_and_optimising_stays_valid(seed: int, dtype: str) -
     assert opt_lb.dtype == torch.float64
     # past the deadline the optimisation stops after its first evaluation (CROWN's own slopes)
     late = _search(net, lo, hi, C, np.zeros(3), BabConfig(iterations=20, optimise_dtype=dtype), deadline=-float("inf"))
-    torch.testing.assert_close(late._spec_bound(nb2, children)[0], flat_lb)
+    torch.testing.assert_close(late._spec_bound(nb2, children, rows, known)[0], flat_lb)
 
 
 @pytest.mark.parametrize("seed", range(12))

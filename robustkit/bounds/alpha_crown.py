@@ -257,4 +257,23 @@ class _Optimiser:
         )
         for t, (l, u) in self.best_inter.items():
             out.lower[t], out.upper[t] = l, u
-        return refresh(self.net, out)
+        out = refresh(self.net, out)
+        out.slopes = self.slopes()
+        return out
+
+    def slopes(self) -> dict[int, dict[int, torch.Tensor]]:
+        """The current intermediate slopes, per target layer at full size (per-row slopes of the
+        target neurons that were stable are 0: they are never bounded again)."""
+        out: dict[int, dict[int, torch.Tensor]] = {}
+        for t, group in self.inter_alpha.items():
+            cols, _ = self.targets[t]
+            full = {}
+            for r, a in group.items():
+                a = a.detach()
+                if a.dim() == 4:
+                    z = torch.zeros(a.shape[0], 2, self.net.layers[t].out_dim, a.shape[-1], dtype=a.dtype)
+                    z[:, :, cols] = a
+                    a = z
+                full[r] = a.clone()
+            out[t] = full
+        return out

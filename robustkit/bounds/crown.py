@@ -270,13 +270,16 @@ def crown_bounds(
     config: CrownConfig = CrownConfig(),
     base: NetBounds | None = None,
     start: int = 0,
+    slopes: dict[int, dict[int, torch.Tensor]] | None = None,
 ) -> tuple[NetBounds, SpecBounds | None]:
     """CROWN bounds of every layer over the box (``(B, in_dim)``), and of ``C y`` when ``C``
     (``(B, k, out_dim)`` or ``(k, out_dim)``) is given. ``base`` (optional, e.g. from a previous
     method) is intersected in; with ``start > 0`` the layers before ``start`` are taken from
     ``base`` as they are (e.g. after tightening them by LP). All returned bounds hold for the
     float32 network (:mod:`robustkit.bounds.floaterr`); the error model is built from these bounds
-    as they are computed, each term the smaller of that and ``base``'s (when it has one)."""
+    as they are computed, each term the smaller of that and ``base``'s (when it has one).
+    ``slopes`` (:attr:`NetBounds.slopes`, e.g. alpha-CROWN's over a larger region): the lower
+    slopes of the backward pass of each target layer it names, instead of CROWN's adaptive ones."""
     if start > 0 and base is None:
         raise ValueError("start > 0 needs base bounds")
     lo_in, hi_in = as_box(lower, upper)
@@ -306,7 +309,8 @@ def crown_bounds(
             if base is not None:
                 lo, hi = intersect(lo, hi, base.lower[i], base.upper[i])
             if needs_backward(net, i):
-                lo, hi = _tighten_layer(net, i, lo, hi, lo_in, hi_in, pre, config, errs)
+                lo, hi = _tighten_layer(net, i, lo, hi, lo_in, hi_in, pre, config, errs,
+                                        None if slopes is None else slopes.get(i))
             out.lower.append(lo)
             out.upper.append(hi)
         spec = None if C is None else spec_bounds_from(net, out, C, "crown", config.intersect_interval)
@@ -323,9 +327,12 @@ def _tighten_layer(
     pre: PreBounds,
     config: CrownConfig,
     errs: FloatErrors,
+    slopes: dict[int, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Intersect ``[lo, hi]`` (layer ``i``) with its CROWN bounds; without ``refine_stable`` only
-    neurons unstable under ``[lo, hi]`` in some sample are computed, and only used there."""
+    neurons unstable under ``[lo, hi]`` in some sample are computed, and only used there.
+    ``slopes``: lower slopes for this layer's backward pass (``{r: (B', 2, d_i, d_r)}`` per row
+    or ``(B', 2, d_r)``, ``B'`` 1 or the batch)."""
     feeds_relu = i + 1 < len(net.layers)
     if config.refine_stable or not feeds_relu:
         mask = torch.ones_like(lo, dtype=torch.bool)
@@ -334,7 +341,10 @@ def _tighten_layer(
     rows = torch.nonzero(mask.any(dim=0)).flatten()
     if rows.numel() == 0:
         return lo, hi
-    cl, cu = layer_bounds(net, i, rows, lo_in, hi_in, pre, config.memory_mb, errs=errs)
+    alphas = None
+    if slopes is not None:
+        alphas = {r: a[:, :, rows] if a.dim() == 4 else a for r, a in slopes.items()}
+    cl, cu = layer_bounds(net, i, rows, lo_in, hi_in, pre, config.memory_mb, alphas, errs)
     cl, cu = outward(cl, cu, errs.slack[i][:, rows])
     sel = mask[:, rows]
     if config.intersect_interval:

@@ -16,7 +16,11 @@ class NetBounds:
     (so the pre-activation bounds of a ReLU at position ``i`` are those of layer ``i - 1``);
     ``input_lower``/``input_upper`` are the input region itself. ``method`` names what produced them.
     ``errors``: the float error model over this region (or a larger one: it stays valid on
-    sub-regions), set by the bound methods; :meth:`float_errors` derives it when absent."""
+    sub-regions), set by the bound methods; :meth:`float_errors` derives it when absent.
+    ``slopes``: the lower slopes of the ReLUs that alpha-CROWN optimised for the backward pass of
+    each target layer ``t`` (``{t: {r: (B, 2, d_t, d_r)}}`` per target neuron and side, or
+    ``(B, 2, d_r)`` shared by the layer), to bound sub-regions with (any slope in [0, 1] is valid
+    anywhere); ``None`` when not optimised."""
 
     input_lower: torch.Tensor
     input_upper: torch.Tensor
@@ -24,6 +28,7 @@ class NetBounds:
     upper: list[torch.Tensor]
     method: str = "interval"
     errors: FloatErrors | None = None
+    slopes: dict[int, dict[int, torch.Tensor]] | None = None
 
     def float_errors(self, net: Network) -> FloatErrors:
         """The float error model over these bounds (computed from them if not already known)."""

@@ -11,9 +11,12 @@ the split constraints' Lagrange multipliers of beta-CROWN (Wang et al. 2021, "Be
 
 * bounding: the layers after the split are recomputed by CROWN from the parent's bounds
   (intersected with them: the child is a subset, so every parent bound stays valid, including
-  the alpha-CROWN or LP bounds the root came with), then the specification rows are bounded by a
-  backward pass whose lower slopes (alpha) and split multipliers (beta) are optimised by a few
-  steps of Adam (``iterations``); the best value seen per row is kept (each is valid);
+  the alpha-CROWN or LP bounds the root came with), with the intermediate slopes alpha-CROWN
+  optimised at the root when it did (shared by the whole tree: CROWN's adaptive slopes lose
+  most of what alpha-CROWN gained on deep nets), then the specification rows still open in some
+  domain of the batch are bounded by a backward pass whose lower slopes (alpha) and split
+  multipliers (beta) are optimised by a few steps of Adam (``iterations``), started from the
+  parent's; the best value seen per row is kept (each is valid; a row keeps its ancestors' bound);
 * pruning: a domain is closed when every disjunct of the violation has a row whose lower bound
   exceeds its threshold by the safety margin, or when its bounds are empty (some neuron's lower
   bound above its upper bound by more than that neuron's float error bound: the split
@@ -152,8 +155,10 @@ class _Domains:
     """A batch of domains: per-layer bounds ``(n, d_i)``, the split constraints so far (per ReLU
     position ``r``: ``(n, d_r)`` signs, +1 active, -1 inactive, 0 not split), the final pass's
     slopes and multipliers last optimised for it (``(n, m, d_r)`` float32, to start its children
-    from; empty before the first optimisation) and, once bounded, the split chosen next (ReLU
-    position and neuron; -1: none left)."""
+    from; empty before the first optimisation), the best lower bounds of the specification rows
+    found for it or an ancestor (``(n, m)`` float64, valid for it: a child is a subset of its
+    parent; ``None``: none yet) and, once bounded, the split chosen next (ReLU position and
+    neuron; -1: none left)."""
 
     lower: list[torch.Tensor]
     upper: list[torch.Tensor]
@@ -162,6 +167,7 @@ class _Domains:
     neuron: torch.Tensor
     alphas: dict[int, torch.Tensor] = field(default_factory=dict)
     betas: dict[int, torch.Tensor] = field(default_factory=dict)
+    rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.relu.numel())
@@ -169,7 +175,8 @@ class _Domains:
     def take(self, idx: torch.Tensor | slice) -> "_Domains":
         return _Domains([t[idx] for t in self.lower], [t[idx] for t in self.upper],
                         {r: t[idx] for r, t in self.signs.items()}, self.relu[idx], self.neuron[idx],
-                        {r: t[idx] for r, t in self.alphas.items()}, {r: t[idx] for r, t in self.betas.items()})
+                        {r: t[idx] for r, t in self.alphas.items()}, {r: t[idx] for r, t in self.betas.items()},
+                        None if self.rows is None else self.rows[idx])
 
 
 class _Search:
@@ -181,6 +188,7 @@ class _Search:
         if errs is None:  # from interval bounds over the box (looser than the root's, as valid)
             errs = interval_bounds(net, lo.reshape(1, -1), hi.reshape(1, -1)).float_errors(net)
         self.errs = errs  # the float error model over the root box (valid on every sub-domain)
+        self.slopes: dict[int, dict[int, torch.Tensor]] | None = None  # the root's optimised intermediate slopes
         self.cleared = float("inf")  # the least amount by which a closed domain cleared the margin
         self.deadline = deadline  # perf_counter() value past which optimisation stops early
         self.lo, self.hi = lo.reshape(1, -1).double(), hi.reshape(1, -1).double()
@@ -198,16 +206,19 @@ class _Search:
         slack = self.d - lb
         return torch.stack([slack[:, g].min(dim=1).values for g in self.groups], dim=1).max(dim=1).values
 
-    def _spec_bound(self, nb: NetBounds, dom: _Domains) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor,
-                                                             dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-        """Widened lower bounds ``(n, m)`` of the rows: the best of CROWN and ``iterations``
-        steps of Adam on the final pass's slopes and split multipliers (started from the
-        parent's); with the coefficients of the CROWN pass (for branching and falsification) and
-        each row's best slopes and multipliers (float32, to start the children from)."""
+    def _spec_bound(self, nb: NetBounds, dom: _Domains, R: torch.Tensor, known: torch.Tensor
+                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor, dict[int, torch.Tensor],
+                               dict[int, torch.Tensor]]:
+        """Widened lower bounds ``(n, |R|)`` of the rows ``R`` (the others are proven in every
+        domain of the batch: ``known``, the ``(n, m)`` bounds so far, stand for them): the best
+        of CROWN and ``iterations`` steps of Adam on the final pass's slopes and split
+        multipliers (started from the parent's); with the coefficients of the CROWN pass (for
+        branching and falsification) and each row's best slopes and multipliers (float32, to
+        start the children from)."""
         n = nb.lower[0].shape[0]
         lo, hi = self.lo.expand(n, -1), self.hi.expand(n, -1)
         pre = pre_bounds(self.net, nb)
-        C = self.C.unsqueeze(0).expand(n, -1, -1)
+        C = self.C[R].unsqueeze(0).expand(n, -1, -1)
         m = C.shape[1]
         best, coeffs, A_in = spec_backward(self.net, C, lo, hi, pre, errs=self.errs)
         best = best - self.errs.spec_slack(C)
@@ -220,13 +231,13 @@ class _Search:
         alphas = {}
         for r in self.net.relu_indices:
             start = dom.alphas.get(r)
-            a = (pre[r][1] >= -pre[r][0]).unsqueeze(1).expand(-1, m, -1) if start is None else start
+            a = (pre[r][1] >= -pre[r][0]).unsqueeze(1).expand(-1, m, -1) if start is None else start[:, R]
             alphas[r] = a.to(dtype).clone().requires_grad_(True)
         split = {r: t.to(dtype) for r, t in dom.signs.items() if bool(t.any())} if self.cfg.beta else {}
         betas = {}
         for r, sg in split.items():
             start = dom.betas.get(r)
-            b = torch.zeros(n, m, sg.shape[1]) if start is None else start
+            b = torch.zeros(n, m, sg.shape[1]) if start is None else start[:, R]
             betas[r] = b.to(dtype).clone().requires_grad_(True)
         # Adam in ``dtype`` without the float error charges (they only steer), keeping per row
         # the slopes and multipliers of its best bound; ONE float64 pass with those and the float
@@ -245,7 +256,7 @@ class _Search:
                     best_a[r] = torch.where(better.unsqueeze(-1), a, best_a[r])
                 for r, b in betas.items():
                     best_b[r] = torch.where(better.unsqueeze(-1), b, best_b[r])
-            if (it == self.cfg.iterations or bool((self._measure(best_o.double()) < -4 * self.margin).all())
+            if (it == self.cfg.iterations or bool((self._measure(_merge(known, R, best_o.double())) < -4 * self.margin).all())
                     or time.perf_counter() >= self.deadline):
                 break  # the last evaluation needs no step; nor does a batch already closed or late
             opt.zero_grad()
@@ -274,17 +285,24 @@ class _Search:
 
     def bound(self, dom: _Domains) -> tuple[_Domains, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Bound ``dom`` (bounds may hold fresh splits): returns the open domains with their
-        branching decisions, and for them the violation-measure bound, the row bounds and the
-        input coefficients of the spec rows."""
+        branching decisions (and their row bounds, ``rows``), and for them the violation-measure
+        bound and the input coefficients of the rows bounded here (``R``: the rows open in some
+        domain of the batch; a row proven in every one keeps its bounds)."""
         n = len(dom)
+        m = self.C.shape[0]
+        known = dom.rows if dom.rows is not None else torch.full((n, m), -torch.inf, dtype=torch.float64)
+        R = torch.nonzero((self.d - known >= -self.margin).any(dim=0)).flatten()
         start = int(dom.relu.min()) if n and bool((dom.relu >= 0).all()) else 0
         base = NetBounds(self.lo.expand(n, -1), self.hi.expand(n, -1), dom.lower, dom.upper, "bab", self.errs)
-        nb, _ = crown_bounds(self.net, base.input_lower, base.input_upper, None, self.cfg.crown, base, start)
+        nb, _ = crown_bounds(self.net, base.input_lower, base.input_upper, None, self.cfg.crown, base, start, self.slopes)
         empty = torch.zeros(n, dtype=torch.bool)
         for i, (lo_i, hi_i) in enumerate(zip(nb.lower, nb.upper)):
             # crossing by more than the float error bound of the neuron: no float32 point either
             empty |= (lo_i - hi_i > self.errs.rounding[i] + self.errs.slack[i]).any(dim=1)
-        lb, coeffs, A_in, alphas, betas = self._spec_bound(nb, dom)
+        lb_R, coeffs, A_in, alphas_R, betas_R = self._spec_bound(nb, dom, R, known)
+        lb = _merge(known, R, lb_R)
+        alphas = {r: _merge_rows(dom.alphas.get(r), R, a, m) for r, a in alphas_R.items()}
+        betas = {r: _merge_rows(dom.betas.get(r), R, b, m) for r, b in betas_R.items()}
         measure = self._measure(lb)
         closed = empty | (measure < -self.margin)
         if bool((~empty & closed).any()):
@@ -295,24 +313,25 @@ class _Search:
         out = _Domains([x[keep] for x in nb.lower], [x[keep] for x in nb.upper],
                        {r: sg[keep] for r, sg in dom.signs.items()},
                        torch.full((keep.numel(),), -1, dtype=torch.long), torch.zeros(keep.numel(), dtype=torch.long),
-                       {r: a[keep] for r, a in alphas.items()}, {r: b[keep] for r, b in betas.items()})
-        lb, measure, A_in = lb[keep], measure[keep], A_in[keep]
+                       {r: a[keep] for r, a in alphas.items()}, {r: b[keep] for r, b in betas.items()}, lb[keep])
+        measure, A_in = measure[keep], A_in[keep]
         coeffs = {r: a[keep] for r, a in coeffs.items()}
-        self._choose_splits(out, lb, coeffs)
-        return out, measure, lb, A_in
+        self._choose_splits(out, R, coeffs)
+        return out, measure, A_in, R
 
     # -- branching --------------------------------------------------------------------------
-    def _choose_splits(self, dom: _Domains, lb: torch.Tensor, coeffs: dict[int, torch.Tensor]) -> None:
+    def _choose_splits(self, dom: _Domains, R: torch.Tensor, coeffs: dict[int, torch.Tensor]) -> None:
         """Set ``dom.relu`` / ``dom.neuron`` (``-1`` when no neuron is unstable).
 
         Candidates: the ``fsb_candidates`` unstable neurons with the best intercept score over
-        the rows not yet proven; with more than one, each candidate's two children are bounded
+        the rows not yet proven (``coeffs``: those of the rows ``R``); with more than one, each candidate's two children are bounded
         by one final pass (the other bounds and the slopes kept: filtered smart branching, De
         Palma et al. 2021, Sec. 4.2) and the candidate whose worse child is best is chosen."""
         n = len(dom)
         if n == 0:
             return
-        open_rows = (self.d - lb >= -self.margin).double()  # (n, m)
+        assert dom.rows is not None
+        open_rows = (self.d[R] - dom.rows[:, R] >= -self.margin).double()  # (n, |R|)
         scores, owners = [], []
         for r in self.relus:
             l, u = dom.lower[r - 1], dom.upper[r - 1]
@@ -332,21 +351,23 @@ class _Search:
         neuron_of = torch.tensor([o[1] for o in owners])
         choice = top_i[:, 0]
         if k > 1:
-            choice = self._filter(dom, top_s, top_i, relu_of, neuron_of)
+            choice = self._filter(dom, R, top_s, top_i, relu_of, neuron_of)
         valid = score.gather(1, choice.unsqueeze(1)).squeeze(1) >= 0
         dom.relu = torch.where(valid, relu_of[choice], torch.full_like(dom.relu, -1))
         dom.neuron = torch.where(valid, neuron_of[choice], torch.zeros_like(dom.neuron))
 
-    def _filter(self, dom: _Domains, top_s: torch.Tensor, top_i: torch.Tensor, relu_of: torch.Tensor,
+    def _filter(self, dom: _Domains, R: torch.Tensor, top_s: torch.Tensor, top_i: torch.Tensor, relu_of: torch.Tensor,
                 neuron_of: torch.Tensor) -> torch.Tensor:
         """The candidate (index into the flat neuron list) whose worse child has the lowest
         violation-measure bound, each child bounded by one final pass."""
         n, k = top_i.shape
         lo, hi = self.lo.expand(2 * n, -1), self.hi.expand(2 * n, -1)
-        C = self.C.unsqueeze(0).expand(2 * n, -1, -1)
+        C = self.C[R].unsqueeze(0).expand(2 * n, -1, -1)
+        assert dom.rows is not None
+        known = dom.rows.repeat(2, 1)
         split = {r: sg.double().repeat(2, 1) for r, sg in dom.signs.items() if bool(sg.any())} if self.cfg.beta else {}
-        alphas = {r: a.double().repeat(2, 1, 1) for r, a in dom.alphas.items()} or None
-        betas = {r: b.double().repeat(2, 1, 1) for r, b in dom.betas.items() if r in split} or None
+        alphas = {r: a[:, R].double().repeat(2, 1, 1) for r, a in dom.alphas.items()} or None
+        betas = {r: b[:, R].double().repeat(2, 1, 1) for r, b in dom.betas.items() if r in split} or None
         rows = torch.arange(n)
         worst = torch.full((n, k), torch.inf, dtype=torch.float64)
         for c in range(k):
@@ -362,7 +383,7 @@ class _Search:
                     l[n:][rows[sel], j[sel]] = torch.clamp(l[n:][rows[sel], j[sel]], min=0.0)
                 pre[r] = (l, u)
             bound, _, _ = spec_backward(self.net, C, lo, hi, pre, alphas, betas, split or None)
-            m = self._measure(bound)
+            m = self._measure(_merge(known, R, bound))
             worst[:, c] = torch.maximum(m[:n], m[n:])
         worst = torch.where(top_s >= 0, worst, torch.full_like(worst, torch.inf))
         return top_i.gather(1, worst.argmin(dim=1, keepdim=True)).squeeze(1)
@@ -389,7 +410,8 @@ class _Search:
             signs[r][active, neuron[active]] = 1
             if r not in betas and alphas:  # the first split in this layer: multipliers start at 0
                 betas[r] = torch.zeros(2 * n, *next(iter(alphas.values())).shape[1:2], lower[r - 1].shape[1])
-        return _Domains(lower, upper, signs, relu, neuron, alphas, betas)
+        rows = None if dom.rows is None else dom.rows.repeat(2, 1)
+        return _Domains(lower, upper, signs, relu, neuron, alphas, betas, rows)
 
     # -- leaves -----------------------------------------------------------------------------
     def leaves(self, dom: _Domains) -> object | None:
@@ -425,13 +447,14 @@ class _Search:
         return verdict, x
 
     # -- falsification ----------------------------------------------------------------------
-    def candidates(self, t: torch.Tensor, lb: torch.Tensor, A_in: torch.Tensor) -> object | None:
-        """Run the box corner minimising the worst open row's linear bound through the network;
-        hand violating points to ``check``."""
-        if t.numel() == 0:
+    def candidates(self, dom: _Domains, A_in: torch.Tensor, R: torch.Tensor) -> object | None:
+        """Run the box corner minimising the worst open row's linear bound (``A_in``: the input
+        coefficients of the rows ``R``) through the network; hand violating points to ``check``."""
+        if len(dom) == 0:
             return None
-        row = (self.d - lb).argmax(dim=1)  # the row the bound leaves most room to violate
-        a = A_in[torch.arange(t.numel()), row]  # (n, in_dim)
+        assert dom.rows is not None
+        row = (self.d[R] - dom.rows[:, R]).argmax(dim=1)  # the row the bound leaves most room to violate
+        a = A_in[torch.arange(len(dom)), row]  # (n, in_dim)
         x = torch.where(a > 0, self.lo, self.hi)
         with torch.no_grad():
             y = self.net.forward(x)
@@ -465,6 +488,7 @@ def branch_and_bound(
     lo = torch.tensor(np.asarray(lower, dtype=np.float64))
     hi = torch.tensor(np.asarray(upper, dtype=np.float64))
     search = _Search(net, lo, hi, C, d, owner, margin, cfg, check, deadline, root.float_errors(net))
+    search.slopes = root.slopes
     root_dom = _Domains([t.clone() for t in root.lower], [t.clone() for t in root.upper],
                         {r: torch.zeros(1, net.layers[r].in_dim, dtype=torch.int8) for r in search.relus},
                         torch.full((1,), -1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
@@ -482,9 +506,9 @@ def _search(search: _Search, root_dom: _Domains, deadline: float, cfg: BabConfig
 
 def _run(search: _Search, root_dom: _Domains, deadline: float, cfg: BabConfig, t0: float) -> BabResult:
     stats = search.stats
-    first, t, lb, A_in = search.bound(root_dom)
+    first, _, A_in, R = search.bound(root_dom)
     stats["domains"] += 1
-    w = search.candidates(t, lb, A_in) or search.leaves(first)
+    w = search.candidates(first, A_in, R) or search.leaves(first)
     if w is not None:
         return _done("sat", w, stats, t0)
     stack: list[_Domains] = []
@@ -507,12 +531,31 @@ def _run(search: _Search, root_dom: _Domains, deadline: float, cfg: BabConfig, t
         stats["iterations"] += 1
         children = search.split(dom)
         stats["domains"] += len(children)
-        bounded, t, lb, A_in = search.bound(children)
-        w = search.candidates(t, lb, A_in) or search.leaves(bounded)
+        bounded, _, A_in, R = search.bound(children)
+        w = search.candidates(bounded, A_in, R) or search.leaves(bounded)
         if w is not None:
             return _done("sat", w, stats, t0)
         _push(stack, bounded)
     return _done("unknown" if stats["undecided"] else "unsat", None, stats, t0)
+
+
+def _merge(known: torch.Tensor, R: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``known`` (``(n, m)`` row bounds) with the rows ``R`` raised to ``new`` (``(n, |R|)``)
+    where that is higher (both are valid)."""
+    out = known.clone()
+    out[:, R] = torch.maximum(known[:, R], new.to(known.dtype))
+    return out
+
+
+def _merge_rows(old: torch.Tensor | None, R: torch.Tensor, new: torch.Tensor, m: int) -> torch.Tensor:
+    """Per-row parameters ``(n, m, d)``: ``old`` with the rows ``R`` replaced by ``new``
+    (``(n, |R|, d)``). The rows outside ``R`` are proven in every domain of the batch, hence in
+    all their descendants, and their parameters are never used again (zeros when ``old`` is None)."""
+    if old is None:
+        old = torch.zeros(new.shape[0], m, new.shape[2], dtype=new.dtype)
+    out = old.clone()
+    out[:, R] = new.to(old.dtype)
+    return out
 
 
 def _open_share(stack: list[_Domains]) -> float:
