@@ -283,6 +283,24 @@ class _Search:
             self._net32_cache = self.net.to_torch().to(torch.float32).net
         return self._net32_cache
 
+    def _intermediate(self, dom: _Domains) -> NetBounds:
+        """The layers after each domain's split recomputed by CROWN (with the root's slopes),
+        grouped by the split's layer: a split in the last hidden layer recomputes the output
+        alone, not everything after the earliest split of the batch."""
+        n = len(dom)
+        starts = dom.relu.clamp(min=0)  # -1: not split yet (the root): every layer
+        lower, upper = [t.clone() for t in dom.lower], [t.clone() for t in dom.upper]
+        for start in torch.unique(starts).tolist():
+            idx = torch.nonzero(starts == start).flatten()
+            k = idx.numel()
+            base = NetBounds(self.lo.expand(k, -1), self.hi.expand(k, -1), [t[idx] for t in dom.lower],
+                             [t[idx] for t in dom.upper], "bab", self.errs)
+            nb, _ = crown_bounds(self.net, base.input_lower, base.input_upper, None, self.cfg.crown, base, int(start),
+                                 self.slopes)
+            for i in range(len(lower)):
+                lower[i][idx], upper[i][idx] = nb.lower[i], nb.upper[i]
+        return NetBounds(self.lo.expand(n, -1), self.hi.expand(n, -1), lower, upper, "bab", self.errs)
+
     def bound(self, dom: _Domains) -> tuple[_Domains, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Bound ``dom`` (bounds may hold fresh splits): returns the open domains with their
         branching decisions (and their row bounds, ``rows``), and for them the violation-measure
@@ -292,9 +310,7 @@ class _Search:
         m = self.C.shape[0]
         known = dom.rows if dom.rows is not None else torch.full((n, m), -torch.inf, dtype=torch.float64)
         R = torch.nonzero((self.d - known >= -self.margin).any(dim=0)).flatten()
-        start = int(dom.relu.min()) if n and bool((dom.relu >= 0).all()) else 0
-        base = NetBounds(self.lo.expand(n, -1), self.hi.expand(n, -1), dom.lower, dom.upper, "bab", self.errs)
-        nb, _ = crown_bounds(self.net, base.input_lower, base.input_upper, None, self.cfg.crown, base, start, self.slopes)
+        nb = self._intermediate(dom)
         empty = torch.zeros(n, dtype=torch.bool)
         for i, (lo_i, hi_i) in enumerate(zip(nb.lower, nb.upper)):
             # crossing by more than the float error bound of the neuron: no float32 point either
