@@ -68,8 +68,9 @@ class BabConfig:
     """``batch``: parent domains split per step (each gives two children, bounded together);
     ``iterations``: Adam steps (step ``lr``) on the final pass's lower slopes and, with ``beta``,
     on the split constraints' multipliers, per batch (0: CROWN's adaptive slopes alone);
-    ``fsb_candidates``: neurons per domain whose split is tried before choosing (1: the
-    intercept score alone); ``max_domains``: the most open domains kept (past it: ``unknown``);
+    ``fsb_candidates``: neurons per domain whose split is tried before choosing (1, the
+    default: the intercept score alone, which proved as much in less time than 4 or 8 on the
+    instances of ``verify/results/bab_branching.md``); ``max_domains``: the most open domains kept (past it: ``unknown``);
     ``optimise_dtype``: the dtype of the Adam steps (``float32``: about half the cost; a float64
     pass with the best slopes found, and the float error model, decides either way)."""
 
@@ -77,7 +78,7 @@ class BabConfig:
     iterations: int = 40
     lr: float = 0.5
     beta: bool = True
-    fsb_candidates: int = 4
+    fsb_candidates: int = 1
     max_domains: int = 100_000
     optimise_dtype: str = "float32"
     crown: CrownConfig = CrownConfig()
