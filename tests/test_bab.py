@@ -23,7 +23,8 @@ from robustkit.bounds.types import NetBounds
 from robustkit.network import Dense, Network, ReLU
 from robustkit.spec import InputBox, robustness_spec
 from robustkit.verification import ModelContext, VerifyConfig, verify_spec
-from robustkit.verification.bab import BabConfig, _Domains, _Search, branch_and_bound, spec_backward
+from robustkit.verification.bab import BabConfig, _Search, branch_and_bound, spec_backward
+from robustkit.verification.domains import Domains
 
 
 def _random_net(seed: int, sizes: tuple[int, ...] = (4, 12, 12, 3)) -> Network:
@@ -55,9 +56,9 @@ def _search(net: Network, lo: np.ndarray, hi: np.ndarray, C: np.ndarray, d: np.n
                    lambda x: None, deadline)
 
 
-def _root(net: Network, search: _Search) -> _Domains:
+def _root(net: Network, search: _Search) -> Domains:
     nb, _ = crown_bounds(net, search.lo, search.hi)
-    return _Domains(nb.lower, nb.upper, {r: torch.zeros(1, net.layers[r].in_dim, dtype=torch.int8) for r in search.relus},
+    return Domains(nb.lower, nb.upper, {r: torch.zeros(1, net.layers[r].in_dim, dtype=torch.int8) for r in search.relus},
                     torch.full((1,), -1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
 
 
@@ -93,7 +94,7 @@ def test_children_bounds_contain_their_points(seed: int) -> None:
             for i, a in enumerate(acts):
                 assert bool((a[inside] >= nb.lower[i][c] - 1e-9).all()), (seed, c, i)
                 assert bool((a[inside] <= nb.upper[i][c] + 1e-9).all()), (seed, c, i)
-        dom = _Domains(nb.lower, nb.upper, children.signs, children.relu.clone(), children.neuron)
+        dom = Domains(nb.lower, nb.upper, children.signs, children.relu.clone(), children.neuron)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -115,7 +116,7 @@ def test_children_bounds_with_the_roots_slopes_contain_their_points(seed: int) -
     assert any(not torch.equal(a, b) for a, b in zip(with_slopes.lower, plain.lower)), "the slopes were not used"
     search = _search(net, lo, hi, C[0].numpy(), np.zeros(1), BabConfig(iterations=0))
     search.slopes = root.slopes
-    dom = _Domains([t.clone() for t in root.lower], [t.clone() for t in root.upper],
+    dom = Domains([t.clone() for t in root.lower], [t.clone() for t in root.upper],
                    {r: torch.zeros(1, net.layers[r].in_dim, dtype=torch.int8) for r in search.relus},
                    torch.full((1,), -1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
     pts = _points(lo, hi, 4000, seed)
@@ -146,7 +147,7 @@ def test_children_bounds_with_the_roots_slopes_contain_their_points(seed: int) -
             for i, a in enumerate(acts):
                 assert bool((a[inside] >= nb.lower[i][c] - 1e-9).all()), (seed, c, i)
                 assert bool((a[inside] <= nb.upper[i][c] + 1e-9).all()), (seed, c, i)
-        dom = _Domains(nb.lower, nb.upper, children.signs, children.relu.clone(), children.neuron)
+        dom = Domains(nb.lower, nb.upper, children.signs, children.relu.clone(), children.neuron)
     assert checked > 0
 
 
@@ -242,18 +243,18 @@ def test_deadline_passed_gives_timeout() -> None:
 
 
 def test_open_share_counts_each_open_domain_by_its_depth() -> None:
-    from robustkit.verification.bab import _Domains, _open_share
+    from robustkit.verification.domains import open_share
 
-    def block(signs: list[list[int]]) -> _Domains:
+    def block(signs: list[list[int]]) -> Domains:
         n = len(signs)
         sg = torch.tensor(signs, dtype=torch.int8)
-        return _Domains([torch.zeros(n, 2)], [torch.ones(n, 2)], {1: sg}, torch.zeros(n, dtype=torch.long),
+        return Domains([torch.zeros(n, 2)], [torch.ones(n, 2)], {1: sg}, torch.zeros(n, dtype=torch.long),
                         torch.zeros(n, dtype=torch.long))
 
-    assert _open_share([]) == 0.0
-    assert _open_share([block([[0, 0]])]) == 1.0
+    assert open_share([]) == 0.0
+    assert open_share([block([[0, 0]])]) == 1.0
     # one child of the root closed, the other split once more with one grandchild closed
-    assert _open_share([block([[1, 0]]), block([[-1, 1]])]) == pytest.approx(0.5 + 0.25)
+    assert open_share([block([[1, 0]]), block([[-1, 1]])]) == pytest.approx(0.5 + 0.25)
 
 
 def test_vnncomp_instance_left_open_by_bounds(vnncomp_dir: Path) -> None:
@@ -266,7 +267,13 @@ def test_vnncomp_instance_left_open_by_bounds(vnncomp_dir: Path) -> None:
     assert incomplete.result == "unknown"
     v = verify_spec(ctx, spec, VerifyConfig(method="bab", tighten="crown", attack_steps=0, timeout=60))
     assert (v.result, v.stage) == ("unsat", "bab"), v.details
-    assert v.details["bab"]["domains"] > 1
+    stats = v.details["bab"]
+    assert stats["domains"] > 1
+    # the stage shares: each stage timed, together within the search's own time
+    stages = {k: t for k, t in stats.items() if k.startswith("time_")}
+    assert {"time_intermediate", "time_optimise", "time_branching", "time_split", "time_falsify"} <= set(stages)
+    assert all(t >= 0 for t in stages.values()) and sum(stages.values()) <= stats["time"] + 1e-6
+    assert stats["domains_per_s"] == pytest.approx(stats["domains"] / stats["time"])
 
 
 def test_leaf_lp_decides_fully_split_domains() -> None:

@@ -39,14 +39,19 @@ LP per disjunct (the box, the decided neurons' sides, the disjunct's rows, each 
 accumulated float error) closes it, from certificates re-checked in float64
 (:mod:`robustkit.verification.leaf_lp`), or gives a candidate. If one remains undecided (LP trouble, or a candidate ``check`` rejects) when the pool is
 empty, the answer is ``unknown``, never ``unsat``.
+
+The result's ``stats`` count domains (bounded, closed, infeasible, leaves, candidates) and time
+each stage of the search (``time_intermediate``, ``time_optimise``, ``time_branching``,
+``time_split``, ``time_falsify``, ``time_leaves``; ``domains_per_s`` over the whole search).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -56,6 +61,7 @@ from robustkit.bounds.floaterr import FloatErrors
 from robustkit.bounds.interval import interval_bounds
 from robustkit.bounds.types import NetBounds
 from robustkit.network import LinearLayer, Network, ReLU
+from robustkit.verification.domains import Domains, merge_params, merge_rows, open_share
 from robustkit.verification.leaf_lp import settle_leaf
 
 log = logging.getLogger(__name__)
@@ -151,34 +157,6 @@ def spec_backward(
     return bound, coeffs, A
 
 
-@dataclass
-class _Domains:
-    """A batch of domains: per-layer bounds ``(n, d_i)``, the split constraints so far (per ReLU
-    position ``r``: ``(n, d_r)`` signs, +1 active, -1 inactive, 0 not split), the final pass's
-    slopes and multipliers last optimised for it (``(n, m, d_r)`` float32, to start its children
-    from; empty before the first optimisation), the best lower bounds of the specification rows
-    found for it or an ancestor (``(n, m)`` float64, valid for it: a child is a subset of its
-    parent; ``None``: none yet) and, once bounded, the split chosen next (ReLU position and
-    neuron; -1: none left)."""
-
-    lower: list[torch.Tensor]
-    upper: list[torch.Tensor]
-    signs: dict[int, torch.Tensor]
-    relu: torch.Tensor
-    neuron: torch.Tensor
-    alphas: dict[int, torch.Tensor] = field(default_factory=dict)
-    betas: dict[int, torch.Tensor] = field(default_factory=dict)
-    rows: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.relu.numel())
-
-    def take(self, idx: torch.Tensor | slice) -> "_Domains":
-        return _Domains([t[idx] for t in self.lower], [t[idx] for t in self.upper],
-                        {r: t[idx] for r, t in self.signs.items()}, self.relu[idx], self.neuron[idx],
-                        {r: t[idx] for r, t in self.alphas.items()}, {r: t[idx] for r, t in self.betas.items()},
-                        None if self.rows is None else self.rows[idx])
-
 
 class _Search:
     def __init__(self, net: Network, lo: torch.Tensor, hi: torch.Tensor, C: np.ndarray, d: np.ndarray,
@@ -201,13 +179,23 @@ class _Search:
         self.stats: dict[str, float | int] = {"domains": 0, "closed": 0, "infeasible": 0, "undecided": 0,
                                               "candidates": 0, "leaves": 0, "max_open": 0, "iterations": 0}
 
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the time of the block to ``stats["time_<stage>"]`` (the shares of the search)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"time_{stage}"
+            self.stats[key] = self.stats.get(key, 0.0) + time.perf_counter() - t0
+
     # -- bounding ---------------------------------------------------------------------------
     def _measure(self, lb: torch.Tensor) -> torch.Tensor:
         """Upper bound ``(n,)`` of the violation measure ``max_k min_{rows of k} (d - C y)``."""
         slack = self.d - lb
         return torch.stack([slack[:, g].min(dim=1).values for g in self.groups], dim=1).max(dim=1).values
 
-    def _spec_bound(self, nb: NetBounds, dom: _Domains, R: torch.Tensor, known: torch.Tensor
+    def _spec_bound(self, nb: NetBounds, dom: Domains, R: torch.Tensor, known: torch.Tensor
                     ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor, dict[int, torch.Tensor],
                                dict[int, torch.Tensor]]:
         """Widened lower bounds ``(n, |R|)`` of the rows ``R`` (the others are proven in every
@@ -257,7 +245,7 @@ class _Search:
                     best_a[r] = torch.where(better.unsqueeze(-1), a, best_a[r])
                 for r, b in betas.items():
                     best_b[r] = torch.where(better.unsqueeze(-1), b, best_b[r])
-            if (it == self.cfg.iterations or bool((self._measure(_merge(known, R, best_o.double())) < -4 * self.margin).all())
+            if (it == self.cfg.iterations or bool((self._measure(merge_rows(known, R, best_o.double())) < -4 * self.margin).all())
                     or time.perf_counter() >= self.deadline):
                 break  # the last evaluation needs no step; nor does a batch already closed or late
             opt.zero_grad()
@@ -284,7 +272,7 @@ class _Search:
             self._net32_cache = self.net.to_torch().to(torch.float32).net
         return self._net32_cache
 
-    def _intermediate(self, dom: _Domains) -> NetBounds:
+    def _intermediate(self, dom: Domains) -> NetBounds:
         """The layers after each domain's split recomputed by CROWN (with the root's slopes),
         grouped by the split's layer: a split in the last hidden layer recomputes the output
         alone, not everything after the earliest split of the batch."""
@@ -302,7 +290,7 @@ class _Search:
                 lower[i][idx], upper[i][idx] = nb.lower[i], nb.upper[i]
         return NetBounds(self.lo.expand(n, -1), self.hi.expand(n, -1), lower, upper, "bab", self.errs)
 
-    def bound(self, dom: _Domains) -> tuple[_Domains, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def bound(self, dom: Domains) -> tuple[Domains, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Bound ``dom`` (bounds may hold fresh splits): returns the open domains with their
         branching decisions (and their row bounds, ``rows``), and for them the violation-measure
         bound and the input coefficients of the rows bounded here (``R``: the rows open in some
@@ -311,15 +299,17 @@ class _Search:
         m = self.C.shape[0]
         known = dom.rows if dom.rows is not None else torch.full((n, m), -torch.inf, dtype=torch.float64)
         R = torch.nonzero((self.d - known >= -self.margin).any(dim=0)).flatten()
-        nb = self._intermediate(dom)
+        with self.timed("intermediate"):
+            nb = self._intermediate(dom)
         empty = torch.zeros(n, dtype=torch.bool)
         for i, (lo_i, hi_i) in enumerate(zip(nb.lower, nb.upper)):
             # crossing by more than the float error bound of the neuron: no float32 point either
             empty |= (lo_i - hi_i > self.errs.rounding[i] + self.errs.slack[i]).any(dim=1)
-        lb_R, coeffs, A_in, alphas_R, betas_R = self._spec_bound(nb, dom, R, known)
-        lb = _merge(known, R, lb_R)
-        alphas = {r: _merge_rows(dom.alphas.get(r), R, a, m) for r, a in alphas_R.items()}
-        betas = {r: _merge_rows(dom.betas.get(r), R, b, m) for r, b in betas_R.items()}
+        with self.timed("optimise"):
+            lb_R, coeffs, A_in, alphas_R, betas_R = self._spec_bound(nb, dom, R, known)
+        lb = merge_rows(known, R, lb_R)
+        alphas = {r: merge_params(dom.alphas.get(r), R, a, m) for r, a in alphas_R.items()}
+        betas = {r: merge_params(dom.betas.get(r), R, b, m) for r, b in betas_R.items()}
         measure = self._measure(lb)
         closed = empty | (measure < -self.margin)
         if bool((~empty & closed).any()):
@@ -327,17 +317,18 @@ class _Search:
         self.stats["infeasible"] += int(empty.sum())
         self.stats["closed"] += int(closed.sum())
         keep = torch.nonzero(~closed).flatten()
-        out = _Domains([x[keep] for x in nb.lower], [x[keep] for x in nb.upper],
+        out = Domains([x[keep] for x in nb.lower], [x[keep] for x in nb.upper],
                        {r: sg[keep] for r, sg in dom.signs.items()},
                        torch.full((keep.numel(),), -1, dtype=torch.long), torch.zeros(keep.numel(), dtype=torch.long),
                        {r: a[keep] for r, a in alphas.items()}, {r: b[keep] for r, b in betas.items()}, lb[keep])
         measure, A_in = measure[keep], A_in[keep]
         coeffs = {r: a[keep] for r, a in coeffs.items()}
-        self._choose_splits(out, R, coeffs)
+        with self.timed("branching"):
+            self._choose_splits(out, R, coeffs)
         return out, measure, A_in, R
 
     # -- branching --------------------------------------------------------------------------
-    def _choose_splits(self, dom: _Domains, R: torch.Tensor, coeffs: dict[int, torch.Tensor]) -> None:
+    def _choose_splits(self, dom: Domains, R: torch.Tensor, coeffs: dict[int, torch.Tensor]) -> None:
         """Set ``dom.relu`` / ``dom.neuron`` (``-1`` when no neuron is unstable).
 
         Candidates: the ``fsb_candidates`` unstable neurons with the best intercept score over
@@ -373,7 +364,7 @@ class _Search:
         dom.relu = torch.where(valid, relu_of[choice], torch.full_like(dom.relu, -1))
         dom.neuron = torch.where(valid, neuron_of[choice], torch.zeros_like(dom.neuron))
 
-    def _filter(self, dom: _Domains, R: torch.Tensor, top_s: torch.Tensor, top_i: torch.Tensor, relu_of: torch.Tensor,
+    def _filter(self, dom: Domains, R: torch.Tensor, top_s: torch.Tensor, top_i: torch.Tensor, relu_of: torch.Tensor,
                 neuron_of: torch.Tensor) -> torch.Tensor:
         """The candidate (index into the flat neuron list) whose worse child has the lowest
         violation-measure bound, each child bounded by one final pass."""
@@ -400,13 +391,13 @@ class _Search:
                     l[n:][rows[sel], j[sel]] = torch.clamp(l[n:][rows[sel], j[sel]], min=0.0)
                 pre[r] = (l, u)
             bound, _, _ = spec_backward(self.net, C, lo, hi, pre, alphas, betas, split or None)
-            m = self._measure(_merge(known, R, bound))
+            m = self._measure(merge_rows(known, R, bound))
             worst[:, c] = torch.maximum(m[:n], m[n:])
         worst = torch.where(top_s >= 0, worst, torch.full_like(worst, torch.inf))
         return top_i.gather(1, worst.argmin(dim=1, keepdim=True)).squeeze(1)
 
     # -- splitting --------------------------------------------------------------------------
-    def split(self, dom: _Domains) -> _Domains:
+    def split(self, dom: Domains) -> Domains:
         """Two children per domain: the chosen neuron inactive (first half), active (second)."""
         n = len(dom)
         lower = [t.repeat(2, 1) for t in dom.lower]
@@ -428,10 +419,10 @@ class _Search:
             if r not in betas and alphas:  # the first split in this layer: multipliers start at 0
                 betas[r] = torch.zeros(2 * n, *next(iter(alphas.values())).shape[1:2], lower[r - 1].shape[1])
         rows = None if dom.rows is None else dom.rows.repeat(2, 1)
-        return _Domains(lower, upper, signs, relu, neuron, alphas, betas, rows)
+        return Domains(lower, upper, signs, relu, neuron, alphas, betas, rows)
 
     # -- leaves -----------------------------------------------------------------------------
-    def leaves(self, dom: _Domains) -> object | None:
+    def leaves(self, dom: Domains) -> object | None:
         """Settle the open domains with no unstable ReLU left exactly: the network is affine
         there, so one LP per disjunct decides it (:meth:`_leaf_lp`). A witness accepted by
         ``check`` is returned; a domain the LP cannot settle counts as ``undecided``."""
@@ -453,7 +444,7 @@ class _Search:
             self.stats["undecided"] += 1
         return None
 
-    def _leaf_lp(self, dom: _Domains, i: int, exact: bool = False) -> tuple[str, np.ndarray | None]:
+    def _leaf_lp(self, dom: Domains, i: int, exact: bool = False) -> tuple[str, np.ndarray | None]:
         """Domain ``i`` with every ReLU decided: settled by :func:`robustkit.verification.leaf_lp.settle_leaf`
         (``closed`` only from certificates, ``candidate`` with its ``x``, else ``undecided``)."""
         verdict, x, value = settle_leaf(self.net, self.errs, [t[i] for t in dom.lower], [t[i] for t in dom.upper],
@@ -464,7 +455,7 @@ class _Search:
         return verdict, x
 
     # -- falsification ----------------------------------------------------------------------
-    def candidates(self, dom: _Domains, A_in: torch.Tensor, R: torch.Tensor) -> object | None:
+    def candidates(self, dom: Domains, A_in: torch.Tensor, R: torch.Tensor) -> object | None:
         """Run the box corner minimising the worst open row's linear bound (``A_in``: the input
         coefficients of the rows ``R``) through the network; hand violating points to ``check``."""
         if len(dom) == 0:
@@ -506,14 +497,14 @@ def branch_and_bound(
     hi = torch.tensor(np.asarray(upper, dtype=np.float64))
     search = _Search(net, lo, hi, C, d, owner, margin, cfg, check, deadline, root.float_errors(net))
     search.slopes = root.slopes
-    root_dom = _Domains([t.clone() for t in root.lower], [t.clone() for t in root.upper],
+    root_dom = Domains([t.clone() for t in root.lower], [t.clone() for t in root.upper],
                         {r: torch.zeros(1, net.layers[r].in_dim, dtype=torch.int8) for r in search.relus},
                         torch.full((1,), -1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
     with torch.no_grad():
         return _search(search, root_dom, deadline, cfg, t0)
 
 
-def _search(search: _Search, root_dom: _Domains, deadline: float, cfg: BabConfig, t0: float) -> BabResult:
+def _search(search: _Search, root_dom: Domains, deadline: float, cfg: BabConfig, t0: float) -> BabResult:
     """The search; a proof also reports the least amount by which a closed domain cleared the margin."""
     result = _run(search, root_dom, deadline, cfg, t0)
     if result.status == "unsat":
@@ -521,14 +512,14 @@ def _search(search: _Search, root_dom: _Domains, deadline: float, cfg: BabConfig
     return result
 
 
-def _run(search: _Search, root_dom: _Domains, deadline: float, cfg: BabConfig, t0: float) -> BabResult:
+def _run(search: _Search, root_dom: Domains, deadline: float, cfg: BabConfig, t0: float) -> BabResult:
     stats = search.stats
     first, _, A_in, R = search.bound(root_dom)
     stats["domains"] += 1
-    w = search.candidates(first, A_in, R) or search.leaves(first)
+    w = _settle(search, first, A_in, R)
     if w is not None:
         return _done("sat", w, stats, t0)
-    stack: list[_Domains] = []
+    stack: list[Domains] = []
     _push(stack, first)
     while stack:
         open_count = sum(len(block) for block in stack)
@@ -539,53 +530,35 @@ def _run(search: _Search, root_dom: _Domains, deadline: float, cfg: BabConfig, t
             return _done("unknown", None, stats, t0)
         if time.perf_counter() >= deadline:
             stats["open"] = open_count
-            stats["open_share"] = _open_share(stack)
+            stats["open_share"] = open_share(stack)
             return _done("timeout", None, stats, t0)
         dom = stack.pop()
         if len(dom) > cfg.batch:
             stack.append(dom.take(slice(cfg.batch, None)))
             dom = dom.take(slice(0, cfg.batch))
         stats["iterations"] += 1
-        children = search.split(dom)
+        with search.timed("split"):
+            children = search.split(dom)
         stats["domains"] += len(children)
         bounded, _, A_in, R = search.bound(children)
-        w = search.candidates(bounded, A_in, R) or search.leaves(bounded)
+        w = _settle(search, bounded, A_in, R)
         if w is not None:
             return _done("sat", w, stats, t0)
         _push(stack, bounded)
     return _done("unknown" if stats["undecided"] else "unsat", None, stats, t0)
 
 
-def _merge(known: torch.Tensor, R: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """``known`` (``(n, m)`` row bounds) with the rows ``R`` raised to ``new`` (``(n, |R|)``)
-    where that is higher (both are valid)."""
-    out = known.clone()
-    out[:, R] = torch.maximum(known[:, R], new.to(known.dtype))
-    return out
+def _settle(search: _Search, dom: Domains, A_in: torch.Tensor, R: torch.Tensor) -> object | None:
+    """Falsification at the open domains' corners, then the exact LPs of the fully split ones."""
+    with search.timed("falsify"):
+        w = search.candidates(dom, A_in, R)
+    if w is not None:
+        return w
+    with search.timed("leaves"):
+        return search.leaves(dom)
 
 
-def _merge_rows(old: torch.Tensor | None, R: torch.Tensor, new: torch.Tensor, m: int) -> torch.Tensor:
-    """Per-row parameters ``(n, m, d)``: ``old`` with the rows ``R`` replaced by ``new``
-    (``(n, |R|, d)``). The rows outside ``R`` are proven in every domain of the batch, hence in
-    all their descendants, and their parameters are never used again (zeros when ``old`` is None)."""
-    if old is None:
-        old = torch.zeros(new.shape[0], m, new.shape[2], dtype=new.dtype)
-    out = old.clone()
-    out[:, R] = new.to(old.dtype)
-    return out
-
-
-def _open_share(stack: list[_Domains]) -> float:
-    """The share of the search tree still open: each open domain at depth ``k`` (``k`` splits)
-    counts ``2**-k`` (1.0 before the first split; 0 when every leaf is closed)."""
-    share = 0.0
-    for block in stack:
-        depth = sum((sg != 0).sum(dim=1).double() for sg in block.signs.values())
-        share += float(torch.pow(2.0, -torch.as_tensor(depth, dtype=torch.float64)).sum())
-    return share
-
-
-def _push(stack: list[_Domains], dom: _Domains) -> None:
+def _push(stack: list[Domains], dom: Domains) -> None:
     """Push the domains that can be split (the others were settled by :meth:`_Search.leaves`)."""
     splittable = dom.relu >= 0
     if bool(splittable.any()):
@@ -594,6 +567,7 @@ def _push(stack: list[_Domains], dom: _Domains) -> None:
 
 def _done(status: str, witness: object | None, stats: dict[str, float | int], t0: float) -> BabResult:
     stats["time"] = time.perf_counter() - t0
+    stats["domains_per_s"] = stats["domains"] / stats["time"] if stats["time"] > 0 else 0.0
     stats.setdefault("cleared", float("nan"))
     log.debug("branch and bound: %s %s", status, stats)
     return BabResult(status, witness, dict(stats))

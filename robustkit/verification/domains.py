@@ -1,0 +1,69 @@
+"""The domains of branch and bound (:mod:`robustkit.verification.bab`): a batch of sub-domains of
+the input box with their split constraints, bounds and optimised parameters, and the row-wise
+bookkeeping that lets a child keep what its ancestors proved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Domains", "merge_rows", "merge_params", "open_share"]
+
+
+@dataclass
+class Domains:
+    """A batch of domains: per-layer bounds ``(n, d_i)``, the split constraints so far (per ReLU
+    position ``r``: ``(n, d_r)`` signs, +1 active, -1 inactive, 0 not split), the final pass's
+    slopes and multipliers last optimised for it (``(n, m, d_r)`` float32, to start its children
+    from; empty before the first optimisation), the best lower bounds of the specification rows
+    found for it or an ancestor (``(n, m)`` float64, valid for it: a child is a subset of its
+    parent; ``None``: none yet) and, once bounded, the split chosen next (ReLU position and
+    neuron; -1: none left)."""
+
+    lower: list[torch.Tensor]
+    upper: list[torch.Tensor]
+    signs: dict[int, torch.Tensor]
+    relu: torch.Tensor
+    neuron: torch.Tensor
+    alphas: dict[int, torch.Tensor] = field(default_factory=dict)
+    betas: dict[int, torch.Tensor] = field(default_factory=dict)
+    rows: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.relu.numel())
+
+    def take(self, idx: torch.Tensor | slice) -> "Domains":
+        return Domains([t[idx] for t in self.lower], [t[idx] for t in self.upper],
+                        {r: t[idx] for r, t in self.signs.items()}, self.relu[idx], self.neuron[idx],
+                        {r: t[idx] for r, t in self.alphas.items()}, {r: t[idx] for r, t in self.betas.items()},
+                        None if self.rows is None else self.rows[idx])
+
+
+def merge_rows(known: torch.Tensor, R: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``known`` (``(n, m)`` row bounds) with the rows ``R`` raised to ``new`` (``(n, |R|)``)
+    where that is higher (both are valid)."""
+    out = known.clone()
+    out[:, R] = torch.maximum(known[:, R], new.to(known.dtype))
+    return out
+
+
+def merge_params(old: torch.Tensor | None, R: torch.Tensor, new: torch.Tensor, m: int) -> torch.Tensor:
+    """Per-row parameters ``(n, m, d)``: ``old`` with the rows ``R`` replaced by ``new``
+    (``(n, |R|, d)``). The rows outside ``R`` are proven in every domain of the batch, hence in
+    all their descendants, and their parameters are never used again (zeros when ``old`` is None)."""
+    if old is None:
+        old = torch.zeros(new.shape[0], m, new.shape[2], dtype=new.dtype)
+    out = old.clone()
+    out[:, R] = new.to(old.dtype)
+    return out
+
+
+def open_share(stack: list[Domains]) -> float:
+    """The share of the search tree still open: each open domain at depth ``k`` (``k`` splits)
+    counts ``2**-k`` (1.0 before the first split; 0 when every leaf is closed)."""
+    share = 0.0
+    for block in stack:
+        depth = sum((sg != 0).sum(dim=1).double() for sg in block.signs.values())
+        share += float(torch.pow(2.0, -torch.as_tensor(depth, dtype=torch.float64)).sum())
+    return share
