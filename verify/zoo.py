@@ -8,6 +8,10 @@ to 2e-4 over the last quarter), batch 50, seed 0, training eps 0.1 ramped from 0
 first quarter (used by the regularizers that take an eps; `pgd-rs-eps03`: 0.3), 1 torch thread. Run directories:
 runs/zoo/e<epochs>/mnist-small-<name>. The papers train far longer (Jin & Rinard
 100 epochs, Xiao et al. 70); the budget here is what a 2-core CPU allows, and the cards say so.
+
+The `<regularizer>-rs` and `<regularizer>-ham` rows (issue 17) put each seed regularizer next to a
+ReLU-stability term at the same budget: `python verify/zoo.py train --only mrnet-rs mrnet-ham ...`
+(an interrupted run continues from its checkpoint when started again).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+HAMMING = "jin-rinard:intrinsic_weight=0:hamming_weight=90"  # the Hamming stability term on its own
 
 # name -> regularizer specs (the zoo's rows)
 ZOO: dict[str, list[str]] = {
@@ -42,6 +48,13 @@ ZOO: dict[str, list[str]] = {
     "jin-rinard-h90-i4-wd": ["jin-rinard:intrinsic_weight=4:hamming_weight=90"],
     # Xiao et al.'s eps=0.3 setting (trained at 0.3)
     "pgd-rs-eps03": ["pgd:steps=5", "relu-stability=0.002"],
+    # issue 17: each seed regularizer with a ReLU-stability term, same budget, so the study can
+    # answer which one verifies best with stability. "-rs": Xiao et al.'s RS loss (the weight of
+    # pgd-rs); "-ham": Jin & Rinard's tanh-relaxed Hamming term alone (intrinsic term off, the h90
+    # weight, with the paper's weight decay: without it the term is lowered by shrinking a layer)
+    **{f"{reg}-rs": [reg, "relu-stability=0.002"] for reg in ("mrnet", "mat", "contractive", "advprop")},
+    "jin-rinard-h90-wd-rs": ["jin-rinard:hamming_weight=90", "relu-stability=0.002"],
+    **{f"{reg}-ham": [reg, HAMMING] for reg in ("mrnet", "mat", "contractive", "advprop")},
 }
 # CIFAR-10 rows: the two regularizers that verify best on MNIST, trained at eps 8/255 with Jin &
 # Rinard's eps schedule (2/255 -> 8/255 over 10%-35% of the run, Appendix B), evaluated at 2/255 and 8/255
@@ -55,7 +68,9 @@ CIFAR_ZOO: dict[str, list[str]] = {
 # epoch; PGD-5 + RS on CIFAR-10 costs ~8x a plain epoch on this CPU, so it gets half the budget
 EPOCHS = {"pgd-rs": 6, "cifar-pgd-rs": 10, "pgd-rs-eps03": 8}
 TRAIN_EPS = {"pgd-rs-eps03": "0.3"}  # default 0.1
-EXTRA_ARGS = {name: ["--weight-decay", "5e-4"] for name in ("jin-rinard-h90-wd", "jin-rinard-h90-i4-wd", "cifar-jin-rinard-wd")}
+EXTRA_ARGS = {name: ["--weight-decay", "5e-4"] for name in ("jin-rinard-h90-wd", "jin-rinard-h90-i4-wd", "cifar-jin-rinard-wd",
+                                                             "jin-rinard-h90-wd-rs")}
+EXTRA_ARGS.update({name: ["--weight-decay", "5e-4"] for name, specs in ZOO.items() if HAMMING in specs})
 
 
 def dataset(name: str) -> str:
