@@ -46,12 +46,18 @@ for _name in COMMAND_MODULES:
 
 
 def _click_kinds() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """The usage-error and abort exception classes: click's, and those of the copy of click that
-    typer >= 0.2x carries inside it (``typer._click``), which do not derive from click's."""
-    import click
-
-    usage: list[type] = [click.ClickException]
-    aborts: list[type] = [click.exceptions.Abort, typer.Abort]
+    """The usage-error and abort exception classes: click's, when installed, and those of the copy
+    of click that typer >= 0.2x carries inside it (``typer._click``), which do not derive from
+    click's (such a typer no longer depends on click: a fresh install may have none)."""
+    usage: list[type] = []
+    aborts: list[type] = [typer.Abort]
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        usage.append(click.ClickException)
+        aborts.append(click.exceptions.Abort)
     try:
         from typer._click import exceptions as vendored  # type: ignore[import-not-found]
     except ImportError:
