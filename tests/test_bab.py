@@ -62,6 +62,37 @@ def _root(net: Network, search: _Search) -> Domains:
                     torch.full((1,), -1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
 
 
+def _split_and_check(net: Network, search: _Search, dom: Domains, acts: list[torch.Tensor], seed: int) -> int:
+    """Three rounds of splitting (every unstable neuron scored alike), each batch of children
+    bounded as BaB bounds them (:meth:`_Search._intermediate`: CROWN from each child's split
+    layer, with ``search.slopes``); every sampled point inside a child (its split neurons' signs
+    as decided) must lie inside that child's bounds on every layer. Returns the children checked."""
+    checked = 0
+    for _ in range(3):
+        dom.rows = torch.full((len(dom), 1), -1e9, dtype=torch.float64)
+        search._choose_splits(dom, torch.arange(1),
+                              {r: -torch.ones(len(dom), 1, net.layers[r].in_dim, dtype=torch.float64) for r in search.relus})
+        dom = dom.take(torch.nonzero(dom.relu >= 0).flatten())
+        if len(dom) == 0:
+            break
+        children = search.split(dom)
+        nb = search._intermediate(children)
+        for c in range(len(children)):
+            inside = torch.ones(acts[0].shape[0], dtype=torch.bool)
+            for r, sg in children.signs.items():
+                for j in torch.nonzero(sg[c]).flatten().tolist():
+                    z = acts[r - 1][:, j]
+                    inside &= (z >= 0) if int(sg[c, j]) > 0 else (z <= 0)
+            if not bool(inside.any()):
+                continue
+            checked += 1
+            for i, a in enumerate(acts):
+                assert bool((a[inside] >= nb.lower[i][c] - 1e-9).all()), (seed, c, i)
+                assert bool((a[inside] <= nb.upper[i][c] + 1e-9).all()), (seed, c, i)
+        dom = Domains(nb.lower, nb.upper, children.signs, children.relu.clone(), children.neuron)
+    return checked
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_children_bounds_contain_their_points(seed: int) -> None:
     net = _random_net(seed)
@@ -72,29 +103,7 @@ def test_children_bounds_contain_their_points(seed: int) -> None:
     pts = _points(lo, hi, 4000, seed)
     with torch.no_grad():
         acts = net.forward_all(pts)
-    for _ in range(3):  # three rounds of splitting, every child checked
-        dom.rows = torch.full((len(dom), 1), -1e9, dtype=torch.float64)
-        search._choose_splits(dom, torch.arange(1),
-                              {r: -torch.ones(len(dom), 1, net.layers[r].in_dim, dtype=torch.float64) for r in search.relus})
-        dom = dom.take(torch.nonzero(dom.relu >= 0).flatten())
-        if len(dom) == 0:
-            break
-        children = search.split(dom)
-        base_lo, base_hi = search.lo.expand(len(children), -1), search.hi.expand(len(children), -1)
-        nb, _ = crown_bounds(net, base_lo, base_hi, None, search.cfg.crown,
-                             NetBounds(base_lo, base_hi, children.lower, children.upper, "bab"), int(children.relu.min()))
-        for c in range(len(children)):
-            inside = torch.ones(pts.shape[0], dtype=torch.bool)
-            for r, sg in children.signs.items():
-                for j in torch.nonzero(sg[c]).flatten().tolist():
-                    z = acts[r - 1][:, j]
-                    inside &= (z >= 0) if int(sg[c, j]) > 0 else (z <= 0)
-            if not bool(inside.any()):
-                continue
-            for i, a in enumerate(acts):
-                assert bool((a[inside] >= nb.lower[i][c] - 1e-9).all()), (seed, c, i)
-                assert bool((a[inside] <= nb.upper[i][c] + 1e-9).all()), (seed, c, i)
-        dom = Domains(nb.lower, nb.upper, children.signs, children.relu.clone(), children.neuron)
+    assert _split_and_check(net, search, dom, acts, seed) > 0
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -122,33 +131,7 @@ def test_children_bounds_with_the_roots_slopes_contain_their_points(seed: int) -
     pts = _points(lo, hi, 4000, seed)
     with torch.no_grad():
         acts = net.forward_all(pts)
-    checked = 0
-    for _ in range(3):
-        dom.rows = torch.full((len(dom), 1), -1e9, dtype=torch.float64)
-        search._choose_splits(dom, torch.arange(1),
-                              {r: -torch.ones(len(dom), 1, net.layers[r].in_dim, dtype=torch.float64) for r in search.relus})
-        dom = dom.take(torch.nonzero(dom.relu >= 0).flatten())
-        if len(dom) == 0:
-            break
-        children = search.split(dom)
-        n = len(children)
-        base = NetBounds(search.lo.expand(n, -1), search.hi.expand(n, -1), children.lower, children.upper, "bab", search.errs)
-        nb, _ = crown_bounds(net, base.input_lower, base.input_upper, None, search.cfg.crown, base,
-                             int(children.relu.min()), search.slopes)
-        for c in range(n):
-            inside = torch.ones(pts.shape[0], dtype=torch.bool)
-            for r, sg in children.signs.items():
-                for j in torch.nonzero(sg[c]).flatten().tolist():
-                    z = acts[r - 1][:, j]
-                    inside &= (z >= 0) if int(sg[c, j]) > 0 else (z <= 0)
-            if not bool(inside.any()):
-                continue
-            checked += 1
-            for i, a in enumerate(acts):
-                assert bool((a[inside] >= nb.lower[i][c] - 1e-9).all()), (seed, c, i)
-                assert bool((a[inside] <= nb.upper[i][c] + 1e-9).all()), (seed, c, i)
-        dom = Domains(nb.lower, nb.upper, children.signs, children.relu.clone(), children.neuron)
-    assert checked > 0
+    assert _split_and_check(net, search, dom, acts, seed) > 0
 
 
 @pytest.mark.parametrize("seed", range(4))
