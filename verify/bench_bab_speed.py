@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--out", type=Path, default=ROOT / "verify" / "results" / "bab_speed.md")
     args = ap.parse_args()
+    if not (args.before / "robustkit" / "verification" / "bab.py").is_file():
+        sys.exit(f"--before {args.before}: not a robustkit checkout (make one with `git worktree add {args.before} <commit>`)")
     rev = lambda tree: subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True,  # noqa: E731
                                       text=True).stdout.strip()
     t0 = time.perf_counter()
