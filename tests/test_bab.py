@@ -208,6 +208,44 @@ def test_bab_agrees_with_the_milp(seed: int, tmp_path: Path, onnx_kit, save_onnx
 def test_optimise_dtype_is_validated() -> None:
     with pytest.raises(ValueError):
         BabConfig(optimise_dtype="float16")
+    with pytest.raises(ValueError):
+        BabConfig(intermediate="sometimes")
+
+
+def _run_auto(net: Network, seed: int, eps: float, limit: float) -> dict:
+    lo, hi = _box(net, seed, eps)
+    C = np.eye(3)[[0]] - np.eye(3)[[1]]
+    nb, _ = crown_bounds(net, torch.from_numpy(lo[None]), torch.from_numpy(hi[None]))
+    y = net.forward(torch.from_numpy(np.random.default_rng(0).uniform(lo, hi, size=(4000, net.in_dim)))) @ torch.from_numpy(C).T
+    d = np.array([float(y.min()) - 0.01])  # no sampled point violates: a search that takes a while
+    cfg = BabConfig(intermediate="auto", auto_domains=64, iterations=5)
+    res = branch_and_bound(net, lo, hi, C, d, np.zeros(1, dtype=np.int64), nb, time.perf_counter() + limit,
+                           lambda x: None, cfg=cfg)
+    return res.stats
+
+
+def test_auto_intermediate_keeps_recomputing_where_it_decides_relus() -> None:
+    """A deep net with a wide box: a split decides ReLUs in the layers after it, so ``auto``
+    keeps recomputing; with one hidden layer there is nothing after a split to decide, so
+    ``auto`` switches to keeping the parent's bounds once it has seen enough children."""
+    deep = _run_auto(_random_net(4, (6, 30, 30, 30, 30, 3)), 4, 0.4, 5.0)
+    assert deep["recomputed"] >= 64, deep
+    assert deep["stabilised"] / deep["recomputed"] >= 0.5 and "fixed_from" not in deep, deep
+    shallow = _run_auto(_random_net(5, (6, 60, 3)), 5, 0.8, 10.0)
+    if shallow.get("domains", 0) < 64:
+        pytest.skip(f"the search ended before {64} children: {shallow}")
+    assert shallow["stabilised"] == 0 and shallow["fixed_from"] >= 64, shallow
+    assert shallow["recomputed"] == shallow["fixed_from"], shallow  # none recomputed after the switch
+
+
+def test_leaves_past_the_deadline_are_left_and_end_in_timeout() -> None:
+    net = _random_net(5, (2, 5, 5, 2))
+    lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+    search = _search(net, lo, hi, np.array([[1.0, -1.0]]), np.zeros(1), BabConfig(iterations=0), deadline=-float("inf"))
+    dom = _root(net, search)
+    dom.relu = torch.full((1,), -1, dtype=torch.long)  # as if fully split
+    assert search.leaves(dom) is None
+    assert search.stats["late"] == 1 and search.stats["leaves"] == 0 and search.stats["undecided"] == 0
 
 
 def test_deadline_passed_gives_timeout() -> None:
@@ -259,7 +297,8 @@ def test_vnncomp_instance_left_open_by_bounds(vnncomp_dir: Path) -> None:
     assert stats["domains_per_s"] == pytest.approx(stats["domains"] / stats["time"])
 
 
-def test_leaf_lp_decides_fully_split_domains() -> None:
+@pytest.mark.parametrize("mode", ["recompute", "fixed"])
+def test_leaf_lp_decides_fully_split_domains(mode: str) -> None:
     """Domains with every ReLU decided are settled by the LP over the affine piece: on a tiny net
     split down to the leaves, closed leaves contain no violating sampled point and a candidate is
     a real violation."""
@@ -271,7 +310,7 @@ def test_leaf_lp_decides_fully_split_domains() -> None:
         acts = net.forward_all(pts)
         margin = (net.forward(pts) @ torch.from_numpy(C).T).reshape(-1)
     d = np.array([float(margin.min()) + 0.3 * float(margin.max() - margin.min())])  # some points violate
-    search = _search(net, lo, hi, C, d, BabConfig(iterations=0))
+    search = _search(net, lo, hi, C, d, BabConfig(iterations=0, intermediate=mode))
     dom = _root(net, search)
     settled = {"closed": 0, "candidate": 0}
     frontier = [dom]

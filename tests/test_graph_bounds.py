@@ -160,9 +160,12 @@ def test_milp_maximum_is_the_true_maximum(seed: int) -> None:
         assert float(ref(x[None])[0, k]) >= opt - 1e-4, (k, opt)
 
 
-@pytest.mark.parametrize("seed,fsb", [(0, 1), (1, 1), (2, 1), (0, 4), (2, 4)])
-def test_bab_agrees_with_the_milp(seed: int, fsb: int) -> None:
-    """Both branching rules (the intercept score alone; filtered smart branching over 4 candidates)."""
+@pytest.mark.parametrize("seed,fsb,mode", [(0, 1, "auto"), (1, 1, "auto"), (2, 1, "auto"), (0, 4, "auto"), (2, 4, "auto"),
+                                           (0, 1, "fixed"), (1, 1, "fixed"), (2, 4, "fixed")])
+def test_bab_agrees_with_the_milp(seed: int, fsb: int, mode: str) -> None:
+    """Both branching rules (the intercept score alone; filtered smart branching over 4
+    candidates), and children that keep their parent's intermediate bounds (``fixed``: the
+    split multipliers and the leaf LPs carry the splits)."""
     net, ref = _graph(seed)
     lo, hi = _box(seed, 4, 0.6)
     opt, _ = _milp_max(net, lo, hi, 0)
@@ -176,7 +179,7 @@ def test_bab_agrees_with_the_milp(seed: int, fsb: int) -> None:
         # violation: y_0 >= thr  <=>  -y_0 <= -thr
         C, d = np.array([[-1.0, 0.0, 0.0]]), np.array([-thr])
         res = branch_and_bound(net, lo, hi, C, d, np.zeros(1, dtype=np.int64), root, time.perf_counter() + 60,
-                               check, cfg=BabConfig(fsb_candidates=fsb))
+                               check, cfg=BabConfig(fsb_candidates=fsb, intermediate=mode))
         enc = encode(net, root)
         mv = solve_violation(enc, [LinearConstraints(C, d)], time_limit=60)
         answers.append((res.status, mv.outcome))

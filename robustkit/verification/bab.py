@@ -10,6 +10,7 @@ the split constraints' Lagrange multipliers of beta-CROWN (Wang et al. 2021, "Be
 3.1) in the final pass:
 
 * bounding: the layers after the split are recomputed by CROWN from the parent's bounds
+  (or kept, where recomputing them decides almost no ReLU: ``BabConfig.intermediate``)
   (intersected with them: the child is a subset, so every parent bound stays valid, including
   the alpha-CROWN or LP bounds the root came with), with the intermediate slopes alpha-CROWN
   optimised at the root when it did (shared by the whole tree: CROWN's adaptive slopes lose
@@ -40,7 +41,9 @@ accumulated float error) closes it, from certificates re-checked in float64
 (:mod:`robustkit.verification.leaf_lp`), or gives a candidate. If one remains undecided (LP trouble, or a candidate ``check`` rejects) when the pool is
 empty, the answer is ``unknown``, never ``unsat``.
 
-The result's ``stats`` count domains (bounded, closed, infeasible, leaves, candidates) and time
+The result's ``stats`` count domains (bounded, closed, infeasible, leaves, candidates; ``recomputed``
+children and the ReLUs their recomputed bounds ``stabilised``; ``fixed_from``: the children
+bounded when ``auto`` stopped recomputing) and time
 each stage of the search (``time_intermediate``, ``time_optimise``, ``time_branching``,
 ``time_split``, ``time_falsify``, ``time_leaves``; ``domains_per_s`` over the whole search).
 """
@@ -78,7 +81,14 @@ class BabConfig:
     default: the intercept score alone, which proved as much in less time than 4 or 8 on the
     instances of ``verify/results/bab_branching.md``); ``max_domains``: the most open domains kept (past it: ``unknown``);
     ``optimise_dtype``: the dtype of the Adam steps (``float32``: about half the cost; a float64
-    pass with the best slopes found, and the float error model, decides either way)."""
+    pass with the best slopes found, and the float error model, decides either way);
+    ``intermediate``: how a child gets the bounds of the layers after its split: ``recompute``
+    (CROWN, with the root's slopes), ``fixed`` (the parent's, the split neuron's clamped: the
+    split multipliers carry the constraint into the final pass, as in beta-CROWN), or ``auto``
+    (recompute until ``auto_domains`` children have been bounded, then keep recomputing only if
+    that decided at least ``auto_stabilised`` unstable ReLUs per child: on the mnist_fc nets it
+    decides 3-15 per child, on the oval21 CIFAR conv nets about 0.01, at the cost of about one
+    final pass, see ``verify/results/bab_intermediate.md``)."""
 
     batch: int = 64
     iterations: int = 40
@@ -87,6 +97,9 @@ class BabConfig:
     fsb_candidates: int = 1
     max_domains: int = 100_000
     optimise_dtype: str = "float32"
+    intermediate: str = "auto"
+    auto_domains: int = 128
+    auto_stabilised: float = 0.5
     crown: CrownConfig = CrownConfig()
 
     def __post_init__(self) -> None:
@@ -98,6 +111,8 @@ class BabConfig:
             raise ValueError(f"fsb_candidates must be >= 1, got {self.fsb_candidates}")
         if self.max_domains < 1:
             raise ValueError(f"max_domains must be >= 1, got {self.max_domains}")
+        if self.intermediate not in ("recompute", "fixed", "auto"):
+            raise ValueError(f"intermediate must be recompute, fixed or auto, got {self.intermediate!r}")
         if self.optimise_dtype not in ("float32", "float64"):
             raise ValueError(f"optimise_dtype must be float32 or float64, got {self.optimise_dtype!r}")
 
@@ -164,6 +179,7 @@ class _Search:
                  check: Callable[[np.ndarray], object | None], deadline: float = float("inf"),
                  errs: FloatErrors | None = None) -> None:
         self.net, self.cfg, self.margin, self.check = net, cfg, margin, check
+        self.mode = cfg.intermediate  # "auto" until decided (:meth:`_fixed`)
         if errs is None:  # from interval bounds over the box (looser than the root's, as valid)
             errs = interval_bounds(net, lo.reshape(1, -1), hi.reshape(1, -1)).float_errors(net)
         self.errs = errs  # the float error model over the root box (valid on every sub-domain)
@@ -277,6 +293,9 @@ class _Search:
         grouped by the split's layer: a split in the last hidden layer recomputes the output
         alone, not everything after the earliest split of the batch."""
         n = len(dom)
+        if self._fixed():
+            return NetBounds(self.lo.expand(n, -1), self.hi.expand(n, -1), list(dom.lower), list(dom.upper), "bab",
+                             self.errs)
         starts = dom.relu.clamp(min=0)  # -1: not split yet (the root): every layer
         lower, upper = [t.clone() for t in dom.lower], [t.clone() for t in dom.upper]
         for start in torch.unique(starts).tolist():
@@ -288,7 +307,28 @@ class _Search:
                                  self.slopes)
             for i in range(len(lower)):
                 lower[i][idx], upper[i][idx] = nb.lower[i], nb.upper[i]
+        if bool((dom.relu >= 0).any()):  # children: count the ReLUs their recomputed bounds decided
+            gained = 0
+            for r in self.relus:
+                was = (dom.lower[r - 1] < 0) & (dom.upper[r - 1] > 0)
+                now = (lower[r - 1] < 0) & (upper[r - 1] > 0)
+                gained += int((was & ~now).sum())
+            self.stats["recomputed"] = self.stats.get("recomputed", 0) + int((dom.relu >= 0).sum())
+            self.stats["stabilised"] = self.stats.get("stabilised", 0) + gained
         return NetBounds(self.lo.expand(n, -1), self.hi.expand(n, -1), lower, upper, "bab", self.errs)
+
+    def _fixed(self) -> bool:
+        """Whether the children keep their parent's intermediate bounds (``intermediate``: fixed,
+        or auto once the recomputed ones have shown they decide too few ReLUs to pay)."""
+        if self.mode == "auto":
+            seen = int(self.stats.get("recomputed", 0))
+            if seen < self.cfg.auto_domains:
+                return False
+            # decided once: the share is measured over the first children, not re-judged deeper
+            self.mode = "recompute" if self.stats.get("stabilised", 0) / seen >= self.cfg.auto_stabilised else "fixed"
+            if self.mode == "fixed":
+                self.stats["fixed_from"] = seen
+        return self.mode == "fixed"
 
     def bound(self, dom: Domains) -> tuple[Domains, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Bound ``dom`` (bounds may hold fresh splits): returns the open domains with their
@@ -425,8 +465,12 @@ class _Search:
     def leaves(self, dom: Domains) -> object | None:
         """Settle the open domains with no unstable ReLU left exactly: the network is affine
         there, so one LP per disjunct decides it (:meth:`_leaf_lp`). A witness accepted by
-        ``check`` is returned; a domain the LP cannot settle counts as ``undecided``."""
+        ``check`` is returned; a domain the LP cannot settle counts as ``undecided``, and one
+        reached past the deadline as ``late`` (the search then ends in ``timeout``)."""
         for i in torch.nonzero(dom.relu < 0).flatten().tolist():
+            if time.perf_counter() >= self.deadline:
+                self.stats["late"] = self.stats.get("late", 0) + 1
+                continue
             self.stats["leaves"] += 1
             verdict, x = self._leaf_lp(dom, i)
             if verdict == "closed":
@@ -545,6 +589,8 @@ def _run(search: _Search, root_dom: Domains, deadline: float, cfg: BabConfig, t0
         if w is not None:
             return _done("sat", w, stats, t0)
         _push(stack, bounded)
+    if stats.get("late"):
+        return _done("timeout", None, stats, t0)
     return _done("unknown" if stats["undecided"] else "unsat", None, stats, t0)
 
 

@@ -135,61 +135,60 @@ def settle_leaf(net: Network, errs: FloatErrors, lower: list[torch.Tensor], uppe
     """A branch-and-bound leaf (``lower[i]``/``upper[i]``: its bounds of layer ``i``; ``signs[r]``:
     its splits at the ReLU ``r``) decided by :func:`decide` on its affine piece ``y = A x + c``.
 
-    The error of a row is charged along the leaf's own linear map (``sum_i |A_i| e_i``, with
-    cancellation) for the specification rows and the split neurons; neurons decided by their
-    bounds hold on the whole domain anyway, and their rows get the cruder forward bound.
-    ``exact``: no float error at all (the exact network's LP): a source of candidate points only;
-    its "closed" proves nothing about the float32 network."""
+    The LP's side rows are the split neurons' alone: a neuron decided by its bounds is on its
+    side at every point of the domain (box and splits), so its row cuts nothing from the domain,
+    and leaving it out only enlarges the LP's region (a bound over it still closes the domain;
+    a candidate is re-run by the caller anyway). Each row (the specification's, each split
+    neuron's) is one backward pass along the leaf's activation pattern, which gives its input
+    coefficients, its constant and its float32 rounding charge (``sum_i |A_i| e_i``, with
+    cancellation): a few passes, instead of pushing the whole input space forward through wide
+    convolutions. ``exact``: no float error at all (the exact network's LP): a source of
+    candidate points only; its "closed" proves nothing about the float32 network."""
     n = lo.numel()
-    A = torch.eye(n, dtype=torch.float64)
-    c = torch.zeros(n, dtype=torch.float64)
-    side_rows, side_rhs = [], []
     pattern: dict[int, torch.Tensor] = {}
     for pos, layer in enumerate(net.layers):
-        if isinstance(layer, LinearLayer):
-            A = layer.forward(A.T.contiguous()).T - layer.bias_tensor(torch.float64).unsqueeze(1)
-            c = layer.forward(c.unsqueeze(0)).reshape(-1)
-        elif isinstance(layer, ReLU):
+        if isinstance(layer, ReLU):
             l, u = (lo, hi) if pos == 0 else (lower[pos - 1], upper[pos - 1])
-            active, inactive, unstable = layer.phases(l, u)
+            active, _, unstable = layer.phases(l, u)
             if bool(unstable.any()):
                 return "undecided", None, np.nan
             pattern[pos] = active.double()
-            slack = torch.zeros(l.numel(), dtype=torch.float64)
-            if pos > 0 and not exact:
-                slack = (errs.accumulated[pos - 1][0] + errs.slack[pos - 1][0]).reshape(-1).clone()
-                split = torch.nonzero(signs[pos] != 0).flatten() if pos in signs else torch.zeros(0)
-                if split.numel():
-                    unit = torch.zeros(split.numel(), l.numel(), dtype=torch.float64)
-                    unit[torch.arange(split.numel()), split] = 1.0
-                    slack[split] = _charge(net, errs, unit, pos - 1, pattern) + errs.slack[pos - 1][0][split]
-            # active: -(A x + c) <= E ; inactive: A x + c <= E
-            # (identity coordinates, carried tensors of a graph, constrain nothing)
-            sign = torch.where(active, -1.0, 1.0).double()
-            real = layer.relu_mask.reshape(-1)
-            side_rows.append((sign.unsqueeze(1) * A)[real])
-            side_rhs.append((-sign * c + slack)[real])
-            A = A * active.double().unsqueeze(1)
-            c = c * active.double()
+    side_rows, side_rhs = [], []
+    for pos, sg in sorted(signs.items()):
+        split = torch.nonzero(sg != 0).flatten()
+        if pos == 0 or split.numel() == 0:
+            continue
+        unit = torch.zeros(split.numel(), lower[pos - 1].numel(), dtype=torch.float64)
+        unit[torch.arange(split.numel()), split] = 1.0
+        A_z, c_z, charge = _affine_rows(net, errs, unit, pos - 1, pattern)
+        slack = torch.zeros(split.numel(), dtype=torch.float64) if exact else charge + errs.slack[pos - 1][0][split]
+        # active (sign +1): -(A x + c) <= E ; inactive (sign -1): A x + c <= E
+        sign = -sg[split].double()
+        side_rows.append(sign.unsqueeze(1) * A_z)
+        side_rhs.append(-sign * c_z + slack)
     G = torch.cat(side_rows).numpy() if side_rows else np.zeros((0, n))
     h = torch.cat(side_rhs).numpy() if side_rows else np.zeros(0)
-    out_err = torch.zeros(C.shape[0], dtype=torch.float64) if exact else (
-        _charge(net, errs, C, len(net.layers) - 1, pattern) + errs.spec_slack(C.unsqueeze(0))[0])
-    relaxed = (C @ c) - out_err  # C y >= C (A x + c) - (error) on the float32 net
-    lp = LeafLp((C @ A).numpy(), (d - relaxed).numpy(), G, h, lo.numpy(), hi.numpy())
+    CA, Cc, charge = _affine_rows(net, errs, C, len(net.layers) - 1, pattern)
+    out_err = torch.zeros(C.shape[0], dtype=torch.float64) if exact else charge + errs.spec_slack(C.unsqueeze(0))[0]
+    relaxed = Cc - out_err  # C y >= C (A x + c) - (error) on the float32 net
+    lp = LeafLp(CA.numpy(), (d - relaxed).numpy(), G, h, lo.numpy(), hi.numpy())
     return decide(lp, groups, margin)
 
 
-def _charge(net: Network, errs: FloatErrors, R: torch.Tensor, end: int, pattern: dict[int, torch.Tensor]) -> torch.Tensor:
-    """Float32 rounding bound ``(k,)`` of the rows ``R`` (``(k, d_end)``) of layer ``end``'s output
-    along a fixed activation pattern: ``sum_i |A_i| e_i`` of a backward pass."""
-    A = R
+def _affine_rows(net: Network, errs: FloatErrors, R: torch.Tensor, end: int, pattern: dict[int, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The rows ``R`` (``(k, d_end)``) of layer ``end``'s output as affine functions of the input
+    along a fixed activation pattern: ``(A (k, n), c (k,), charge (k,))``, ``charge`` the float32
+    rounding bound ``sum_i |A_i| e_i`` of a backward pass."""
+    A = R.double()
+    c = torch.zeros(R.shape[0], dtype=torch.float64)
     charge = torch.zeros(R.shape[0], dtype=torch.float64)
     for pos in range(end, -1, -1):
         layer = net.layers[pos]
         if isinstance(layer, LinearLayer):
+            c = c + A @ layer.bias_tensor(torch.float64)
             charge = charge + A.abs() @ errs.rounding[pos][0]
             A = layer.backward(A)
         else:
             A = A * pattern[pos]
-    return charge
+    return A, c, charge
