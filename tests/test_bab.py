@@ -23,7 +23,8 @@ from robustkit.bounds.types import NetBounds
 from robustkit.network import Dense, Network, ReLU
 from robustkit.spec import InputBox, robustness_spec
 from robustkit.verification import ModelContext, VerifyConfig, verify_spec
-from robustkit.verification.bab import BabConfig, _Search, branch_and_bound, spec_backward
+from robustkit.bounds.beta_crown import spec_backward
+from robustkit.verification.bab import BabConfig, _Search, branch_and_bound
 from robustkit.verification.domains import Domains
 
 
@@ -295,6 +296,22 @@ def test_vnncomp_instance_left_open_by_bounds(vnncomp_dir: Path) -> None:
     assert {"time_intermediate", "time_optimise", "time_branching", "time_split", "time_falsify"} <= set(stages)
     assert all(t >= 0 for t in stages.values()) and sum(stages.values()) <= stats["time"] + 1e-6
     assert stats["domains_per_s"] == pytest.approx(stats["domains"] / stats["time"])
+
+
+def test_bab_intermediate_setting_reaches_the_search(vnncomp_dir: Path) -> None:
+    """``VerifyConfig.bab_intermediate`` decides how the children are bounded: ``fixed`` never
+    recomputes a child's intermediate bounds, ``recompute`` does; both prove the instance."""
+    from robustkit.vnnlib.instance import load_instance
+
+    folder = vnncomp_dir / "mnist_fc_2022"
+    ctx, spec = load_instance(folder / "onnx" / "mnist-net_256x2.onnx", folder / "vnnlib" / "prop_6_0.03.vnnlib")
+    seen = {}
+    for mode in ("fixed", "recompute"):
+        v = verify_spec(ctx, spec, VerifyConfig(method="bab", tighten="crown", attack_steps=0, timeout=60,
+                                                bab_intermediate=mode))
+        assert (v.result, v.stage) == ("unsat", "bab"), (mode, v.details)
+        seen[mode] = v.details["bab"].get("recomputed", 0)
+    assert seen["fixed"] == 0 and seen["recompute"] > 0, seen
 
 
 @pytest.mark.parametrize("mode", ["recompute", "fixed"])

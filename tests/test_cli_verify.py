@@ -73,6 +73,13 @@ def test_bad_eps(tiny_mnist, capsys: pytest.CaptureFixture, eps: str, words: str
     assert "eps" in err and words in err and repr(eps) in err
 
 
+def test_bad_bab_intermediate(tiny_mnist, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    code = main(["verify", str(tiny_mnist.path), "--eps", "0.1", "--method", "bab", "--bab-intermediate", "sometimes",
+                 "--n", "1", "--workers", "0", *FAST])
+    err = capsys.readouterr().err
+    assert code == 1 and "--bab-intermediate" in err and "'sometimes'" in err and "recompute" in err
+
+
 def test_bad_eps_with_equals_sign(tiny_mnist, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
     assert main(["verify", str(tiny_mnist.path), "--eps=-0.5", "--n", "1"]) == 1
     assert "negative" in capsys.readouterr().err

@@ -25,6 +25,7 @@ def vnncomp(
     tighten: str = typer.Option("alpha-crown", "--tighten", help="Bounds that start the complete method: interval|crown|alpha-crown|lp."),
     method: str = typer.Option("bab", "--method", help="bab (branch and bound over ReLU splits) or milp (both complete), or interval|crown|alpha-crown (incomplete)."),
     attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
+    bab_intermediate: str = typer.Option("auto", "--bab-intermediate", help="With --method bab: the layers after a split, per child: recompute (CROWN), fixed (the parent's; the split multipliers carry the split), or auto (recompute while it decides ReLUs, about 1 in 2 children or more)."),
     rerun: list[str] = typer.Option([], "--rerun", help="Redo finished instances with this status: timeout|unknown|error|all."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -32,7 +33,7 @@ def vnncomp(
     from robustkit.verification import VerifyConfig
     from robustkit.vnnlib.bench import BenchOptions, run_benchmark
 
-    cfg = VerifyConfig(method=method, tighten=tighten, attack_steps=attack_steps)  # type: ignore[arg-type]
+    cfg = VerifyConfig(method=method, tighten=tighten, attack_steps=attack_steps, bab_intermediate=bab_intermediate)  # type: ignore[arg-type]
     opts = BenchOptions(timeout_scale=timeout_scale, workers=workers, limit=limit, filter=filter_text, out=out,
                         rerun=tuple(rerun), quiet=quiet)
     outcome = run_benchmark(folder, cfg, opts)

@@ -25,6 +25,7 @@ def vnnlib(
     attack_restarts: int = typer.Option(4, "--attack-restarts", help="PGD restarts (small steps, corner-to-corner steps, two leaky surrogate gradients; cycled)."),
     solver: str = typer.Option("highs", "--solver", help="MILP solver (with --method milp): highs (highspy, default), or through PuLP: pulp-highs, cbc (bundled with PuLP), gurobi, cplex (need their own install and licence), scip (pip install pyscipopt)."),
     write_milp: Optional[Path] = typer.Option(None, "--write-milp", help="With --method milp, also write each MILP solved to this directory: .mps, .lp, and a .json saying what each variable is and what the optimum means."),
+    bab_intermediate: str = typer.Option("auto", "--bab-intermediate", help="With --method bab: the layers after a split, per child: recompute (CROWN), fixed (the parent's; the split multipliers carry the split), or auto (recompute while it decides ReLUs, about 1 in 2 children or more)."),
     check: bool = typer.Option(False, "--check", help="Only load and check the instance (sizes, operators); no solving."),
     started_at: Optional[float] = typer.Option(
         None, "--started-at", envvar="ROBUSTKIT_STARTED_AT", hidden=True,
@@ -41,7 +42,7 @@ def vnnlib(
                    f"{ctx.net.num_relus} ReLUs), {prop.name}: {len(spec)} region(s)")
         return
     cfg = VerifyConfig(timeout=parse_number(timeout, "timeout"), method=method, tighten=tighten,  # type: ignore[arg-type]
-                       attack_steps=attack_steps, attack_restarts=attack_restarts, solver=solver,
+                       attack_steps=attack_steps, attack_restarts=attack_restarts, solver=solver, bab_intermediate=bab_intermediate,
                        write_milp=None if write_milp is None else str(write_milp.resolve()))
     from robustkit.milp.solvers import check_solver
 

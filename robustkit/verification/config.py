@@ -14,6 +14,7 @@ Formulation = Literal["per-target", "max"]
 METHODS = ("milp", "bab", "interval", "crown", "alpha-crown")
 TIGHTEN = ("interval", "crown", "alpha-crown", "lp")
 FORMULATIONS = ("per-target", "max")
+BAB_INTERMEDIATE = ("auto", "recompute", "fixed")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class VerifyConfig:
     ``solver``: the MILP solver by name (:data:`robustkit.milp.solvers.SOLVERS`): ``highs`` through
     highspy, or ``pulp-highs``, ``cbc``, ``gurobi``, ``cplex``, ``scip`` through PuLP.
     ``write_milp``: a directory; each MILP solved is also written there (``.mps``, ``.lp``, ``.json``).
+    ``bab_intermediate``: with ``method="bab"``, how a child gets the bounds of the layers after
+    its split (:class:`robustkit.verification.bab.BabConfig`'s ``intermediate``: ``auto``,
+    ``recompute`` or ``fixed``).
     """
 
     eps: float = 0.0
@@ -41,6 +45,7 @@ class VerifyConfig:
     seed: int = 0
     solver: str = "highs"
     write_milp: str | None = None
+    bab_intermediate: str = "auto"
 
     def __post_init__(self) -> None:
         from robustkit.milp.solvers import SOLVER_NAMES
@@ -61,16 +66,21 @@ class VerifyConfig:
             raise InputError("attack steps must be >= 0 and restarts >= 1")
         if not self.safety_margin > 0:
             raise InputError("safety_margin must be positive")
+        if self.bab_intermediate not in BAB_INTERMEDIATE:
+            raise InputError(f"unknown --bab-intermediate {self.bab_intermediate!r}; choose one of "
+                             f"{', '.join(BAB_INTERMEDIATE)}")
         if (self.solver != "highs" or self.write_milp is not None) and self.method != "milp":
             raise InputError(f"--solver and --write-milp apply to the MILP (--method milp); method {self.method!r} "
                              f"solves none")
 
     def to_dict(self) -> dict:
         """The settings that decide results (for the result store's settings hash): ``write_milp``
-        is left out, and ``solver`` when it is the default, so that stores written before these
-        options existed still resume."""
+        is left out, and ``solver`` and ``bab_intermediate`` when they are the default, so that
+        stores written before these options existed still resume."""
         out = asdict(self)
         out.pop("write_milp")
         if out["solver"] == "highs":
             out.pop("solver")
+        if out["bab_intermediate"] == "auto":
+            out.pop("bab_intermediate")
         return out

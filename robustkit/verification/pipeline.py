@@ -248,7 +248,7 @@ def _branch_and_bound(ctx: ModelContext, box: InputBox, output: OutputSpec, open
                       cfg: VerifyConfig, deadline: float, strict_label: int | None, details: dict[str, Any],
                       t0: float) -> Verdict:
     """Stage 3 for ``method="bab"``: branch and bound over the disjuncts the bounds left open."""
-    from robustkit.verification.bab import branch_and_bound
+    from robustkit.verification.bab import BabConfig, branch_and_bound
 
     sub = OutputSpec(tuple(output[k] for k in open_k))
     C, d, owner = sub.stacked()
@@ -256,7 +256,8 @@ def _branch_and_bound(ctx: ModelContext, box: InputBox, output: OutputSpec, open
     def check(x: np.ndarray) -> Witness | None:
         return validate_witness(ctx, x, box, output, strict_label)
 
-    res = branch_and_bound(ctx.net, box.lower, box.upper, C, d, owner, nb, deadline, check, cfg.safety_margin)
+    res = branch_and_bound(ctx.net, box.lower, box.upper, C, d, owner, nb, deadline, check, cfg.safety_margin,
+                           BabConfig(intermediate=cfg.bab_intermediate))
     details["bab"] = res.stats
     details["time_bab"] = res.stats.get("time", 0.0)
     if res.status == "unsat":  # the least clearance among closed domains (inf: all infeasible)
