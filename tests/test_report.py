@@ -234,9 +234,12 @@ def test_row_from_records_by_hand() -> None:
     times = [1.0, 2.0, 6.0, 0.5, 9.0, 30.0, 3.0]
     assert row.mean_time == pytest.approx(np.mean(times)) and row.median_time == pytest.approx(np.median(times))
     assert row.mean_unstable_relus == pytest.approx(np.mean([1, 3, 8, 8, 18, 4]))
+    assert row.p95_time == pytest.approx(np.percentile(times, 95))
+    assert row.unstable_per_layer == f"{np.mean([1, 2, 5, 7, 9, 4]):.1f} / {np.mean([0, 1, 3, 1, 9, 0]):.1f}"
+    assert "p95 time (s)" in format_table([row], "md") and "unstable/layer" in format_table([row], "md")
     # no record reached the bounds stage: the mean is missing, not zero
     only_attack = row_from_records("m.onnx", "pgd", 0.1, [_rec(0, "falsified", "attack", 0.1)])
-    assert only_attack.mean_unstable_relus is None
+    assert only_attack.mean_unstable_relus is None and only_attack.unstable_per_layer is None
     assert "| - |" in format_table([only_attack], "md") and json.loads(format_table([only_attack], "json"))[0][
         "mean_unstable_relus"] is None
 
@@ -292,6 +295,7 @@ def test_table_equals_recomputation_from_records(table_run) -> None:  # type: ig
         times = [r["time"] for r in recs if r["status"] != "misclassified"]
         assert row.mean_time == pytest.approx(float(np.mean(times)))
         assert row.median_time == pytest.approx(float(np.median(times)))
+        assert row.p95_time == pytest.approx(float(np.percentile(times, 95)))
         unstable = [sum(r["unstable_per_layer"]) for r in recs if "unstable_per_layer" in r]
         assert row.mean_unstable_relus == (pytest.approx(float(np.mean(unstable))) if unstable else None)
         assert row.regularizer == "-"  # the test model carries no training metadata

@@ -23,6 +23,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("error", "errors", "{:d}"),
     ("mean_time", "mean time (s)", "{:.2f}"),
     ("median_time", "median time (s)", "{:.2f}"),
+    ("p95_time", "p95 time (s)", "{:.2f}"),
     ("mean_unstable_relus", "mean unstable ReLUs", "{:.1f}"),
     ("mean_binaries", "mean binaries", "{:.1f}"),
 ]

@@ -5,7 +5,8 @@ resumed: finished samples are read from ``<results_root>/<settings hash>/records
 only missing ones are verified) and the row is computed from the per-sample records alone.
 Columns: clean, PGD (the attack stage of the pipeline), verified (complete MILP), verified by
 the bounds alone (records decided at ``stage == "bounds"``, i.e. CROWN with the default
-``tighten``), falsified, timeouts, mean/median time, mean unstable ReLUs. The regularizer comes
+``tighten``), falsified, timeouts, mean/median/95th-percentile time, mean unstable ReLUs (in all
+and per layer, ``a / b / c``). The regularizer comes
 from the model's ``robustkit.train_config`` metadata when present.
 """
 
@@ -44,7 +45,9 @@ TABLE_COLUMNS: list[tuple[str, str, str]] = [
     ("unknown", "unknown", "{:d}"),
     ("mean_time", "mean time (s)", "{:.2f}"),
     ("median_time", "median time (s)", "{:.2f}"),
+    ("p95_time", "p95 time (s)", "{:.2f}"),
     ("mean_unstable_relus", "mean unstable ReLUs", "{:.1f}"),
+    ("unstable_per_layer", "unstable/layer", "{}"),
 ]
 TEXT_COLUMNS = {"model", "regularizer", "bounds"}
 
@@ -118,6 +121,8 @@ class TableRow:
     median_time: float
     mean_unstable_relus: float | None  # None: no record reached the bounds stage
     records: str = ""
+    p95_time: float = 0.0
+    unstable_per_layer: str | None = None  # "a / b / c": means per layer; None as above
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +165,8 @@ def row_from_records(model: str, regularizer: str, eps: float, records: Sequence
         bounds=bounds, verified=s["verified"], bounds_verified=by_bounds, falsified=s["falsified"],
         timeout=s["timeout"], unknown=s["unknown"], misclassified=s["misclassified"], error=s["error"],
         mean_time=s["mean_time"], median_time=s["median_time"], mean_unstable_relus=s["mean_unstable_relus"] if bounded else None,
-        records=records_path,
+        records=records_path, p95_time=s["p95_time"],
+        unstable_per_layer=" / ".join(f"{v:.1f}" for v in s["mean_unstable_per_layer"]) if bounded else None,
     )
 
 

@@ -122,9 +122,21 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         **{s: counts[s] for s in STATUSES},
         "mean_time": statistics.fmean(times) if times else 0.0,
         "median_time": statistics.median(times) if times else 0.0,
+        "p95_time": float(np.percentile(times, 95)) if times else 0.0,
         "mean_unstable_relus": statistics.fmean(unstable) if unstable else 0.0,
+        "mean_unstable_per_layer": _per_layer(records),
         "mean_binaries": statistics.fmean(binaries) if binaries else 0.0,
     }
+
+
+def _per_layer(records: list[dict[str, Any]]) -> list[float]:
+    """Mean unstable ReLUs per layer over the records that reached the bounds stage (those with
+    the most common layer count; empty when none did)."""
+    rows = [r["unstable_per_layer"] for r in records if r.get("unstable_per_layer") is not None]
+    if not rows:
+        return []
+    k = statistics.mode(len(u) for u in rows)
+    return [float(v) for v in np.mean([u for u in rows if len(u) == k], axis=0)]
 
 
 def make_tasks(x: np.ndarray, y: np.ndarray, start: int, dataset: str, cfg: VerifyConfig,
