@@ -239,6 +239,24 @@ def test_auto_intermediate_keeps_recomputing_where_it_decides_relus() -> None:
     assert shallow["recomputed"] == shallow["fixed_from"], shallow  # none recomputed after the switch
 
 
+def test_fixed_children_take_fixed_iterations() -> None:
+    """While the children keep their parent's bounds, a batch takes at most ``fixed_iterations``
+    Adam steps; recomputing, up to ``iterations``."""
+    net = _random_net(6, (4, 16, 16, 16, 3))
+    lo, hi = _box(net, 6, 0.5)
+    C = np.eye(3)[[0]] - np.eye(3)[[1]]
+    steps = {}
+    for mode in ("fixed", "recompute"):
+        search = _search(net, lo, hi, C, np.full(1, 1e6), BabConfig(iterations=12, fixed_iterations=3,
+                                                                      intermediate=mode))
+        dom = _root(net, search)
+        for _ in range(3):  # the root, then two rounds of children (nothing closes: every point violates)
+            dom, _, _, _ = search.bound(dom)
+            dom = search.split(dom.take(torch.nonzero(dom.relu >= 0).flatten()))
+        steps[mode] = search.stats["adam_steps"]
+    assert steps["fixed"] == 3 * 3 and steps["recompute"] == 3 * 12, steps
+
+
 def test_leaves_past_the_deadline_are_left_and_end_in_timeout() -> None:
     net = _random_net(5, (2, 5, 5, 2))
     lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
