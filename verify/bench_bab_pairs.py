@@ -70,6 +70,14 @@ def main() -> None:
         return
     if not args.instances:
         raise SystemExit("name at least one instance as bench:onnx_stem:vnnlib_stem")
+    for inst in args.instances:
+        parts = inst.split(":")
+        if len(parts) != 3:
+            raise SystemExit(f"{inst!r}: name an instance as bench:onnx_stem:vnnlib_stem")
+        folder = BENCH / parts[0]
+        for sub, stem, ext in (("onnx", parts[1], "onnx"), ("vnnlib", parts[2], "vnnlib")):
+            if not (folder / sub / f"{stem}.{ext}").is_file():
+                raise SystemExit(f"{inst!r}: {folder / sub / f'{stem}.{ext}'} not found")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     rows = [f"| instance | limit (s) | {args.a} | {args.b} |", "|---|---|---|---|"]
     for inst in args.instances:
