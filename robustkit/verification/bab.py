@@ -17,7 +17,9 @@ the split constraints' Lagrange multipliers of beta-CROWN (Wang et al. 2021, "Be
   most of what alpha-CROWN gained on deep nets), then the specification rows still open in some
   domain of the batch are bounded by a backward pass whose lower slopes (alpha) and split
   multipliers (beta) are optimised by a few steps of Adam (``iterations``), started from the
-  parent's; the best value seen per row is kept (each is valid; a row keeps its ancestors' bound);
+  parent's, over the (domain, row) pairs still open only, a pair leaving the batch once its row
+  is proven (:mod:`robustkit.verification.final_pass`); the best value seen per row is kept
+  (each is valid; a row keeps its ancestors' bound);
 * pruning: a domain is closed when every disjunct of the violation has a row whose lower bound
   exceeds its threshold by the safety margin, or when its bounds are empty (some neuron's lower
   bound above its upper bound by more than that neuron's float error bound: the split
@@ -43,7 +45,8 @@ empty, the answer is ``unknown``, never ``unsat``.
 
 The result's ``stats`` count domains (bounded, closed, infeasible, leaves, candidates; ``recomputed``
 children and the ReLUs their recomputed bounds ``stabilised``; ``fixed_from``: the children
-bounded when ``auto`` stopped recomputing; ``adam_steps`` over all batches) and time
+bounded when ``auto`` stopped recomputing; ``adam_steps`` over all batches; ``pairs``: the
+(domain, row) pairs optimised) and time
 each stage of the search (``time_intermediate``, ``time_optimise``, ``time_branching``,
 ``time_split``, ``time_falsify``, ``time_leaves``; ``domains_per_s`` over the whole search).
 """
@@ -66,6 +69,7 @@ from robustkit.bounds.interval import interval_bounds
 from robustkit.bounds.types import NetBounds
 from robustkit.network import Network, ReLU
 from robustkit.verification.domains import Domains, merge_params, merge_rows, open_share
+from robustkit.verification.final_pass import optimise_pairs
 from robustkit.verification.leaf_lp import settle_leaf
 
 log = logging.getLogger(__name__)
@@ -150,6 +154,7 @@ class _Search:
         self.d = torch.tensor(np.asarray(d, dtype=np.float64))
         groups = sorted(set(int(k) for k in owner))
         self.groups = [torch.as_tensor(np.flatnonzero(owner == k)) for k in groups]
+        self.row_group = torch.as_tensor([groups.index(int(k)) for k in owner])  # each row's disjunct
         self.relus = [r for r in net.relu_indices if r >= 1]  # a ReLU on the input is never split
         self.stats: dict[str, float | int] = {"domains": 0, "closed": 0, "infeasible": 0, "undecided": 0,
                                               "candidates": 0, "leaves": 0, "max_open": 0, "iterations": 0}
@@ -190,56 +195,31 @@ class _Search:
         if steps == 0:
             return best, coeffs, A_in, {}, {}
         dtype = torch.float32 if self.cfg.optimise_dtype == "float32" else torch.float64
-        net = self._net_in(dtype)
-        C_o, lo_o, hi_o = C.to(dtype), lo.to(dtype), hi.to(dtype)
-        pre_o = {r: (l.to(dtype), u.to(dtype)) for r, (l, u) in pre.items()}
-        alphas = {}
+        alphas0 = {}
         for r in self.net.relu_indices:
             start = dom.alphas.get(r)
-            a = (pre[r][1] >= -pre[r][0]).unsqueeze(1).expand(-1, m, -1) if start is None else start[:, R]
-            alphas[r] = a.to(dtype).clone().requires_grad_(True)
-        split = {r: t.to(dtype) for r, t in dom.signs.items() if bool(t.any())} if self.cfg.beta else {}
-        betas = {}
-        for r, sg in split.items():
-            start = dom.betas.get(r)
-            b = torch.zeros(n, m, sg.shape[1]) if start is None else start[:, R]
-            betas[r] = b.to(dtype).clone().requires_grad_(True)
-        # Adam in ``dtype`` without the float error charges (they only steer), keeping per row
-        # the slopes and multipliers of its best bound; ONE float64 pass with those and the float
-        # error model decides (an optimisation value never closes a domain).
-        best_a = {r: a.detach().clone() for r, a in alphas.items()}
-        best_b = {r: b.detach().clone() for r, b in betas.items()}
-        best_o = torch.full(best.shape, -torch.inf, dtype=dtype)
-        opt = torch.optim.Adam(list(alphas.values()) + list(betas.values()), lr=self.cfg.lr)
-        for it in range(steps + 1):
-            with torch.enable_grad():
-                bound, _, _ = spec_backward(net, C_o, lo_o, hi_o, pre_o, alphas, betas, split)
-            with torch.no_grad():
-                better = bound > best_o  # (n, m)
-                best_o = torch.where(better, bound, best_o)
-                for r, a in alphas.items():
-                    best_a[r] = torch.where(better.unsqueeze(-1), a, best_a[r])
-                for r, b in betas.items():
-                    best_b[r] = torch.where(better.unsqueeze(-1), b, best_b[r])
-            if (it == steps or bool((self._measure(merge_rows(known, R, best_o.double())) < -4 * self.margin).all())
-                    or time.perf_counter() >= self.deadline):
-                self.stats["adam_steps"] = self.stats.get("adam_steps", 0) + it
-                break  # the last evaluation needs no step; nor does a batch already closed or late
-            opt.zero_grad()
-            with torch.enable_grad():
-                (-bound.sum()).backward()
-            opt.step()
-            with torch.no_grad():
-                for a in alphas.values():
-                    a.clamp_(0.0, 1.0)
-                for b in betas.values():
-                    b.clamp_(min=0.0)
-        a64 = {r: a.double() for r, a in best_a.items()}
-        b64 = {r: b.double() for r, b in best_b.items()}
-        split64 = {r: t.double() for r, t in split.items()}
-        final, _, _ = spec_backward(self.net, C, lo, hi, pre, a64, b64, split64, self.errs)
-        best = torch.maximum(best, final - self.errs.spec_slack(C, b64))
-        return best, coeffs, A_in, {r: a.float() for r, a in best_a.items()}, {r: b.float() for r, b in best_b.items()}
+            alphas0[r] = (pre[r][1] >= -pre[r][0]).unsqueeze(1).expand(-1, m, -1).float() if start is None \
+                else start[:, R]
+        split = {r: t.double() for r, t in dom.signs.items() if bool(t.any())} if self.cfg.beta else {}
+        betas0 = {r: torch.zeros(n, m, sg.shape[1]) if dom.betas.get(r) is None else dom.betas[r][:, R]
+                  for r, sg in split.items()}
+        # Adam over the pairs (domain, row) the CROWN pass left open, a pair leaving the batch once
+        # its row (or its disjunct) is proven; one float64 pass with the best parameters decides
+        pairs = self._open_pairs(known, R, best, 1.0)
+        final, alphas, betas, taken = optimise_pairs(
+            self.net, self._net_in(dtype), self.C[R], self.lo, self.hi, pre, alphas0, betas0, split, pairs,
+            lambda lb: self._open_pairs(known, R, lb, 4.0), steps, self.cfg.lr, dtype, self.deadline, self.errs)
+        self.stats["adam_steps"] = self.stats.get("adam_steps", 0) + taken
+        self.stats["pairs"] = self.stats.get("pairs", 0) + int(pairs.sum())
+        return torch.maximum(best, final), coeffs, A_in, alphas, betas
+
+    def _open_pairs(self, known: torch.Tensor, R: torch.Tensor, lb_R: torch.Tensor, factor: float) -> torch.Tensor:
+        """``(n, |R|)``: the rows ``R`` not proven, by ``factor`` times the margin, in each domain
+        (by ``known`` or ``lb_R``), and whose disjunct no other row proved there."""
+        merged = merge_rows(known, R, lb_R)
+        proven = self.d - merged < -factor * self.margin  # (n, m)
+        closed = torch.stack([proven[:, g].any(dim=1) for g in self.groups], dim=1)  # (n, disjuncts)
+        return (~proven & ~closed[:, self.row_group])[:, R]
 
     def _net_in(self, dtype: torch.dtype) -> Network:
         """The network with weights in ``dtype`` (float32 copy cached), for the optimisation passes."""

@@ -1,0 +1,137 @@
+"""The optimised final pass of branch and bound (:mod:`robustkit.verification.bab`), over the open
+(domain, specification row) pairs only.
+
+A batch of ``n`` domains and ``|R|`` rows has ``n |R|`` pairs, but a child inherits the rows its
+ancestors proved, and a row proven mid-optimisation needs no further steps: on the VNN-COMP
+instances about 30% of the pairs are proven before the optimisation starts and a third to a
+half of the rest during it. So the pairs still open are laid out as a flat batch of
+single-row problems (each with its domain's bounds, split signs, slopes and multipliers), and
+after every Adam step the pairs whose row is proven (or whose disjunct another row proved) leave
+the batch, with their best parameters kept. The steps are Adam's (Kingma & Ba 2015; torch's
+defaults), written out so that its moments can leave the batch with their pairs.
+
+The optimisation runs in ``dtype`` (float32 by default); the float32 network's rounding charge
+at the starting parameters (one extra pass) is subtracted from its values, so that they track
+the float64 bound that decides when a pair leaves the batch. The optimisation only steers: ONE
+float64 pass with each pair's best slopes and multipliers and the full error model gives the
+bounds returned (an optimisation value never closes a domain).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import torch
+
+from robustkit.bounds.beta_crown import spec_backward
+from robustkit.bounds.floaterr import FloatErrors
+from robustkit.network import Network
+
+__all__ = ["optimise_pairs"]
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def optimise_pairs(
+    net64: Network, net_o: Network, C: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+    pre: dict[int, tuple[torch.Tensor, torch.Tensor]], alphas0: dict[int, torch.Tensor],
+    betas0: dict[int, torch.Tensor], split: dict[int, torch.Tensor], pairs: torch.Tensor,
+    still_open: Callable[[torch.Tensor], torch.Tensor], steps: int, lr: float, dtype: torch.dtype,
+    deadline: float, errs: FloatErrors,
+) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor], int]:
+    """Optimise the final pass of the open pairs ``pairs`` (``(n, k)`` bool) of rows ``C``
+    (``(k, out)`` float64) over the box ``lo``/``hi`` (``(1, in)``), with the domains' ``pre``
+    bounds (``{r: (n, d_r)}`` float64), starting slopes ``alphas0`` and multipliers ``betas0``
+    (``{r: (n, k, d_r)}``) and split signs ``split`` (``{r: (n, d_r)}``). ``still_open(lb)``:
+    which pairs are still worth steps given the row bounds ``lb`` (``(n, k)``, optimisation
+    values).
+
+    Returns the float64 lower bounds ``(n, k)`` (``-inf`` outside ``pairs``; the float error
+    model and the float64 slack included), the slopes and multipliers ``(n, k, d_r)`` (float32;
+    the best found for the pairs, ``alphas0`` / ``betas0`` elsewhere) and the Adam steps taken."""
+    n, k = pairs.shape
+    di, rk = torch.nonzero(pairs, as_tuple=True)
+    lb = torch.full((n, k), -torch.inf, dtype=torch.float64)
+    out_a = {r: a.float().clone() for r, a in alphas0.items()}
+    out_b = {r: b.float().clone() for r, b in betas0.items()}
+    if di.numel() == 0:
+        return lb, out_a, out_b, 0
+    P = di.numel()
+    C_p = C[rk].unsqueeze(1)  # (P, 1, out)
+    cast = {r: (l[di].to(dtype), u[di].to(dtype)) for r, (l, u) in pre.items()}
+    sp = {r: s[di].to(dtype) for r, s in split.items()}
+    params = {("a", r): a[di, rk].unsqueeze(1).to(dtype).clone() for r, a in alphas0.items()}
+    params.update({("b", r): b[di, rk].unsqueeze(1).to(dtype).clone() for r, b in betas0.items() if r in split})
+    errs_o = dataclasses.replace(errs, rounding=[e.to(dtype) for e in errs.rounding])
+    slack = errs.spec_slack(C_p).squeeze(1).to(dtype)  # (P,): the float64 slack (the betas' share left out)
+    best_v = torch.full((P,), -torch.inf, dtype=dtype)
+    best_p = {key: p.clone() for key, p in params.items()}
+    moments = {key: (torch.zeros_like(p), torch.zeros_like(p)) for key, p in params.items()}
+    act = torch.arange(P)  # the pairs still in the batch
+    cur = {"C": C_p.to(dtype), "pre": cast, "split": sp, "slack": slack}
+    lo_o, hi_o = lo.to(dtype), hi.to(dtype)
+    taken = 0
+    for it in range(steps + 1):
+        leaves = {key: p.requires_grad_(True) for key, p in params.items()}
+        with torch.enable_grad():
+            a = {r: leaves[("a", r)] for r in alphas0}
+            b = {r: leaves[("b", r)] for r in split if ("b", r) in leaves}
+            m = act.numel()
+            bound, _, _ = spec_backward(net_o, cur["C"], lo_o.expand(m, -1), hi_o.expand(m, -1), cur["pre"], a,
+                                        b, cur["split"])
+            bound = bound.squeeze(1)
+            loss = -bound.sum()
+        with torch.no_grad():
+            if it == 0:  # the rounding charge at the starting parameters, held fixed through the steps
+                charged, _, _ = spec_backward(net_o, cur["C"], lo_o.expand(m, -1), hi_o.expand(m, -1), cur["pre"],
+                                              a, b, cur["split"], errs_o)
+                cur["slack"] = cur["slack"] + bound.detach() - charged.squeeze(1)
+            value = bound.detach() - cur["slack"]
+            better = value > best_v[act]
+            if bool(better.all()):
+                best_v[act] = value
+                for key, p in params.items():
+                    best_p[key][act] = p.detach()
+            elif bool(better.any()):
+                won = act[better]
+                best_v[won] = value[better]
+                for key, p in params.items():
+                    best_p[key][won] = p.detach()[better]
+            view = torch.full((n, k), -torch.inf, dtype=torch.float64)
+            view[di, rk] = best_v.double()
+            keep = still_open(view)[di[act], rk[act]]
+        if it == steps or not bool(keep.any()) or time.perf_counter() >= deadline:
+            taken = it
+            break  # the last evaluation needs no step; nor do pairs all proven, or a late batch
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        b1, b2 = ADAM_BETAS
+        with torch.no_grad():
+            for (key, p), g in zip(leaves.items(), grads):
+                m1, m2 = moments[key]
+                m1.mul_(b1).add_(g, alpha=1 - b1)
+                m2.mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = (m2.sqrt() / (1 - b2 ** (it + 1)) ** 0.5).add_(ADAM_EPS)
+                p = p.detach().addcdiv_(m1, denom, value=-lr / (1 - b1 ** (it + 1)))
+                params[key] = p.clamp_(0.0, 1.0) if key[0] == "a" else p.clamp_(min=0.0)
+            if not bool(keep.all()):  # the proven pairs leave the batch, with their moments
+                idx = torch.nonzero(keep).flatten()
+                act = act[idx]
+                params = {key: p[idx] for key, p in params.items()}
+                moments = {key: (m1[idx], m2[idx]) for key, (m1, m2) in moments.items()}
+                cur = {"C": cur["C"][idx], "pre": {r: (l[idx], u[idx]) for r, (l, u) in cur["pre"].items()},
+                       "split": {r: s[idx] for r, s in cur["split"].items()}, "slack": cur["slack"][idx]}
+    a64 = {r: best_p[("a", r)].double() for r in alphas0}
+    b64 = {r: best_p[("b", r)].double() for r in split if ("b", r) in best_p}
+    pre64 = {r: (l[di], u[di]) for r, (l, u) in pre.items()}
+    split64 = {r: s[di].double() for r, s in split.items()}
+    final, _, _ = spec_backward(net64, C_p, lo.expand(P, -1), hi.expand(P, -1), pre64, a64, b64, split64, errs)
+    lb[di, rk] = (final - errs.spec_slack(C_p, b64)).squeeze(1)
+    for r in alphas0:
+        out_a[r][di, rk] = best_p[("a", r)].squeeze(1).float()
+    for r in out_b:
+        if ("b", r) in best_p:
+            out_b[r][di, rk] = best_p[("b", r)].squeeze(1).float()
+    return lb, out_a, out_b, taken
