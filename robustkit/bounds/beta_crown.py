@@ -18,6 +18,7 @@ def spec_backward(
     betas: dict[int, torch.Tensor] | None = None,
     signs: dict[int, torch.Tensor] | None = None,
     errs: FloatErrors | None = None,
+    parts: dict[int, tuple[torch.Tensor, ...]] | None = None,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
     """CROWN lower bound ``(B, m)`` of ``C y`` (``C``: ``(B, m, out)``, unwidened), with the
     coefficients on each ReLU's output (``{r: (B, m, d_r)}``, before relaxing it) and on the
@@ -28,7 +29,9 @@ def spec_backward(
     (beta-CROWN, Wang et al. 2021, Eq. 7): on the domain ``C y >= C y - beta sign z``, so the
     bound of the right-hand side, computed over the box, is valid for the domain. With ``errs``
     the rounding of every linear layer is charged (valid for the float32 network, less the
-    float64 slack ``errs.spec_slack(C, betas)``)."""
+    float64 slack ``errs.spec_slack(C, betas)``). ``parts[r]``: the ReLU's
+    ``relaxation_parts`` of ``pre[r]`` (each ``(B, 1, d_r)``), computed once by a caller that
+    evaluates many slopes on the same bounds."""
     A = C
     c = torch.zeros(C.shape[:-1], dtype=C.dtype)
     coeffs: dict[int, torch.Tensor] = {}
@@ -43,7 +46,8 @@ def spec_backward(
             coeffs[i] = A
             l, u = pre[i]
             alpha = None if alphas is None else alphas.get(i)
-            lam_l, lam_u, mu_u = layer.relaxation(l.unsqueeze(1), u.unsqueeze(1), alpha)
+            lam_l, lam_u, mu_u = layer.relaxation(l.unsqueeze(1), u.unsqueeze(1), alpha,
+                                                  None if parts is None else parts.get(i))
             neg = A.clamp(max=0)
             c = c + (neg * mu_u).sum(-1)
             A = A.clamp(min=0) * lam_l + neg * lam_u

@@ -419,21 +419,29 @@ class ReLU(Activation):
         return active, inactive, ~(active | inactive)
 
     def relaxation(
-        self, lower: torch.Tensor, upper: torch.Tensor, alpha: torch.Tensor | None = None
+        self, lower: torch.Tensor, upper: torch.Tensor, alpha: torch.Tensor | None = None,
+        parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Slopes ``(lam_lower, lam_upper, mu_upper)`` of the linear relaxation for pre-activation
         bounds (``(..., dim)``): ``lam_lower z <= relu(z) <= lam_upper z + mu_upper``. Unstable:
         the upper chord ``u (z - l) / (u - l)`` and lower slope ``alpha`` (broadcastable; default
         CROWN's adaptive 1 if ``u >= -l`` else 0); active and identity coordinates: 1, 1, 0;
-        inactive: 0, 0, 0."""
+        inactive: 0, 0, 0. ``parts``: :meth:`relaxation_parts` of these bounds, when a loop over
+        slopes has computed them once."""
+        unstable, fixed, lam_u, mu_u = self.relaxation_parts(lower, upper) if parts is None else parts
+        if alpha is None:
+            alpha = (upper >= -lower).to(upper.dtype)
+        return torch.where(unstable, alpha, fixed), lam_u, mu_u
+
+    def relaxation_parts(self, lower: torch.Tensor, upper: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What :meth:`relaxation` needs of the bounds whatever the slopes: the unstable mask, the
+        lower slope of the others (1 active, 0 inactive), ``lam_upper`` and ``mu_upper``."""
         active, _, unstable = self.phases(lower, upper)
         width = torch.where(unstable, upper - lower, torch.ones_like(upper))
         lam_u = torch.where(unstable, upper / width, active.to(upper.dtype))
         mu_u = torch.where(unstable, -lam_u * lower, torch.zeros_like(lower))
-        if alpha is None:
-            alpha = (upper >= -lower).to(upper.dtype)
-        lam_l = torch.where(unstable, alpha, active.to(upper.dtype))
-        return lam_l, lam_u, mu_u
+        return unstable, active.to(upper.dtype), lam_u, mu_u
 
     def linear_bounds(
         self, lower: torch.Tensor, upper: torch.Tensor, alpha: torch.Tensor | None = None

@@ -71,7 +71,9 @@ def optimise_pairs(
     best_p = {key: p.clone() for key, p in params.items()}
     moments = {key: (torch.zeros_like(p), torch.zeros_like(p)) for key, p in params.items()}
     act = torch.arange(P)  # the pairs still in the batch
-    cur = {"C": C_p.to(dtype), "pre": cast, "split": sp, "slack": slack}
+    relus = {r: net_o.layers[r] for r in cast}
+    parts = {r: relus[r].relaxation_parts(l.unsqueeze(1), u.unsqueeze(1)) for r, (l, u) in cast.items()}
+    cur = {"C": C_p.to(dtype), "pre": cast, "split": sp, "slack": slack, "parts": parts}
     lo_o, hi_o = lo.to(dtype), hi.to(dtype)
     taken = 0
     for it in range(steps + 1):
@@ -81,7 +83,7 @@ def optimise_pairs(
             b = {r: leaves[("b", r)] for r in split if ("b", r) in leaves}
             m = act.numel()
             bound, _, _ = spec_backward(net_o, cur["C"], lo_o.expand(m, -1), hi_o.expand(m, -1), cur["pre"], a,
-                                        b, cur["split"])
+                                        b, cur["split"], parts=cur["parts"])
             bound = bound.squeeze(1)
             loss = -bound.sum()
         with torch.no_grad():
@@ -122,7 +124,8 @@ def optimise_pairs(
                 params = {key: p[idx] for key, p in params.items()}
                 moments = {key: (m1[idx], m2[idx]) for key, (m1, m2) in moments.items()}
                 cur = {"C": cur["C"][idx], "pre": {r: (l[idx], u[idx]) for r, (l, u) in cur["pre"].items()},
-                       "split": {r: s[idx] for r, s in cur["split"].items()}, "slack": cur["slack"][idx]}
+                       "split": {r: s[idx] for r, s in cur["split"].items()}, "slack": cur["slack"][idx],
+                       "parts": {r: tuple(t[idx] for t in pr) for r, pr in cur["parts"].items()}}
     a64 = {r: best_p[("a", r)].double() for r in alphas0}
     b64 = {r: best_p[("b", r)].double() for r in split if ("b", r) in best_p}
     pre64 = {r: (l[di], u[di]) for r, (l, u) in pre.items()}
