@@ -67,7 +67,7 @@ from robustkit.bounds.crown import CrownConfig, crown_bounds, pre_bounds
 from robustkit.bounds.floaterr import FloatErrors
 from robustkit.bounds.interval import interval_bounds
 from robustkit.bounds.types import NetBounds
-from robustkit.network import Network, ReLU
+from robustkit.network import Network
 from robustkit.verification.domains import Domains, merge_params, merge_rows, open_share
 from robustkit.verification.final_pass import optimise_pairs
 from robustkit.verification.leaf_lp import settle_leaf
