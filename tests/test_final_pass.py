@@ -16,26 +16,14 @@ import torch
 from robustkit.bounds.beta_crown import spec_backward
 from robustkit.bounds.crown import crown_bounds, pre_bounds
 from robustkit.bounds.interval import interval_bounds
-from robustkit.network import Dense, Network, ReLU
 from robustkit.verification.final_pass import optimise_pairs
-
-
-def _net(seed: int) -> Network:
-    rng = np.random.default_rng(seed)
-    sizes = (5, 16, 16, 4)
-    layers: list = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(Dense(torch.from_numpy(rng.normal(size=(b, a)) / np.sqrt(a)),
-                            torch.from_numpy(rng.normal(size=b) * 0.2)))
-        if i < len(sizes) - 2:
-            layers.append(ReLU(b))
-    return Network(tuple(layers), (sizes[0],), (1, sizes[0]))
+from test_bab import _random_net  # the random ReLU nets of the BaB tests
 
 
 def _setup(seed: int, n: int = 3):
     """``n`` domains of one box: the root's bounds with a different unstable neuron of the last
     hidden layer split in each (inactive for even domains, active for odd)."""
-    net = _net(seed)
+    net = _random_net(seed, (5, 16, 16, 4))
     x0 = np.random.default_rng(seed + 7).uniform(-1, 1, size=net.in_dim)
     lo = torch.from_numpy(x0 - 0.4).reshape(1, -1)
     hi = torch.from_numpy(x0 + 0.4).reshape(1, -1)

@@ -71,8 +71,7 @@ def optimise_pairs(
     best_p = {key: p.clone() for key, p in params.items()}
     moments = {key: (torch.zeros_like(p), torch.zeros_like(p)) for key, p in params.items()}
     act = torch.arange(P)  # the pairs still in the batch
-    relus = {r: net_o.layers[r] for r in cast}
-    parts = {r: relus[r].relaxation_parts(l.unsqueeze(1), u.unsqueeze(1)) for r, (l, u) in cast.items()}
+    parts = {r: net_o.layers[r].relaxation_parts(l.unsqueeze(1), u.unsqueeze(1)) for r, (l, u) in cast.items()}
     cur = {"C": C_p.to(dtype), "pre": cast, "split": sp, "slack": slack, "parts": parts}
     lo_o, hi_o = lo.to(dtype), hi.to(dtype)
     taken = 0
@@ -89,7 +88,7 @@ def optimise_pairs(
         with torch.no_grad():
             if it == 0:  # the rounding charge at the starting parameters, held fixed through the steps
                 charged, _, _ = spec_backward(net_o, cur["C"], lo_o.expand(m, -1), hi_o.expand(m, -1), cur["pre"],
-                                              a, b, cur["split"], errs_o)
+                                              a, b, cur["split"], errs_o, cur["parts"])
                 cur["slack"] = cur["slack"] + bound.detach() - charged.squeeze(1)
             value = bound.detach() - cur["slack"]
             better = value > best_v[act]
