@@ -147,17 +147,18 @@ def backward_lower(
     return c + (A @ center).squeeze(-1) - (A.abs() @ radius).squeeze(-1)
 
 
-def unit_rows(net: Network, end: int, rows: torch.Tensor, sign: float) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+def unit_rows(net: Network, end: int, rows: torch.Tensor, sign: float, dtype: torch.dtype = torch.float64
+              ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """``sign * e_rows`` pulled through layer ``end`` when it is ``Dense`` (a row selection of
-    ``W``, cheaper than multiplying one-hot rows); returns ``(A, bias, new_end)`` with a batch
-    dimension of 1."""
+    ``W``, cheaper than multiplying one-hot rows); returns ``(A, bias, new_end)`` in ``dtype``
+    with a batch dimension of 1."""
     layer = net.layers[end]
     dim = layer.out_dim
     if isinstance(layer, Dense):
-        w = layer.weight.double()[rows] * sign
-        b = layer.bias.double()[rows] * sign
+        w = layer.weight.to(dtype)[rows] * sign
+        b = layer.bias.to(dtype)[rows] * sign
         return w.unsqueeze(0), b.unsqueeze(0), end - 1
-    A = torch.zeros(1, rows.numel(), dim, dtype=torch.float64)
+    A = torch.zeros(1, rows.numel(), dim, dtype=dtype)
     A[0, torch.arange(rows.numel()), rows] = sign
     return A, None, end
 
@@ -191,7 +192,7 @@ def layer_bounds(
         part = rows[start : start + step]
         res = []
         for side, sign in ((0, 1.0), (1, -1.0)):
-            A, bias, last = unit_rows(net, end, part, sign)
+            A, bias, last = unit_rows(net, end, part, sign, lo.dtype)
             if errs is not None and bias is not None:  # layer ``end`` itself was folded into A
                 bias = bias - errs.rounding[end][:, part]
             side_alphas = None
