@@ -46,7 +46,8 @@ empty, the answer is ``unknown``, never ``unsat``.
 The result's ``stats`` count domains (bounded, closed, infeasible, leaves, candidates; ``recomputed``
 children and the ReLUs their recomputed bounds ``stabilised``; ``fixed_from``: the children
 bounded when ``auto`` stopped recomputing; ``adam_steps`` over all batches; ``pairs``: the
-(domain, row) pairs optimised) and time
+(domain, row) pairs optimised; with ``fsb_candidates > 1``, ``fsb_tried`` domains and how often the
+filter kept the intercept score's own choice, ``fsb_agree``) and time
 each stage of the search (``time_intermediate``, ``time_optimise``, ``time_branching``,
 ``time_split``, ``time_falsify``, ``time_leaves``; ``domains_per_s`` over the whole search).
 """
@@ -375,7 +376,10 @@ class _Search:
             m = self._measure(merge_rows(known, R, bound))
             worst[:, c] = torch.maximum(m[:n], m[n:])
         worst = torch.where(top_s >= 0, worst, torch.full_like(worst, torch.inf))
-        return top_i.gather(1, worst.argmin(dim=1, keepdim=True)).squeeze(1)
+        pick = worst.argmin(dim=1)
+        self.stats["fsb_tried"] = self.stats.get("fsb_tried", 0) + n
+        self.stats["fsb_agree"] = self.stats.get("fsb_agree", 0) + int((pick == 0).sum())
+        return top_i.gather(1, pick.unsqueeze(1)).squeeze(1)
 
     # -- splitting --------------------------------------------------------------------------
     def split(self, dom: Domains) -> Domains:
