@@ -160,3 +160,25 @@ def test_optimised_bounds_hold_on_each_domains_points(seed: int, dtype: torch.dt
             assert bool((lb[i] <= y[side].min(dim=0).values + 1e-9).all()), (i, lb[i])
             checked += 1
     assert checked == 3
+
+
+def test_adam_step_matches_torch_adam_with_a_decaying_rate() -> None:
+    """The written-out step (alpha-CROWN's and the final pass's) is torch's Adam, learning rate
+    schedule included (``ExponentialLR``)."""
+    from robustkit.bounds.adam import adam_step
+
+    gen = torch.Generator().manual_seed(3)
+    p0 = torch.rand(4, 7, generator=gen, dtype=torch.float64)
+    target = torch.rand(4, 7, generator=gen, dtype=torch.float64)
+    ref = p0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([ref], lr=0.1)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, 0.9)
+    p, m1, m2 = p0.clone(), torch.zeros_like(p0), torch.zeros_like(p0)
+    for it in range(12):
+        opt.zero_grad()
+        ((ref - target) ** 3).sum().backward()
+        opt.step()
+        sched.step()
+        g = 3 * (p - target) ** 2
+        p = adam_step(p, g, m1, m2, it + 1, 0.1 * 0.9**it)
+    torch.testing.assert_close(p, ref.detach(), rtol=1e-12, atol=1e-12)

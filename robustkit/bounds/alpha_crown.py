@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from robustkit.bounds.adam import adam_step
 from robustkit.bounds.crown import (
     CrownConfig,
     SpecBounds,
@@ -275,10 +276,8 @@ class _Optimiser:
         if not exact:  # the slopes themselves in float32: no cast in the steps
             for p in params:
                 p.data = p.data.float()
-        opt = torch.optim.Adam(params, lr=self.config.lr)
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, self.config.lr_decay)
+        moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
         for it in range(self.config.iterations):
-            opt.zero_grad()
             bound = self._forward(ar, track=exact)
             if exact:
                 self.best = torch.maximum(self.best, bound.detach())
@@ -287,12 +286,12 @@ class _Optimiser:
                 break
             if it == self.config.iterations - 1 and exact:
                 break  # the last evaluation needs no step
-            (-bound.sum()).backward()
-            opt.step()
-            sched.step()
+            grads = torch.autograd.grad(-bound.sum(), params, allow_unused=True)
+            lr = self.config.lr * self.config.lr_decay ** it
             with torch.no_grad():
-                for p in params:
-                    p.clamp_(0.0, 1.0)
+                for p, g, (m1, m2) in zip(params, grads, moments):
+                    if g is not None:  # in place: the slope dicts hold these tensors
+                        p.copy_(adam_step(p, g, m1, m2, it + 1, lr).clamp_(0.0, 1.0))
         if not exact:  # the bounds: one float64 pass with the slopes reached
             for p in params:
                 p.data = p.data.double()

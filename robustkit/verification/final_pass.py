@@ -6,9 +6,9 @@ ancestors proved, and a row proven mid-optimisation needs no further steps: on t
 instances about 30% of the pairs are proven before the optimisation starts and a third to a
 half of the rest during it. So the pairs still open are laid out as a flat batch of
 single-row problems (each with its domain's bounds, split signs, slopes and multipliers), and
-after every Adam step the pairs whose row is proven (or whose disjunct another row proved) leave
-the batch, with their best parameters kept. The steps are Adam's (Kingma & Ba 2015; torch's
-defaults), written out so that its moments can leave the batch with their pairs.
+after every Adam step (:func:`robustkit.bounds.adam.adam_step`, whose moments are plain tensors)
+the pairs whose row is proven (or whose disjunct another row proved) leave the batch, with their
+moments and best parameters.
 
 The optimisation runs in ``dtype`` (float32 by default); the float32 network's rounding charge
 at the starting parameters (one extra pass) is subtracted from its values, so that they track
@@ -25,15 +25,12 @@ from typing import Callable
 
 import torch
 
+from robustkit.bounds.adam import adam_step
 from robustkit.bounds.beta_crown import spec_backward
 from robustkit.bounds.floaterr import FloatErrors
 from robustkit.network import Network
 
 __all__ = ["optimise_pairs"]
-
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
-
 
 def optimise_pairs(
     net64: Network, net_o: Network, C: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
@@ -108,14 +105,9 @@ def optimise_pairs(
             taken = it
             break  # the last evaluation needs no step; nor do pairs all proven, or a late batch
         grads = torch.autograd.grad(loss, list(leaves.values()))
-        b1, b2 = ADAM_BETAS
         with torch.no_grad():
             for (key, p), g in zip(leaves.items(), grads):
-                m1, m2 = moments[key]
-                m1.mul_(b1).add_(g, alpha=1 - b1)
-                m2.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (m2.sqrt() / (1 - b2 ** (it + 1)) ** 0.5).add_(ADAM_EPS)
-                p = p.detach().addcdiv_(m1, denom, value=-lr / (1 - b1 ** (it + 1)))
+                p = adam_step(p, g, *moments[key], it + 1, lr)
                 params[key] = p.clamp_(0.0, 1.0) if key[0] == "a" else p.clamp_(min=0.0)
             if not bool(keep.all()):  # the proven pairs leave the batch, with their moments
                 idx = torch.nonzero(keep).flatten()
