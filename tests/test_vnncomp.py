@@ -222,9 +222,10 @@ def test_instance_timeout_is_respected(tmp_path: Path) -> None:
     elapsed = time.time() - t0
     assert res.status == "timeout" and out.read_text() == "timeout\n"
     # The deadline counts from started_at, worker start-up included: on a loaded machine the worker
-    # may start after it and answer at once; otherwise it stops at the deadline (kill 2 s later).
+    # may start after it and answer at once, or still be loading the model at it; otherwise it
+    # stops in the MILP at the deadline (kill 2 s later).
     if res.record.get("reason") != "no time left to start":
-        assert res.record["stage"] == "milp"
+        assert res.record["stage"] in ("milp", "load")
         assert elapsed < 6 + 2 + 1.0, elapsed
     assert soft_budget(120) == 118 and soft_budget(1) == pytest.approx(0.8)
 
