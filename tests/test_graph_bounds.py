@@ -183,6 +183,9 @@ def test_bab_agrees_with_the_milp(seed: int, fsb: int, mode: str) -> None:
         enc = encode(net, root)
         mv = solve_violation(enc, [LinearConstraints(C, d)], time_limit=60)
         answers.append((res.status, mv.outcome))
+        # the filter's bookkeeping: it ran on the domains it was asked to, kept the score's choice at most as often
+        tried = res.stats.get("fsb_tried", 0)
+        assert (tried > 0) == (fsb > 1 and res.stats["domains"] > 1) and 0 <= res.stats.get("fsb_agree", 0) <= tried
     assert answers[0][0] == "sat" and answers[0][1] == "candidate", answers
     assert answers[1][0] == "unsat" and answers[1][1] == "holds", answers
 
