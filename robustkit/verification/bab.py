@@ -30,6 +30,10 @@ the split constraints' Lagrange multipliers of beta-CROWN (Wang et al. 2021, "Be
 * branching: the BaBSR-style intercept score (Bunel et al. 2020, "Branch and Bound for
   Piecewise Linear Neural Network Verification", Sec. 5.1): the loss the upper relaxation's
   intercept ``-l u / (u - l)`` causes in the bound of the open rows, ``-min(A, 0) * intercept``;
+  while the children's intermediate bounds are recomputed, weighted by ``(1 + the ReLU layers
+  after the neuron's) ** depth_weight``: the score sees a split's effect on the final pass only,
+  not the unstable ReLUs it decides in every later layer's recomputed bounds, which on the deep
+  mnist_fc nets is most of its worth (``verify/results/bab_depth_weight.md``);
 * falsification: at every bounded domain the box corner that minimises the linear lower bound of
   its worst row is run through the network; a violating point goes to ``check`` (the pipeline
   re-runs it in onnxruntime), and BaB continues if it is rejected;
@@ -97,7 +101,11 @@ class BabConfig:
     final pass, see ``verify/results/bab_intermediate.md``); ``fixed_iterations``: the Adam steps
     per batch while the children keep their parent's bounds (at most ``iterations``): a child
     then differs from its parent by one split, and its parent's slopes and multipliers start it
-    close; 10 proved more per second than 40 on the oval21 nets, ``bab_intermediate.md``)."""
+    close; 10 proved more per second than 40 on the oval21 nets, ``bab_intermediate.md``);
+    ``depth_weight``: the exponent of the branching score's weight ``1 + (ReLU layers after the
+    neuron's)`` while the children's intermediate bounds are recomputed (0: the intercept score
+    alone; 3 proves the mnist_fc 256x4/256x6 instances that 0 leaves open,
+    ``verify/results/bab_depth_weight.md``)."""
 
     batch: int = 64
     iterations: int = 40
@@ -110,6 +118,7 @@ class BabConfig:
     auto_domains: int = 128
     auto_stabilised: float = 0.5
     fixed_iterations: int = 10
+    depth_weight: float = 3.0
     crown: CrownConfig = CrownConfig()
 
     def __post_init__(self) -> None:
@@ -117,6 +126,8 @@ class BabConfig:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
         if self.iterations < 0 or self.fixed_iterations < 0 or not self.lr > 0:
             raise ValueError("iterations and fixed_iterations must be >= 0 and lr > 0")
+        if not self.depth_weight >= 0:
+            raise ValueError(f"depth_weight must be >= 0, got {self.depth_weight}")
         if self.fsb_candidates < 1:
             raise ValueError(f"fsb_candidates must be >= 1, got {self.fsb_candidates}")
         if self.max_domains < 1:
@@ -157,6 +168,8 @@ class _Search:
         self.groups = [torch.as_tensor(np.flatnonzero(owner == k)) for k in groups]
         self.row_group = torch.as_tensor([groups.index(int(k)) for k in owner])  # each row's disjunct
         self.relus = [r for r in net.relu_indices if r >= 1]  # a ReLU on the input is never split
+        # the branching weight of each ReLU layer while children are recomputed (:meth:`_choose_splits`)
+        self.depth = {r: float(1 + sum(q > r for q in self.relus)) ** cfg.depth_weight for r in self.relus}
         self.stats: dict[str, float | int] = {"domains": 0, "closed": 0, "infeasible": 0, "undecided": 0,
                                               "candidates": 0, "leaves": 0, "max_open": 0, "iterations": 0}
 
@@ -314,7 +327,8 @@ class _Search:
         """Set ``dom.relu`` / ``dom.neuron`` (``-1`` when no neuron is unstable).
 
         Candidates: the ``fsb_candidates`` unstable neurons with the best intercept score over
-        the rows not yet proven (``coeffs``: those of the rows ``R``); with more than one, each candidate's two children are bounded
+        the rows not yet proven (``coeffs``: those of the rows ``R``; weighted by depth while the
+        children are recomputed, ``BabConfig.depth_weight``); with more than one, each candidate's two children are bounded
         by one final pass (the other bounds and the slopes kept: filtered smart branching, De
         Palma et al. 2021, Sec. 4.2) and the candidate whose worse child is best is chosen."""
         n = len(dom)
@@ -322,6 +336,7 @@ class _Search:
             return
         assert dom.rows is not None
         open_rows = (self.d[R] - dom.rows[:, R] >= -self.margin).double()  # (n, |R|)
+        recomputed = self.mode != "fixed"  # decided by now: bound() ran _intermediate first
         scores, owners = [], []
         for r in self.relus:
             l, u = dom.lower[r - 1], dom.upper[r - 1]
@@ -329,6 +344,8 @@ class _Search:
             width = torch.where(unstable, u - l, torch.ones_like(u))
             intercept = torch.where(unstable, -l * u / width, torch.zeros_like(u))
             loss = (-coeffs[r].clamp(max=0) * open_rows.unsqueeze(-1)).sum(1) * intercept
+            if recomputed:  # a split also decides ReLUs in the later layers' recomputed bounds
+                loss = loss * self.depth[r]
             # an unstable neuron with no effect on the open rows still ranks above none at all
             scores.append(torch.where(unstable, loss + 1e-12 * intercept, torch.full_like(loss, -1.0)))
             owners += [(r, j) for j in range(l.shape[1])]
