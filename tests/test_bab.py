@@ -372,6 +372,25 @@ def test_bab_intermediate_setting_reaches_the_search(vnncomp_dir: Path) -> None:
     assert seen["fixed"] == 0 and seen["recompute"] > 0, seen
 
 
+def test_bab_depth_weight_reaches_the_search(vnncomp_dir: Path) -> None:
+    """``VerifyConfig.bab_depth_weight`` moves the splits to the earlier layer while children are
+    recomputed (``split_layer_mean``: 0 for the first of the two hidden layers, 1 for the
+    second); both settings prove the instance."""
+    from robustkit.vnnlib.instance import load_instance
+
+    folder = vnncomp_dir / "mnist_fc_2022"
+    ctx, spec = load_instance(folder / "onnx" / "mnist-net_256x2.onnx", folder / "vnnlib" / "prop_6_0.03.vnnlib")
+    mean = {}
+    for weight in (0.0, 6.0):
+        v = verify_spec(ctx, spec, VerifyConfig(method="bab", tighten="crown", attack_steps=0, timeout=60,
+                                                bab_intermediate="recompute", bab_depth_weight=weight))
+        assert (v.result, v.stage) == ("unsat", "bab"), (weight, v.details)
+        st = v.details["bab"]
+        assert st["splits"] > 0 and 0 <= st["split_layer_mean"] <= 1, st
+        mean[weight] = st["split_layer_mean"]
+    assert mean[6.0] < mean[0.0], mean
+
+
 @pytest.mark.parametrize("mode", ["recompute", "fixed"])
 def test_leaf_lp_decides_fully_split_domains(mode: str) -> None:
     """Domains with every ReLU decided are settled by the LP over the affine piece: on a tiny net

@@ -80,6 +80,14 @@ def test_bad_bab_intermediate(tiny_mnist, capsys: pytest.CaptureFixture) -> None
     assert code == 1 and "--bab-intermediate" in err and "'sometimes'" in err and "recompute" in err
 
 
+@pytest.mark.parametrize("weight,words", [("-1", ">= 0"), ("steep", "not a number")])
+def test_bad_bab_depth_weight(tiny_mnist, capsys: pytest.CaptureFixture, weight: str, words: str) -> None:  # type: ignore[no-untyped-def]
+    code = main(["verify", str(tiny_mnist.path), "--eps", "0.1", "--method", "bab", f"--bab-depth-weight={weight}",
+                 "--n", "1", "--workers", "0", *FAST])
+    err = capsys.readouterr().err
+    assert code == 1 and "--bab-depth-weight" in err and words in err, err
+
+
 def test_bad_eps_with_equals_sign(tiny_mnist, capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
     assert main(["verify", str(tiny_mnist.path), "--eps=-0.5", "--n", "1"]) == 1
     assert "negative" in capsys.readouterr().err

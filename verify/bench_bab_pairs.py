@@ -3,13 +3,15 @@
 Each instance runs once per setting, the two at the same time (one process and one thread
 each, so both sides see the same load on a 2-core machine), in process through
 `verify_instance` with `VerifyConfig(method="bab", tighten="alpha-crown")` and the setting's
-`bab_intermediate`. Prints (and with --out writes) a Markdown table: status, time, domains
+`bab_intermediate`, optionally with a branching depth weight after a slash (`auto/0`:
+`bab_depth_weight=0`; default 3). Prints (and with --out writes) a Markdown table: status, time, domains
 bounded, domains per second, the share of time in the intermediate and optimise stages, and
 how many ReLUs the recomputed intermediate bounds decided per recomputed child.
 
     python verify/bench_bab_pairs.py --a recompute --b auto --limit 72 \\
         oval21_2022:cifar_base_kw:cifar_base_kw-img2578-eps0.021176470588235297 \\
         mnist_fc_2022:mnist-net_256x4:prop_14_0.05
+    python verify/bench_bab_pairs.py --a auto/0 --b auto/3 --limit 300 mnist_fc_2022:mnist-net_256x6:prop_3_0.05
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ def one(instance: str, setting: str, limit: float) -> dict:
 
     bench, onnx, prop = instance.split(":")
     folder = BENCH / bench
-    cfg = VerifyConfig(method="bab", tighten="alpha-crown", timeout=limit, bab_intermediate=setting)
+    mode, _, weight = setting.partition("/")
+    cfg = VerifyConfig(method="bab", tighten="alpha-crown", timeout=limit, bab_intermediate=mode,
+                       bab_depth_weight=float(weight) if weight else 3.0)
     r = verify_instance(folder / "onnx" / f"{onnx}.onnx", folder / "vnnlib" / f"{prop}.vnnlib", cfg, in_process=True)
     st = r.record.get("details", {}).get("bab", {})
     t = float(st.get("time", 0.0)) or 1.0
@@ -43,7 +47,7 @@ def one(instance: str, setting: str, limit: float) -> dict:
             "intermediate": round(float(st.get("time_intermediate", 0.0)) / t, 2),
             "optimise": round(float(st.get("time_optimise", 0.0)) / t, 2),
             "stabilised": round(st.get("stabilised", 0) / rec, 2) if rec else None,
-            "fixed_from": st.get("fixed_from")}
+            "fixed_from": st.get("fixed_from"), "split_layer_mean": st.get("split_layer_mean")}
 
 
 def cell(r: dict) -> str:
@@ -53,14 +57,16 @@ def cell(r: dict) -> str:
         s += f"; {r['stabilised']} decided/child"
     if r["fixed_from"]:
         s += f"; fixed from {r['fixed_from']}"
+    if r.get("split_layer_mean") is not None and r["split_layer_mean"] == r["split_layer_mean"]:
+        s += f"; split layer {r['split_layer_mean']:.2f}"
     return s
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("instances", nargs="*", help="bench:onnx_stem:vnnlib_stem")
-    ap.add_argument("--a", default="recompute", help="bab_intermediate of the first column")
-    ap.add_argument("--b", default="auto", help="bab_intermediate of the second column")
+    ap.add_argument("--a", default="recompute", help="bab_intermediate[/depth weight] of the first column")
+    ap.add_argument("--b", default="auto", help="bab_intermediate[/depth weight] of the second column")
     ap.add_argument("--limit", type=float, default=72.0, help="seconds per instance")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
     ap.add_argument("--one", nargs=2, metavar=("INSTANCE", "SETTING"), help=argparse.SUPPRESS)

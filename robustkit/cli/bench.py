@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from robustkit.numbers import parse_number
+
 bench_app = typer.Typer(help="Benchmarks against published results.", no_args_is_help=True)
 
 
@@ -26,6 +28,7 @@ def vnncomp(
     method: str = typer.Option("bab", "--method", help="bab (branch and bound over ReLU splits) or milp (both complete), or interval|crown|alpha-crown (incomplete)."),
     attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
     bab_intermediate: str = typer.Option("auto", "--bab-intermediate", help="With --method bab: the layers after a split, per child: recompute (CROWN), fixed (the parent's; the split multipliers carry the split), or auto (recompute while it decides ReLUs, about 1 in 2 children or more)."),
+    bab_depth_weight: str = typer.Option("3", "--bab-depth-weight", help="With --method bab: branching weights a neuron's score by (1 + ReLU layers after it) to this power while the children's intermediate bounds are recomputed (0: the intercept score alone)."),
     rerun: list[str] = typer.Option([], "--rerun", help="Redo finished instances with this status: timeout|unknown|error|all."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -33,7 +36,8 @@ def vnncomp(
     from robustkit.verification import VerifyConfig
     from robustkit.vnnlib.bench import BenchOptions, run_benchmark
 
-    cfg = VerifyConfig(method=method, tighten=tighten, attack_steps=attack_steps, bab_intermediate=bab_intermediate)  # type: ignore[arg-type]
+    cfg = VerifyConfig(method=method, tighten=tighten, attack_steps=attack_steps, bab_intermediate=bab_intermediate,  # type: ignore[arg-type]
+                       bab_depth_weight=parse_number(bab_depth_weight, "--bab-depth-weight"))
     opts = BenchOptions(timeout_scale=timeout_scale, workers=workers, limit=limit, filter=filter_text, out=out,
                         rerun=tuple(rerun), quiet=quiet)
     outcome = run_benchmark(folder, cfg, opts)

@@ -50,7 +50,8 @@ empty, the answer is ``unknown``, never ``unsat``.
 The result's ``stats`` count domains (bounded, closed, infeasible, leaves, candidates; ``recomputed``
 children and the ReLUs their recomputed bounds ``stabilised``; ``fixed_from``: the children
 bounded when ``auto`` stopped recomputing; ``adam_steps`` over all batches; ``pairs``: the
-(domain, row) pairs optimised; with ``fsb_candidates > 1``, ``fsb_tried`` domains and how often the
+(domain, row) pairs optimised; ``splits`` made and ``split_layer_mean``, the mean position of their
+ReLU layer among the split-able ones (0: the first); with ``fsb_candidates > 1``, ``fsb_tried`` domains and how often the
 filter kept the intercept score's own choice, ``fsb_agree``) and time
 each stage of the search (``time_intermediate``, ``time_optimise``, ``time_branching``,
 ``time_split``, ``time_falsify``, ``time_leaves``; ``domains_per_s`` over the whole search).
@@ -409,6 +410,9 @@ class _Search:
         betas = {r: b.repeat(2, 1, 1) for r, b in dom.betas.items()}
         rows = torch.arange(2 * n)
         relu, neuron = dom.relu.repeat(2), dom.neuron.repeat(2)
+        self.stats["splits"] = self.stats.get("splits", 0) + n
+        self.stats["split_positions"] = self.stats.get("split_positions", 0) + sum(
+            self.relus.index(int(r)) for r in dom.relu.tolist())
         for r in set(int(v) for v in dom.relu):
             sel = relu == r
             inactive = sel & (rows < n)
@@ -577,5 +581,7 @@ def _done(status: str, witness: object | None, stats: dict[str, float | int], t0
     stats["time"] = time.perf_counter() - t0
     stats["domains_per_s"] = stats["domains"] / stats["time"] if stats["time"] > 0 else 0.0
     stats.setdefault("cleared", float("nan"))
+    positions = stats.pop("split_positions", 0)
+    stats["split_layer_mean"] = positions / stats["splits"] if stats.get("splits") else float("nan")
     log.debug("branch and bound: %s %s", status, stats)
     return BabResult(status, witness, dict(stats))

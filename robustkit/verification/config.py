@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -32,6 +33,9 @@ class VerifyConfig:
     ``bab_intermediate``: with ``method="bab"``, how a child gets the bounds of the layers after
     its split (:class:`robustkit.verification.bab.BabConfig`'s ``intermediate``: ``auto``,
     ``recompute`` or ``fixed``).
+    ``bab_depth_weight``: with ``method="bab"``, the exponent of the branching score's weight
+    ``1 + (ReLU layers after the neuron's)`` while children are recomputed
+    (:class:`robustkit.verification.bab.BabConfig`'s ``depth_weight``; 0: the intercept score alone).
     """
 
     eps: float = 0.0
@@ -46,6 +50,7 @@ class VerifyConfig:
     solver: str = "highs"
     write_milp: str | None = None
     bab_intermediate: str = "auto"
+    bab_depth_weight: float = 3.0
 
     def __post_init__(self) -> None:
         from robustkit.milp.solvers import SOLVER_NAMES
@@ -69,13 +74,15 @@ class VerifyConfig:
         if self.bab_intermediate not in BAB_INTERMEDIATE:
             raise InputError(f"unknown --bab-intermediate {self.bab_intermediate!r}; choose one of "
                              f"{', '.join(BAB_INTERMEDIATE)}")
+        if not (self.bab_depth_weight >= 0 and math.isfinite(self.bab_depth_weight)):
+            raise InputError(f"--bab-depth-weight must be a finite number >= 0, got {self.bab_depth_weight}")
         if (self.solver != "highs" or self.write_milp is not None) and self.method != "milp":
             raise InputError(f"--solver and --write-milp apply to the MILP (--method milp); method {self.method!r} "
                              f"solves none")
 
     def to_dict(self) -> dict:
         """The settings that decide results (for the result store's settings hash): ``write_milp``
-        is left out, and ``solver`` and ``bab_intermediate`` when they are the default, so that
+        is left out, and ``solver``, ``bab_intermediate`` and ``bab_depth_weight`` when they are the default, so that
         stores written before these options existed still resume."""
         out = asdict(self)
         out.pop("write_milp")
@@ -83,4 +90,6 @@ class VerifyConfig:
             out.pop("solver")
         if out["bab_intermediate"] == "auto":
             out.pop("bab_intermediate")
+        if out["bab_depth_weight"] == 3.0:
+            out.pop("bab_depth_weight")
         return out

@@ -257,7 +257,7 @@ def _branch_and_bound(ctx: ModelContext, box: InputBox, output: OutputSpec, open
         return validate_witness(ctx, x, box, output, strict_label)
 
     res = branch_and_bound(ctx.net, box.lower, box.upper, C, d, owner, nb, deadline, check, cfg.safety_margin,
-                           BabConfig(intermediate=cfg.bab_intermediate))
+                           BabConfig(intermediate=cfg.bab_intermediate, depth_weight=cfg.bab_depth_weight))
     details["bab"] = res.stats
     details["time_bab"] = res.stats.get("time", 0.0)
     if res.status == "unsat":  # the least clearance among closed domains (inf: all infeasible)
