@@ -213,10 +213,14 @@ def test_optimise_dtype_is_validated() -> None:
         BabConfig(intermediate="sometimes")
 
 
-def _first_choice(net: Network, lo: np.ndarray, hi: np.ndarray, cfg: BabConfig) -> tuple[tuple[int, int], list]:
-    """The root's split (every open row's coefficient -1: a neuron's score is its intercept,
-    times its layer's weight), and the best expected (score, layer, neuron) of each layer."""
+def _first_choice(net: Network, lo: np.ndarray, hi: np.ndarray, cfg: BabConfig,
+                  decided: int) -> tuple[tuple[int, int], list]:
+    """The split of the root's box after 10 children whose recomputed bounds decided ``decided``
+    ReLUs (every open row's coefficient -1: a neuron's score is its intercept, times its layer's
+    weight where that applies), and the best expected (score, layer, neuron) of each layer."""
     search = _search(net, lo, hi, np.eye(3)[[0]] - np.eye(3)[[1]], np.zeros(1), cfg)
+    search.stats.update(recomputed=10, stabilised=decided)
+    weighted = cfg.intermediate == "recompute" and decided / 10 >= cfg.auto_stabilised
     dom = _root(net, search)
     dom.rows = torch.full((1, 1), -1e9, dtype=torch.float64)
     search._choose_splits(dom, torch.arange(1),
@@ -226,24 +230,30 @@ def _first_choice(net: Network, lo: np.ndarray, hi: np.ndarray, cfg: BabConfig) 
         l, u = dom.lower[r - 1][0], dom.upper[r - 1][0]
         unstable = (l < 0) & (u > 0)
         assert bool(unstable.any()), r  # every hidden layer has a candidate
-        scale = float(len(search.relus) - k) ** cfg.depth_weight if cfg.intermediate == "recompute" else 1.0
+        scale = float(len(search.relus) - k) ** cfg.depth_weight if weighted else 1.0
         score = torch.where(unstable, -l * u / (u - l) * scale, torch.full_like(u, -1.0))
         expected.append((float(score.max()), r, int(score.argmax())))
     return (int(dom.relu[0]), int(dom.neuron[0])), expected
 
 
-def test_branching_weights_early_layers_while_recomputing() -> None:
+def test_branching_weights_early_layers_while_recomputing_decides_relus() -> None:
     """``(1 + later ReLU layers) ** depth_weight`` scales the intercept score while children are
-    recomputed, not when they keep their parent's bounds; here it moves the first split from
-    the last hidden layer to an earlier one."""
+    recomputed and that decided at least ``auto_stabilised`` ReLUs per child so far; not when
+    it decided fewer, nor when children keep their parent's bounds, nor at the root (no child
+    seen). Here the weight moves the split from the last hidden layer to an earlier one."""
     net = _random_net(0, (5, 20, 20, 20, 3))
     lo, hi = _box(net, 0, 0.6)
     chosen = {}
-    for mode, weight in (("recompute", 3.0), ("recompute", 0.0), ("fixed", 3.0)):
-        chosen[mode, weight], expected = _first_choice(net, lo, hi, BabConfig(intermediate=mode, depth_weight=weight))
-        assert chosen[mode, weight] == max(expected)[1:], (mode, weight, expected, chosen)
-    assert chosen["recompute", 0.0] == chosen["fixed", 3.0]
-    assert chosen["recompute", 3.0][0] < chosen["recompute", 0.0][0], chosen
+    for mode, weight, decided in (("recompute", 3.0, 10), ("recompute", 0.0, 10), ("fixed", 3.0, 10),
+                                  ("recompute", 3.0, 2)):
+        cfg = BabConfig(intermediate=mode, depth_weight=weight)
+        chosen[mode, weight, decided], expected = _first_choice(net, lo, hi, cfg, decided)
+        assert chosen[mode, weight, decided] == max(expected)[1:], (mode, weight, decided, expected, chosen)
+    plain = chosen["recompute", 0.0, 10]
+    assert chosen["fixed", 3.0, 10] == plain and chosen["recompute", 3.0, 2] == plain, chosen
+    assert chosen["recompute", 3.0, 10][0] < plain[0], chosen
+    root = _search(net, lo, hi, np.eye(3)[[0]] - np.eye(3)[[1]], np.zeros(1), BabConfig(intermediate="recompute"))
+    assert not root._weighted()  # the root's split: no child seen yet
 
 
 def test_depth_weight_is_validated() -> None:

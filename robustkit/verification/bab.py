@@ -30,8 +30,9 @@ the split constraints' Lagrange multipliers of beta-CROWN (Wang et al. 2021, "Be
 * branching: the BaBSR-style intercept score (Bunel et al. 2020, "Branch and Bound for
   Piecewise Linear Neural Network Verification", Sec. 5.1): the loss the upper relaxation's
   intercept ``-l u / (u - l)`` causes in the bound of the open rows, ``-min(A, 0) * intercept``;
-  while the children's intermediate bounds are recomputed, weighted by ``(1 + the ReLU layers
-  after the neuron's) ** depth_weight``: the score sees a split's effect on the final pass only,
+  while the children's intermediate bounds are recomputed and decide at least
+  ``auto_stabilised`` ReLUs per child (over the children so far), weighted by ``(1 + the ReLU
+  layers after the neuron's) ** depth_weight``: the score sees a split's effect on the final pass only,
   not the unstable ReLUs it decides in every later layer's recomputed bounds, which on the deep
   mnist_fc nets is most of its worth (``verify/results/bab_depth_weight.md``);
 * falsification: at every bounded domain the box corner that minimises the linear lower bound of
@@ -104,8 +105,8 @@ class BabConfig:
     then differs from its parent by one split, and its parent's slopes and multipliers start it
     close; 10 proved more per second than 40 on the oval21 nets, ``bab_intermediate.md``);
     ``depth_weight``: the exponent of the branching score's weight ``1 + (ReLU layers after the
-    neuron's)`` while the children's intermediate bounds are recomputed (0: the intercept score
-    alone; 3 proves the mnist_fc 256x4/256x6 instances that 0 leaves open,
+    neuron's)`` while the children's intermediate bounds are recomputed and decide at least
+    ``auto_stabilised`` ReLUs per child (0: the intercept score alone; 3 proves the mnist_fc 256x4/256x6 instances that 0 leaves open,
     ``verify/results/bab_depth_weight.md``)."""
 
     batch: int = 64
@@ -286,6 +287,16 @@ class _Search:
                 self.stats["fixed_from"] = seen
         return self.mode == "fixed"
 
+    def _weighted(self) -> bool:
+        """Whether branching weights the early layers (``depth_weight``): while the children's
+        intermediate bounds are recomputed and, over the children so far, that decided at least
+        ``auto_stabilised`` ReLUs per child (a split then also pays through the later layers). The
+        root's split is not weighted (no child seen yet): on the oval21 nets, where recomputing
+        decides about 0.1 ReLUs per child, weighting it (and the auto stage's splits) lost two
+        proofs, ``verify/results/bab_depth_weight.md``."""
+        seen = int(self.stats.get("recomputed", 0))
+        return self.mode != "fixed" and seen > 0 and self.stats.get("stabilised", 0) / seen >= self.cfg.auto_stabilised
+
     def bound(self, dom: Domains) -> tuple[Domains, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Bound ``dom`` (bounds may hold fresh splits): returns the open domains with their
         branching decisions (and their row bounds, ``rows``), and for them the violation-measure
@@ -337,7 +348,7 @@ class _Search:
             return
         assert dom.rows is not None
         open_rows = (self.d[R] - dom.rows[:, R] >= -self.margin).double()  # (n, |R|)
-        recomputed = self.mode != "fixed"  # decided by now: bound() ran _intermediate first
+        recomputed = self._weighted()
         scores, owners = [], []
         for r in self.relus:
             l, u = dom.lower[r - 1], dom.upper[r - 1]
