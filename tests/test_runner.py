@@ -44,7 +44,10 @@ class Job:
 
 def job_fn(job: Job) -> dict:
     if job.pid_dir:
-        Path(job.pid_dir, f"{job.key}.pid").write_text(str(os.getpid()))
+        # written whole or not at all: a worker killed mid-write must not leave an empty file
+        tmp = Path(job.pid_dir, f"{job.key}.pid.tmp")
+        tmp.write_text(str(os.getpid()))
+        os.replace(tmp, Path(job.pid_dir, f"{job.key}.pid"))
     if job.sleep:
         time.sleep(job.sleep)
     if job.kind == "hang":
@@ -332,7 +335,7 @@ def test_ctrl_c_stops_cleanly_kills_workers_and_keeps_results(tmp_path):
     kept = ResultStore(out).records()
     assert 4 <= len(kept) < 40 and all(r["status"] == "ok" for r in kept.values())
     time.sleep(0.2)
-    for f in pids.iterdir():
+    for f in pids.glob("*.pid"):  # complete pid files only (a worker killed mid-write leaves a .tmp)
         pid = int(f.read_text())
         alive = Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid)
         assert not alive, f"worker {pid} survived Ctrl-C"

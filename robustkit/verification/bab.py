@@ -339,8 +339,8 @@ class _Search:
         """Set ``dom.relu`` / ``dom.neuron`` (``-1`` when no neuron is unstable).
 
         Candidates: the ``fsb_candidates`` unstable neurons with the best intercept score over
-        the rows not yet proven (``coeffs``: those of the rows ``R``; weighted by depth while the
-        children are recomputed, ``BabConfig.depth_weight``); with more than one, each candidate's two children are bounded
+        the rows not yet proven (``coeffs``: those of the rows ``R``; weighted by depth while
+        recomputing the children decides ReLUs, :meth:`_weighted`); with more than one, each candidate's two children are bounded
         by one final pass (the other bounds and the slopes kept: filtered smart branching, De
         Palma et al. 2021, Sec. 4.2) and the candidate whose worse child is best is chosen."""
         n = len(dom)
@@ -348,7 +348,7 @@ class _Search:
             return
         assert dom.rows is not None
         open_rows = (self.d[R] - dom.rows[:, R] >= -self.margin).double()  # (n, |R|)
-        recomputed = self._weighted()
+        weighted = self._weighted()
         scores, owners = [], []
         for r in self.relus:
             l, u = dom.lower[r - 1], dom.upper[r - 1]
@@ -356,7 +356,7 @@ class _Search:
             width = torch.where(unstable, u - l, torch.ones_like(u))
             intercept = torch.where(unstable, -l * u / width, torch.zeros_like(u))
             loss = (-coeffs[r].clamp(max=0) * open_rows.unsqueeze(-1)).sum(1) * intercept
-            if recomputed:  # a split also decides ReLUs in the later layers' recomputed bounds
+            if weighted:  # a split also decides ReLUs in the later layers' recomputed bounds
                 loss = loss * self.depth[r]
             # an unstable neuron with no effect on the open rows still ranks above none at all
             scores.append(torch.where(unstable, loss + 1e-12 * intercept, torch.full_like(loss, -1.0)))
