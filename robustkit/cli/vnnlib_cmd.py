@@ -26,7 +26,7 @@ def vnnlib(
     solver: str = typer.Option("highs", "--solver", help="MILP solver (with --method milp): highs (highspy, default), or through PuLP: pulp-highs, cbc (bundled with PuLP), gurobi, cplex (need their own install and licence), scip (pip install pyscipopt)."),
     write_milp: Optional[Path] = typer.Option(None, "--write-milp", help="With --method milp, also write each MILP solved to this directory: .mps, .lp, and a .json saying what each variable is and what the optimum means."),
     bab_intermediate: str = typer.Option("auto", "--bab-intermediate", help="With --method bab: the layers after a split, per child: recompute (CROWN), fixed (the parent's; the split multipliers carry the split), or auto (recompute while it decides ReLUs, about 1 in 2 children or more)."),
-    bab_depth_weight: str = typer.Option("3", "--bab-depth-weight", help="With --method bab: branching weights a neuron's score by (1 + ReLU layers after it) to this power while the children's intermediate bounds are recomputed (0: the intercept score alone)."),
+    bab_depth_weight: str = typer.Option("3", "--bab-depth-weight", help="With --method bab: branching weights a neuron's score by (1 + ReLU layers after it) to this power while recomputing the children's intermediate bounds decides ReLUs (0.5 or more per child so far; 0: the intercept score alone)."),
     check: bool = typer.Option(False, "--check", help="Only load and check the instance (sizes, operators); no solving."),
     started_at: Optional[float] = typer.Option(
         None, "--started-at", envvar="ROBUSTKIT_STARTED_AT", hidden=True,
