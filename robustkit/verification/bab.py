@@ -282,7 +282,7 @@ class _Search:
             if seen < self.cfg.auto_domains:
                 return False
             # decided once: the share is measured over the first children, not re-judged deeper
-            self.mode = "recompute" if self.stats.get("stabilised", 0) / seen >= self.cfg.auto_stabilised else "fixed"
+            self.mode = "recompute" if self._recomputing_decides() else "fixed"
             if self.mode == "fixed":
                 self.stats["fixed_from"] = seen
         return self.mode == "fixed"
@@ -294,8 +294,13 @@ class _Search:
         root's split is not weighted (no child seen yet): on the oval21 nets, where recomputing
         decides about 0.1 ReLUs per child, weighting it (and the auto stage's splits) lost two
         proofs, ``verify/results/bab_depth_weight.md``."""
+        return self.mode != "fixed" and self._recomputing_decides()
+
+    def _recomputing_decides(self) -> bool:
+        """Whether the children recomputed so far (at least one) had ``auto_stabilised`` or more
+        ReLUs decided each by their recomputed bounds, on average."""
         seen = int(self.stats.get("recomputed", 0))
-        return self.mode != "fixed" and seen > 0 and self.stats.get("stabilised", 0) / seen >= self.cfg.auto_stabilised
+        return seen > 0 and self.stats.get("stabilised", 0) / seen >= self.cfg.auto_stabilised
 
     def bound(self, dom: Domains) -> tuple[Domains, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Bound ``dom`` (bounds may hold fresh splits): returns the open domains with their
