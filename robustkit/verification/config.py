@@ -34,8 +34,8 @@ class VerifyConfig:
     its split (:class:`robustkit.verification.bab.BabConfig`'s ``intermediate``: ``auto``,
     ``recompute`` or ``fixed``).
     ``bab_depth_weight``: with ``method="bab"``, the exponent of the branching score's weight
-    ``1 + (ReLU layers after the neuron's)`` while children are recomputed
-    (:class:`robustkit.verification.bab.BabConfig`'s ``depth_weight``; 0: the intercept score alone).
+    ``1 + (ReLU layers after the neuron's)`` while recomputing the children's bounds decides
+    ReLUs (:class:`robustkit.verification.bab.BabConfig`'s ``depth_weight``; 0: the intercept score alone).
     """
 
     eps: float = 0.0
