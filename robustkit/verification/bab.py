@@ -27,9 +27,9 @@ the split constraints' Lagrange multipliers of beta-CROWN (Wang et al. 2021, "Be
   backward passes charge each linear layer's rounding and end with the float64 slack of the
   error model (:mod:`robustkit.bounds.floaterr`, computed once over the root box: valid on
   every sub-domain);
-* branching: the BaBSR-style intercept score (Bunel et al. 2020, "Branch and Bound for
-  Piecewise Linear Neural Network Verification", Sec. 5.1): the loss the upper relaxation's
-  intercept ``-l u / (u - l)`` causes in the bound of the open rows, ``-min(A, 0) * intercept``;
+* branching (:mod:`robustkit.verification.branching`): the BaBSR-style intercept score
+  (Bunel et al. 2020, "Branch and Bound for Piecewise Linear Neural Network Verification", Sec. 5.1):
+  the loss the upper relaxation's intercept ``-l u / (u - l)`` causes in the bound of the open rows, ``-min(A, 0) * intercept``;
   while the children's intermediate bounds are recomputed and decide at least
   ``auto_stabilised`` ReLUs per child (over the children so far), weighted by ``(1 + the ReLU
   layers after the neuron's) ** depth_weight``: the score sees a split's effect on the final pass only,
@@ -75,6 +75,7 @@ from robustkit.bounds.floaterr import FloatErrors
 from robustkit.bounds.interval import interval_bounds
 from robustkit.bounds.types import NetBounds
 from robustkit.network import Network
+from robustkit.verification.branching import child_bounds, choose, intercept_scores
 from robustkit.verification.domains import Domains, merge_params, merge_rows, open_share
 from robustkit.verification.final_pass import optimise_pairs
 from robustkit.verification.leaf_lp import settle_leaf
@@ -339,52 +340,33 @@ class _Search:
             self._choose_splits(out, R, coeffs)
         return out, measure, A_in, R
 
-    # -- branching --------------------------------------------------------------------------
+    # -- branching (:mod:`robustkit.verification.branching`) ------------------------------------
     def _choose_splits(self, dom: Domains, R: torch.Tensor, coeffs: dict[int, torch.Tensor]) -> None:
-        """Set ``dom.relu`` / ``dom.neuron`` (``-1`` when no neuron is unstable).
-
-        Candidates: the ``fsb_candidates`` unstable neurons with the best intercept score over
-        the rows not yet proven (``coeffs``: those of the rows ``R``; weighted by depth while
-        recomputing the children decides ReLUs, :meth:`_weighted`); with more than one, each candidate's two children are bounded
-        by one final pass (the other bounds and the slopes kept: filtered smart branching, De
-        Palma et al. 2021, Sec. 4.2) and the candidate whose worse child is best is chosen."""
-        n = len(dom)
-        if n == 0:
+        """Set ``dom.relu`` / ``dom.neuron`` (``-1`` when no neuron is unstable): the best
+        intercept score over the rows not yet proven (``coeffs``: those of the rows ``R``;
+        weighted by depth while recomputing the children decides ReLUs, :meth:`_weighted`), or
+        with ``fsb_candidates > 1`` the candidate whose worse child is best (:meth:`_worst_child`)."""
+        if len(dom) == 0:
             return
         assert dom.rows is not None
         open_rows = (self.d[R] - dom.rows[:, R] >= -self.margin).double()  # (n, |R|)
-        weighted = self._weighted()
-        scores, owners = [], []
-        for r in self.relus:
-            l, u = dom.lower[r - 1], dom.upper[r - 1]
-            _, _, unstable = self.net.layers[r].phases(l, u)
-            width = torch.where(unstable, u - l, torch.ones_like(u))
-            intercept = torch.where(unstable, -l * u / width, torch.zeros_like(u))
-            loss = (-coeffs[r].clamp(max=0) * open_rows.unsqueeze(-1)).sum(1) * intercept
-            if weighted:  # a split also decides ReLUs in the later layers' recomputed bounds
-                loss = loss * self.depth[r]
-            # an unstable neuron with no effect on the open rows still ranks above none at all
-            scores.append(torch.where(unstable, loss + 1e-12 * intercept, torch.full_like(loss, -1.0)))
-            owners += [(r, j) for j in range(l.shape[1])]
-        if not scores:
-            return
-        score = torch.cat(scores, dim=1)
-        k = min(self.cfg.fsb_candidates, score.shape[1])
-        top_s, top_i = score.topk(k, dim=1)
-        relu_of = torch.tensor([o[0] for o in owners])
-        neuron_of = torch.tensor([o[1] for o in owners])
-        choice = top_i[:, 0]
-        if k > 1:
-            choice = self._filter(dom, R, top_s, top_i, relu_of, neuron_of)
-        valid = score.gather(1, choice.unsqueeze(1)).squeeze(1) >= 0
-        dom.relu = torch.where(valid, relu_of[choice], torch.full_like(dom.relu, -1))
-        dom.neuron = torch.where(valid, neuron_of[choice], torch.zeros_like(dom.neuron))
+        score, relu_of, neuron_of = intercept_scores(self.net, self.relus, dom.lower, dom.upper, coeffs, open_rows,
+                                                     self.depth if self._weighted() else None)
+        def worst(top_i: torch.Tensor) -> torch.Tensor:
+            return self._worst_child(dom, R, relu_of[top_i], neuron_of[top_i])
 
-    def _filter(self, dom: Domains, R: torch.Tensor, top_s: torch.Tensor, top_i: torch.Tensor, relu_of: torch.Tensor,
-                neuron_of: torch.Tensor) -> torch.Tensor:
-        """The candidate (index into the flat neuron list) whose worse child has the lowest
-        violation-measure bound, each child bounded by one final pass."""
-        n, k = top_i.shape
+        filtered = self.cfg.fsb_candidates > 1
+        dom.relu, dom.neuron, pick = choose(score, relu_of, neuron_of, self.cfg.fsb_candidates,
+                                            worst if filtered else None)
+        if filtered and score.shape[1] > 1:
+            self.stats["fsb_tried"] = self.stats.get("fsb_tried", 0) + len(dom)
+            self.stats["fsb_agree"] = self.stats.get("fsb_agree", 0) + int((pick == 0).sum())
+
+    def _worst_child(self, dom: Domains, R: torch.Tensor, relu: torch.Tensor, neuron: torch.Tensor) -> torch.Tensor:
+        """``(n, k)``: the violation-measure bound of the worse child of each candidate split
+        (ReLU ``relu[i, c]``, neuron ``neuron[i, c]``), each child bounded by one final pass with
+        its parent's slopes and multipliers."""
+        n, k = relu.shape
         lo, hi = self.lo.expand(2 * n, -1), self.hi.expand(2 * n, -1)
         C = self.C[R].unsqueeze(0).expand(2 * n, -1, -1)
         assert dom.rows is not None
@@ -392,28 +374,13 @@ class _Search:
         split = {r: sg.double().repeat(2, 1) for r, sg in dom.signs.items() if bool(sg.any())} if self.cfg.beta else {}
         alphas = {r: a[:, R].double().repeat(2, 1, 1) for r, a in dom.alphas.items()} or None
         betas = {r: b[:, R].double().repeat(2, 1, 1) for r, b in dom.betas.items() if r in split} or None
-        rows = torch.arange(n)
         worst = torch.full((n, k), torch.inf, dtype=torch.float64)
         for c in range(k):
-            idx = top_i[:, c]
-            pre = {}
-            for r in self.net.relu_indices:
-                l, u = (self.lo.expand(n, -1), self.hi.expand(n, -1)) if r == 0 else (dom.lower[r - 1], dom.upper[r - 1])
-                l, u = l.repeat(2, 1), u.repeat(2, 1)
-                sel = relu_of[idx] == r
-                if bool(sel.any()):
-                    j = neuron_of[idx]
-                    u[:n][rows[sel], j[sel]] = torch.clamp(u[:n][rows[sel], j[sel]], max=0.0)
-                    l[n:][rows[sel], j[sel]] = torch.clamp(l[n:][rows[sel], j[sel]], min=0.0)
-                pre[r] = (l, u)
+            pre = child_bounds(self.net.relu_indices, self.lo, self.hi, dom.lower, dom.upper, relu[:, c], neuron[:, c])
             bound, _, _ = spec_backward(self.net, C, lo, hi, pre, alphas, betas, split or None)
             m = self._measure(merge_rows(known, R, bound))
             worst[:, c] = torch.maximum(m[:n], m[n:])
-        worst = torch.where(top_s >= 0, worst, torch.full_like(worst, torch.inf))
-        pick = worst.argmin(dim=1)
-        self.stats["fsb_tried"] = self.stats.get("fsb_tried", 0) + n
-        self.stats["fsb_agree"] = self.stats.get("fsb_agree", 0) + int((pick == 0).sum())
-        return top_i.gather(1, pick.unsqueeze(1)).squeeze(1)
+        return worst
 
     # -- splitting --------------------------------------------------------------------------
     def split(self, dom: Domains) -> Domains:
