@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 HAMMING = "jin-rinard:intrinsic_weight=0:hamming_weight=90"  # the Hamming stability term on its own
+EPS03_EPOCHS = {"pgd-rs-eps03": 8, "pgd-rs-eps03-e30": 30, "pgd-rs-eps03-e45": 45}  # Xiao et al. train ~70
 
 # name -> regularizer specs (the zoo's rows)
 ZOO: dict[str, list[str]] = {
@@ -46,11 +47,8 @@ ZOO: dict[str, list[str]] = {
     "jin-rinard-h90-wd": ["jin-rinard:hamming_weight=90"],
     # and with 10x the intrinsic weight: PGD robustness, not stability, limited the h90-wd row
     "jin-rinard-h90-i4-wd": ["jin-rinard:intrinsic_weight=4:hamming_weight=90"],
-    # Xiao et al.'s eps=0.3 setting (trained at 0.3)
-    "pgd-rs-eps03": ["pgd:steps=5", "relu-stability=0.002"],
-    # issue 17: the same at a longer budget (30 epochs; Xiao et al. train ~70)
-    "pgd-rs-eps03-e30": ["pgd:steps=5", "relu-stability=0.002"],
-    "pgd-rs-eps03-e45": ["pgd:steps=5", "relu-stability=0.002"],
+    # Xiao et al.'s eps=0.3 setting (trained at 0.3), and (issue 17) at longer budgets: EPS03_EPOCHS
+    **{name: ["pgd:steps=5", "relu-stability=0.002"] for name in EPS03_EPOCHS},
     # issue 17: each seed regularizer with a ReLU-stability term, same budget, so the study can
     # answer which one verifies best with stability. "-rs": Xiao et al.'s RS loss (the weight of
     # pgd-rs); "-ham": Jin & Rinard's tanh-relaxed Hamming term alone (intrinsic term off, the h90
@@ -75,8 +73,8 @@ CIFAR_ZOO: dict[str, list[str]] = {
 }
 # the README's default model (Xiao et al.-style adversarial training + ReLU-stability loss) got one more
 # epoch; PGD-5 + RS on CIFAR-10 costs ~8x a plain epoch on this CPU, so it gets half the budget
-EPOCHS = {"pgd-rs": 6, "cifar-pgd-rs": 10, "pgd-rs-eps03": 8, "pgd-rs-eps03-e30": 30, "pgd-rs-eps03-e45": 45, "pgd-ham": 6}
-TRAIN_EPS = {"pgd-rs-eps03": "0.3", "pgd-rs-eps03-e30": "0.3", "pgd-rs-eps03-e45": "0.3", "advprop-rs-eps015": "0.15", "advprop-ham-eps015": "0.15"}  # default 0.1
+EPOCHS = {"pgd-rs": 6, "cifar-pgd-rs": 10, "pgd-ham": 6, **EPS03_EPOCHS}
+TRAIN_EPS = {"advprop-rs-eps015": "0.15", "advprop-ham-eps015": "0.15", **dict.fromkeys(EPS03_EPOCHS, "0.3")}  # default 0.1
 EXTRA_ARGS = {name: ["--weight-decay", "5e-4"] for name in ("jin-rinard-h90-wd", "jin-rinard-h90-i4-wd", "cifar-jin-rinard-wd",
                                                              "jin-rinard-h90-wd-rs")}
 EXTRA_ARGS.update({name: ["--weight-decay", "5e-4"] for name, specs in ZOO.items() if HAMMING in specs})

@@ -27,9 +27,10 @@ the split constraints' Lagrange multipliers of beta-CROWN (Wang et al. 2021, "Be
   backward passes charge each linear layer's rounding and end with the float64 slack of the
   error model (:mod:`robustkit.bounds.floaterr`, computed once over the root box: valid on
   every sub-domain);
-* branching (:mod:`robustkit.verification.branching`): the BaBSR-style intercept score
-  (Bunel et al. 2020, "Branch and Bound for Piecewise Linear Neural Network Verification", Sec. 5.1):
-  the loss the upper relaxation's intercept ``-l u / (u - l)`` causes in the bound of the open rows, ``-min(A, 0) * intercept``;
+* branching (:mod:`robustkit.verification.branching`): the BaBSR-style intercept score (Bunel
+  et al. 2020, "Branch and Bound for Piecewise Linear Neural Network Verification", Sec. 5.1):
+  the loss the upper relaxation's intercept ``-l u / (u - l)`` causes in the bound of the open
+  rows, ``-min(A, 0) * intercept``;
   while the children's intermediate bounds are recomputed and decide at least
   ``auto_stabilised`` ReLUs per child (over the children so far), weighted by ``(1 + the ReLU
   layers after the neuron's) ** depth_weight``: the score sees a split's effect on the final pass only,
@@ -352,6 +353,7 @@ class _Search:
         open_rows = (self.d[R] - dom.rows[:, R] >= -self.margin).double()  # (n, |R|)
         score, relu_of, neuron_of = intercept_scores(self.net, self.relus, dom.lower, dom.upper, coeffs, open_rows,
                                                      self.depth if self._weighted() else None)
+
         def worst(top_i: torch.Tensor) -> torch.Tensor:
             return self._worst_child(dom, R, relu_of[top_i], neuron_of[top_i])
 
