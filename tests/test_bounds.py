@@ -479,8 +479,13 @@ def test_agrees_with_auto_lirpa(name: str) -> None:
     close(spec.upper, r.upper)
     _, aspec = alpha_crown_bounds(net, lo, hi, C, AlphaCrownConfig(crown=plain))
     r = lirpa_bounds(net, lo, hi, "alpha-crown", C)
+    # Two different optimisers (step size, schedule) on gains as small as 1e-4: compare the total
+    # gain over CROWN and allow each entry a quarter of auto_LiRPA's gain, never looser than CROWN.
     gain = (r.lower - spec.lower).clamp(min=0)
-    assert bool((aspec.lower >= r.lower - 0.1 * gain - 1e-4).all()), (aspec.lower, r.lower, spec.lower)
+    ours = aspec.lower - spec.lower
+    assert bool((ours >= -1e-9).all()), (aspec.lower, spec.lower)
+    assert float(ours.sum()) >= 0.8 * float(gain.sum()), (aspec.lower, r.lower, spec.lower)
+    assert bool((aspec.lower >= r.lower - 0.25 * gain - 1e-4).all()), (aspec.lower, r.lower, spec.lower)
 
 
 def test_certified_needs_the_safety_margin() -> None:
