@@ -307,6 +307,30 @@ def test_fixed_children_take_fixed_iterations() -> None:
     assert steps["fixed"] == 3 * 3 and steps["recompute"] == 3 * 12, steps
 
 
+def test_fixed_batches_take_every_step_once_the_tree_reaches_its_leaves() -> None:
+    """Keeping the parent's bounds, a batch takes ``fixed_iterations`` Adam steps until
+    ``leaf_domains`` domains have reached the leaves (every ReLU decided, the bound still open),
+    then the full ``iterations``; ``full_steps_from`` records when."""
+    net = _random_net(6, (4, 16, 16, 16, 3))
+    lo, hi = _box(net, 6, 0.5)
+    search = _search(net, lo, hi, np.eye(3)[[0]] - np.eye(3)[[1]], np.full(1, 1e6),
+                     BabConfig(iterations=12, fixed_iterations=3, intermediate="fixed", leaf_domains=5))
+    dom = _root(net, search)
+    taken = []
+    for leaves in (0, 4, 5, 9):
+        search.stats["leaves"] = leaves  # as if that many domains had been settled as leaves
+        before = search.stats.get("adam_steps", 0)
+        dom, _, _, _ = search.bound(dom)
+        taken.append(search.stats["adam_steps"] - before)
+        if leaves < 5:
+            assert "full_steps_from" not in search.stats
+        dom = search.split(dom.take(torch.nonzero(dom.relu >= 0).flatten()))
+    assert taken == [3, 3, 12, 12], taken
+    assert search.stats["full_steps_from"] == search.stats["domains"]
+    with pytest.raises(ValueError):
+        BabConfig(leaf_domains=-1)
+
+
 def test_leaves_past_the_deadline_are_left_and_end_in_timeout() -> None:
     net = _random_net(5, (2, 5, 5, 2))
     lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])

@@ -51,7 +51,8 @@ empty, the answer is ``unknown``, never ``unsat``.
 
 The result's ``stats`` count domains (bounded, closed, infeasible, leaves, candidates; ``recomputed``
 children and the ReLUs their recomputed bounds ``stabilised``; ``fixed_from``: the children
-bounded when ``auto`` stopped recomputing; ``adam_steps`` over all batches; ``pairs``: the
+bounded when ``auto`` stopped recomputing; ``full_steps_from``: the domains bounded when the
+fixed-bound batches went to the full Adam steps; ``adam_steps`` over all batches; ``pairs``: the
 (domain, row) pairs optimised; ``splits`` made and ``split_layer_mean``, the mean position of their
 ReLU layer among the split-able ones (0: the first); with ``fsb_candidates > 1``, ``fsb_tried`` domains and how often the
 filter kept the intercept score's own choice, ``fsb_agree``) and time
@@ -105,7 +106,9 @@ class BabConfig:
     final pass, see ``verify/results/bab_intermediate.md``); ``fixed_iterations``: the Adam steps
     per batch while the children keep their parent's bounds (at most ``iterations``): a child
     then differs from its parent by one split, and its parent's slopes and multipliers start it
-    close; 10 proved more per second than 40 on the oval21 nets, ``bab_intermediate.md``);
+    close; 10 proved more per second than 40 on the oval21 nets, ``bab_intermediate.md``) until
+    ``leaf_domains`` domains have reached the leaves, then ``iterations`` (on small nets, where the
+    tree reaches full depth, 10 steps leave domains open that 40 close higher up, ``bab_levers.md``);
     ``depth_weight``: the exponent of the branching score's weight ``1 + (ReLU layers after the
     neuron's)`` while the children's intermediate bounds are recomputed and decide at least
     ``auto_stabilised`` ReLUs per child (0: the intercept score alone; 3 proves the mnist_fc 256x4/256x6 instances that 0 leaves open,
@@ -122,14 +125,15 @@ class BabConfig:
     auto_domains: int = 128
     auto_stabilised: float = 0.5
     fixed_iterations: int = 10
+    leaf_domains: int = 16
     depth_weight: float = 3.0
     crown: CrownConfig = CrownConfig()
 
     def __post_init__(self) -> None:
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
-        if self.iterations < 0 or self.fixed_iterations < 0 or not self.lr > 0:
-            raise ValueError("iterations and fixed_iterations must be >= 0 and lr > 0")
+        if self.iterations < 0 or self.fixed_iterations < 0 or self.leaf_domains < 0 or not self.lr > 0:
+            raise ValueError("iterations, fixed_iterations and leaf_domains must be >= 0 and lr > 0")
         if not self.depth_weight >= 0:
             raise ValueError(f"depth_weight must be >= 0, got {self.depth_weight}")
         if self.fsb_candidates < 1:
@@ -209,7 +213,8 @@ class _Search:
         m = C.shape[1]
         best, coeffs, A_in = spec_backward(self.net, C, lo, hi, pre, errs=self.errs)
         best = best - self.errs.spec_slack(C)
-        steps = self.cfg.iterations if self.mode != "fixed" else min(self.cfg.iterations, self.cfg.fixed_iterations)
+        steps = self.cfg.iterations if self.mode != "fixed" or self._bottomed_out() else \
+            min(self.cfg.iterations, self.cfg.fixed_iterations)
         if steps == 0:
             return best, coeffs, A_in, {}, {}
         dtype = torch.float32 if self.cfg.optimise_dtype == "float32" else torch.float64
@@ -288,6 +293,15 @@ class _Search:
             if self.mode == "fixed":
                 self.stats["fixed_from"] = seen
         return self.mode == "fixed"
+
+    def _bottomed_out(self) -> bool:
+        """Whether ``leaf_domains`` domains have reached the leaves (every ReLU decided, the bound
+        still open): the tree goes to full depth, so the bound, not the throughput, is what is
+        short, and the batches get the full ``iterations`` from then on (``full_steps_from``)."""
+        if self.stats["leaves"] < self.cfg.leaf_domains:
+            return False
+        self.stats.setdefault("full_steps_from", self.stats["domains"])
+        return True
 
     def _weighted(self) -> bool:
         """Whether branching weights the early layers (``depth_weight``): while the children's
