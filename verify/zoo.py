@@ -28,8 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 HAMMING = "jin-rinard:intrinsic_weight=0:hamming_weight=90"  # the Hamming stability term on its own
 EPS03_EPOCHS = {"pgd-rs-eps03": 8, "pgd-rs-eps03-e30": 30, "pgd-rs-eps03-e45": 45,  # Xiao et al. train ~70
-                "pgd10-rs-eps03-e30": 30}
+                "pgd10-rs-eps03-e30": 30, "pgd-rs0005-eps03-e30": 30}
 EPS03_PGD_STEPS = {"pgd10-rs-eps03-e30": 10}  # default 5; e30/e45 are bounded by falsified images, not timeouts
+# the RS weight 4x lower: at 0.002 the RS term (~ -9.4) outweighs the adversarial CE (~0.9) and the
+# e30 row verifies in 0.3 s (median) with 0 timeouts: stability to spare, accuracy short
+EPS03_RS = {"pgd-rs0005-eps03-e30": "0.0005"}
 
 # name -> regularizer specs (the zoo's rows)
 ZOO: dict[str, list[str]] = {
@@ -50,7 +53,8 @@ ZOO: dict[str, list[str]] = {
     # and with 10x the intrinsic weight: PGD robustness, not stability, limited the h90-wd row
     "jin-rinard-h90-i4-wd": ["jin-rinard:intrinsic_weight=4:hamming_weight=90"],
     # Xiao et al.'s eps=0.3 setting (trained at 0.3), and (issue 17) at longer budgets: EPS03_EPOCHS
-    **{name: [f"pgd:steps={EPS03_PGD_STEPS.get(name, 5)}", "relu-stability=0.002"] for name in EPS03_EPOCHS},
+    **{name: [f"pgd:steps={EPS03_PGD_STEPS.get(name, 5)}", f"relu-stability={EPS03_RS.get(name, '0.002')}"]
+       for name in EPS03_EPOCHS},
     # issue 17: each seed regularizer with a ReLU-stability term, same budget, so the study can
     # answer which one verifies best with stability. "-rs": Xiao et al.'s RS loss (the weight of
     # pgd-rs); "-ham": Jin & Rinard's tanh-relaxed Hamming term alone (intrinsic term off, the h90
