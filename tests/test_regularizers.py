@@ -40,7 +40,7 @@ from robustkit.regularizers import (
 from robustkit.regularizers.advprop import advprop_input
 from robustkit.regularizers.jin_rinard import hamming_term
 from robustkit.regularizers.mrnet import mrnet_adversarial
-from robustkit.regularizers.perturb import power_iteration
+from robustkit.regularizers.perturb import power_iteration, random_corner
 from robustkit.regularizers.pgd import pgd_linf
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -205,7 +205,7 @@ def test_jin_rinard_terms_match_separate_forward_passes() -> None:
     torch.manual_seed(123)
     out = JinRinard(cfg)(net, x, torch.zeros(5, dtype=torch.long), _state(epoch=50.0, eps=0.1), forward_with_activations(net, x))
     torch.manual_seed(123)
-    rho = (torch.randint(0, 2, x.shape).float() * 2 - 1) * 0.1
+    rho = random_corner(x, 0.1)  # the same draw from the global generator as corner_pair's
     xp, xm = (x + rho).clamp(0, 1), (x - rho).clamp(0, 1)
     ap, am = forward_with_activations(net, xp), forward_with_activations(net, xm)
     ramp = 1 + 9 * (50 - 20) / 60

@@ -23,29 +23,35 @@ run; the small (verification) model starts at gamma_I = 0.4, gamma_H = 9000, the
 and scaled to the trainer's ``state.total_epochs`` (identical for a 100-epoch run); set
 ``reference_epochs = 0`` to use the epochs as they are.
 
-Cost: x+ and x- go through the net in two forward passes of the trainer's batch size (the clean
-forward that the trainer already made, ``clean``, is not needed by these terms and is not
-repeated). On a CPU one batched pass of ``cat([x+, x-])``, or of ``cat([x, x+, x-])`` with the
-clean batch, is *slower* than separate passes of the batch size: the conv backward of a 2-3x
-larger batch falls out of cache (``verify/bench_regularizers.py`` times the batched variant too;
-``verify/results/regularizer_step_time.md``). The Hamming term is one autograd function per
-layer with a hand-written backward (:class:`HammingNorm`: 2 sigmoids, a difference and a norm
-forward, 4 elementwise passes backward) instead of ~12 separately recorded elementwise ops and
-two slow tanh calls; the pattern-flip metric is read off the ReLU outputs (:func:`pattern_flips`).
+Cost (``verify/bench_regularizers.py``: MNIST ``small``, batch 128, CPU, 1 thread): ~3.0-3.3x a
+plain step, of which ~2.7-2.85x is the two corner passes themselves -- model work that this loss
+cannot avoid (the bench's ``intrinsic`` row: both passes, no Hamming term). x+ and x- run side
+by side at the trainer's batch size (:func:`corner_passes`; the trainer's clean forward,
+``clean``, is not needed and not repeated); one batched pass of ``cat([x+, x-])`` or
+``cat([x, x+, x-])`` is *slower* on a CPU (the conv backward of a 2-3x larger batch falls out of
+cache; the bench times it too), and so are chunks of 64. Each ReLU of the corner passes is one
+autograd function with its Hamming norm (:class:`ReluHamming`): forward, 7 elementwise passes
+over the layer's pair plus a norm, keeping only the two tensors the gradient needs (not the
+pre-activations); backward, the Hamming gradient added into the ReLU's in place. Against the
+``intrinsic`` step (thread CPU time, interleaved, shared machine) the Hamming term and the
+metric add ~0.3-0.4x of a plain step: the function itself ~0.05-0.1x, the Hamming forward
+~0.15-0.2x, its backward ~0.05-0.1x, the exact pattern-flip count (:func:`_flips`) ~0.04-0.08x.
+The corners come from random bits (:func:`~robustkit.regularizers.perturb.random_signs`):
+0.08 ms per MNIST batch, 0.28 ms CIFAR (``randint`` per element: 0.32 and 1.3 ms).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from robustkit.errors import InputError
-from robustkit.nets import Activations, forward_with_activations
+from robustkit.nets import Activations, Residual
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 from robustkit.regularizers.options import require_nonneg, require_positive
-from robustkit.regularizers.perturb import clip_to_range, random_corner
+from robustkit.regularizers.perturb import check_range, random_signs
 
 
 @dataclass(frozen=True)
@@ -95,64 +101,98 @@ def hamming_relaxation(z_plus: torch.Tensor, z_minus: torch.Tensor, alpha: float
     return (torch.tanh(alpha * z_plus) - torch.tanh(alpha * z_minus)).abs()
 
 
-class HammingNorm(torch.autograd.Function):
-    """Per-sample ``||H_alpha(z+, z-)||_2 = ||tanh(alpha z+) - tanh(alpha z-)||_2`` of ``(B, n)``
-    pre-activations, shape ``(B,)``, with a hand-written backward.
+def _hamming_forward(z_plus: torch.Tensor, z_minus: torch.Tensor, alpha: float) -> tuple[torch.Tensor, ...]:
+    """``(||s+ - s-||_2, u+, u-)`` per sample, ``s = sigmoid(2 alpha z)``, ``u = (s+ - s-) s (1 - s)``.
 
-    The same function as ``vector_norm(hamming_relaxation(z+, z-, alpha), dim=1)`` (``||h||_2`` of
-    ``h = |d|`` is ``||d||_2``), evaluated through ``tanh(u) = 2 sigmoid(2u) - 1``:
-    ``d = 2 (s+ - s-)`` with ``s = sigmoid(2 alpha z)``, so the ``- 1`` cancels exactly and is never
-    computed. torch's CPU tanh is ~4x slower than its sigmoid, and this is the cost of the term.
-    Float rounding differs from the tanh form by ~1e-7 absolute per element (sigmoid values near
-    1/2 carry an absolute, not relative, rounding error), far below anything the loss resolves.
-
-    Backward, the chain autograd would record (``d -> |d| -> ||.||``): ``grad_d = |d| sgn(d) g /
-    ||d|| = d g / ||d||`` (0 where the norm is 0, as torch's norm backward), then
-    ``grad_z+- = +-alpha (1 - tanh^2(alpha z+-)) grad_d = +-4 alpha s+-(1 - s+-) grad_d``.
+    ``tanh(u) = 2 sigmoid(2u) - 1``, so ``H = 2 (s+ - s-)`` and ``||H||_2 = 2 ||s+ - s-||_2`` (the
+    ``- 1`` cancels and is never computed; torch's CPU tanh is ~4x slower than its sigmoid). Float
+    rounding differs from the tanh form by ~1e-7 absolute per element. ``u+-`` (written over ``s+-``)
+    are all that the gradient needs: ``d||H|| / dz+- = +-4 alpha u+- / ||s+ - s-||``.
     """
+    s_plus = torch.mul(z_plus, 2.0 * alpha).sigmoid_()
+    s_minus = torch.mul(z_minus, 2.0 * alpha).sigmoid_()
+    half_diff = s_plus - s_minus
+    half_norm = torch.linalg.vector_norm(half_diff, dim=list(range(1, half_diff.dim())))
+    u_plus = _SIGMOID_BACKWARD(half_diff, s_plus, grad_input=s_plus)
+    u_minus = _SIGMOID_BACKWARD(half_diff, s_minus, grad_input=s_minus)
+    return half_norm, u_plus, u_minus
+
+
+def _hamming_scale(grad: torch.Tensor, half_norm: torch.Tensor, alpha: float, dim: int) -> torch.Tensor:
+    """``4 alpha g / ||s+ - s-||`` per sample, 0 where the norm is 0 (as torch's norm backward)."""
+    scale = (grad * (4.0 * alpha) / half_norm).masked_fill_(half_norm == 0, 0.0)
+    return scale.view(-1, *([1] * (dim - 1)))
+
+
+_SIGMOID_BACKWARD = torch.ops.aten.sigmoid_backward.grad_input  # g s (1 - s), written to grad_input
+
+
+class HammingNorm(torch.autograd.Function):
+    """Per-sample ``||H_alpha(z+, z-)||_2 = ||tanh(alpha z+) - tanh(alpha z-)||_2`` (norm over all
+    non-batch dimensions), shape ``(B,)``, with a hand-written backward (:func:`_hamming_forward`):
+    the same function as ``vector_norm(hamming_relaxation(z+, z-, alpha))`` (``||h||_2`` of
+    ``h = |d|`` is ``||d||_2``), 0 gradient where the norm is 0, as torch's norm backward."""
 
     @staticmethod
     def forward(ctx, z_plus: torch.Tensor, z_minus: torch.Tensor, alpha: float) -> torch.Tensor:  # type: ignore[override]  # noqa: ANN001
-        s_plus = torch.mul(z_plus, 2.0 * alpha).sigmoid_()
-        s_minus = torch.mul(z_minus, 2.0 * alpha).sigmoid_()
-        half_diff = s_plus - s_minus  # = d / 2
-        half_norm = torch.linalg.vector_norm(half_diff, dim=1)
-        ctx.save_for_backward(s_plus, s_minus, half_diff, half_norm)
+        half_norm, u_plus, u_minus = _hamming_forward(z_plus, z_minus, alpha)
+        ctx.save_for_backward(u_plus, u_minus, half_norm)
         ctx.alpha = alpha
         return 2.0 * half_norm
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]  # noqa: ANN001
-        s_plus, s_minus, half_diff, half_norm = ctx.saved_tensors
-        # grad_d * 4 alpha = (d / ||d||) g 4 alpha = half_diff * (4 alpha g / ||half_diff||)
-        scale = (grad * (4.0 * ctx.alpha) / half_norm).masked_fill_(half_norm == 0, 0.0)
-        scaled = half_diff * scale.unsqueeze(1)
-        grad_plus = torch.ops.aten.sigmoid_backward(scaled, s_plus) if ctx.needs_input_grad[0] else None
-        grad_minus = torch.ops.aten.sigmoid_backward(scaled, s_minus).neg_() if ctx.needs_input_grad[1] else None
-        return grad_plus, grad_minus, None
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # type: ignore[override]  # noqa: ANN001
+        u_plus, u_minus, half_norm = ctx.saved_tensors
+        scale = _hamming_scale(grad, half_norm, ctx.alpha, u_plus.dim())
+        return u_plus * scale, u_minus * scale.neg(), None
+
+
+class ReluHamming(torch.autograd.Function):
+    """``(relu(z+), relu(z-), ||H_alpha(z+, z-)||_2)``: a ReLU layer of the corner passes fused with
+    its Hamming norm (values as :class:`HammingNorm`, ``torch.relu``). The backward adds the
+    Hamming gradient into the ReLU's (``addcmul_``), instead of autograd summing two gradients of
+    ``z`` that it allocated separately; ``z`` itself is not kept (the ReLU masks by its output)."""
+
+    @staticmethod
+    def forward(ctx, z_plus: torch.Tensor, z_minus: torch.Tensor, alpha: float):  # type: ignore[override]  # noqa: ANN001, ANN205
+        half_norm, u_plus, u_minus = _hamming_forward(z_plus, z_minus, alpha)
+        p_plus, p_minus = torch.relu(z_plus), torch.relu(z_minus)
+        ctx.save_for_backward(p_plus, p_minus, u_plus, u_minus, half_norm)
+        ctx.alpha = alpha
+        return p_plus, p_minus, 2.0 * half_norm
+
+    @staticmethod
+    def backward(ctx, g_plus: torch.Tensor, g_minus: torch.Tensor, g_norm: torch.Tensor):  # type: ignore[override]  # noqa: ANN001, ANN205
+        p_plus, p_minus, u_plus, u_minus, half_norm = ctx.saved_tensors
+        grad_plus = torch.ops.aten.threshold_backward(g_plus, p_plus, 0)
+        grad_minus = torch.ops.aten.threshold_backward(g_minus, p_minus, 0)
+        scale = _hamming_scale(g_norm, half_norm, ctx.alpha, u_plus.dim())
+        return grad_plus.addcmul_(u_plus, scale), grad_minus.addcmul_(u_minus, scale, value=-1.0), None
+
+
+def _flips(post_plus: torch.Tensor, post_minus: torch.Tensor) -> torch.Tensor:
+    """Per sample, the number of ReLUs on (``relu(z) > 0``) in one corner and off in the other:
+    ``|sign(relu(z+)) - sign(relu(z-))|`` summed (float sums of 0/1: exact up to 2^24 per sample;
+    cheaper on a CPU than bool comparisons)."""
+    with torch.no_grad():
+        flips = torch.sign(post_plus).sub_(torch.sign(post_minus)).abs_()
+        return flips.sum(dim=list(range(1, flips.dim())))  # (vector_norm(ord=1) is 4x slower)
 
 
 def pattern_flips(posts_plus: list[torch.Tensor], posts_minus: list[torch.Tensor]) -> float:
     """Mean over the batch of the number of ReLUs whose on/off state differs between x+ and x-
-    (``z+ > 0 != z- > 0``), from the ReLU outputs: ``sign(relu(z))`` is that state as 0/1, and the
-    float sums of 0/1 are exact (up to 2^24 ReLUs). ~4x cheaper than comparing the pre-activations
-    (bool tensors and their int64 sums are slow on a CPU)."""
-    with torch.no_grad():
-        total = sum(float((torch.sign(p) - torch.sign(m)).abs_().sum()) for p, m in zip(posts_plus, posts_minus))
+    (``z+ > 0 != z- > 0``), from the ReLU outputs (exact, see :func:`_flips`)."""
+    total = sum(float(_flips(p, m).double().sum()) for p, m in zip(posts_plus, posts_minus))
     return total / posts_plus[0].shape[0] if posts_plus else 0.0
 
 
-def hamming_term(
-    preacts_plus: list[torch.Tensor], preacts_minus: list[torch.Tensor], alpha: float
-) -> torch.Tensor:
-    """Sec. 5.4 per-sample Hamming regularizer: mean over layers of ``||H_alpha||_2 / (2 n_l)``."""
+def hamming_term(preacts_plus: list[torch.Tensor], preacts_minus: list[torch.Tensor], alpha: float) -> torch.Tensor:
+    """Sec. 5.4 per-sample Hamming regularizer: mean over layers of ``||H_alpha||_2 / (2 n_l)``, from
+    recorded pre-activations (:class:`JinRinard` computes it inside :func:`corner_passes`)."""
     if not preacts_plus:
         raise ValueError("the Hamming regularizer needs a net with ReLU layers")
-    per_layer = []
-    for zp, zm in zip(preacts_plus, preacts_minus):
-        zp, zm = zp.flatten(1), zm.flatten(1)
-        per_layer.append(HammingNorm.apply(zp, zm, alpha) / (2.0 * zp.shape[1]))
-    return torch.stack(per_layer, dim=0).mean(dim=0)
+    pairs = zip(preacts_plus, preacts_minus)
+    return torch.stack([HammingNorm.apply(zp, zm, alpha) / (2.0 * zp[0].numel()) for zp, zm in pairs]).mean(dim=0)
 
 
 def intrinsic_term(logits_plus: torch.Tensor, logits_minus: torch.Tensor) -> torch.Tensor:
@@ -163,10 +203,51 @@ def intrinsic_term(logits_plus: torch.Tensor, logits_minus: torch.Tensor) -> tor
 def corner_pair(
     x: torch.Tensor, eps: float, input_range: tuple[float, float], generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sec. 5.4: ``(clip(x + rho), clip(x - rho))`` with a random corner ``rho``."""
-    rho = random_corner(x, eps, generator)
-    x0 = x.detach()
-    return clip_to_range(x0 + rho, input_range), clip_to_range(x0 - rho, input_range)
+    """Sec. 5.4: ``(clip(x + rho), clip(x - rho))`` with a random corner ``rho = eps * signs``."""
+    lo, hi = check_range(input_range)
+    signs, x0 = random_signs(x, generator), x.detach()
+    return torch.add(x0, signs, alpha=eps).clamp_(lo, hi), torch.add(x0, signs, alpha=-eps).clamp_(lo, hi)
+
+
+@dataclass
+class CornerPasses:
+    """The corner passes' logits (None when not asked for), and per Hamming layer its per-sample
+    ``||H_alpha||_2 / (2 n_l)`` and pattern flips (empty without ``alpha``)."""
+
+    logits_plus: torch.Tensor | None = None
+    logits_minus: torch.Tensor | None = None
+    hamming: list[torch.Tensor] = field(default_factory=list)
+    flips: list[torch.Tensor] = field(default_factory=list)
+
+
+def corner_passes(
+    model: nn.Sequential, x_plus: torch.Tensor, x_minus: torch.Tensor, alpha: float | None, logits: bool = True
+) -> CornerPasses:
+    """Run x+ and x- through the net side by side, layer by layer, as
+    :func:`robustkit.nets.forward_with_activations` would (Residual bodies included); every ReLU
+    is a :class:`ReluHamming` when ``alpha`` is given. Without ``logits``, the layers after the
+    last ReLU are not run."""
+    out = CornerPasses()
+
+    def walk(seq: nn.Sequential, hp: torch.Tensor, hm: torch.Tensor, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        for layer in list(seq)[:stop]:
+            if isinstance(layer, nn.ReLU) and alpha is not None:
+                hp, hm, norm = ReluHamming.apply(hp, hm, alpha)
+                out.hamming.append(norm / (2.0 * hp[0].numel()))
+                out.flips.append(_flips(hp, hm))
+            elif isinstance(layer, Residual):
+                bp, bm = walk(layer.body, hp, hm, len(layer.body))
+                hp, hm = hp + bp, hm + bm
+            else:
+                hp, hm = layer(hp), layer(hm)
+        return hp, hm
+
+    with_relu = [i + 1 for i, layer in enumerate(model) if any(isinstance(m, nn.ReLU) for m in layer.modules())]
+    stop = len(model) if logits else max(with_relu, default=0)
+    hp, hm = walk(model, x_plus, x_minus, stop)
+    if logits:
+        out.logits_plus, out.logits_minus = hp, hm
+    return out
 
 
 class JinRinard(Regularizer):
@@ -203,18 +284,19 @@ class JinRinard(Regularizer):
             return out
         eps = state.eps if cfg.eps is None else cfg.eps
         x_plus, x_minus = corner_pair(x, eps, state.input_range)
-        # two passes of the batch size, not one of cat([x+, x-]): faster on a CPU (module docstring)
-        acts_plus = forward_with_activations(model, x_plus)
-        acts_minus = forward_with_activations(model, x_minus)
+        with_hamming = cfg.hamming_weight > 0
+        passes = corner_passes(model, x_plus, x_minus, cfg.alpha if with_hamming else None, cfg.intrinsic_weight > 0)
         if cfg.intrinsic_weight > 0:
-            intrinsic = intrinsic_term(acts_plus.logits, acts_minus.logits).mean()
+            intrinsic = intrinsic_term(passes.logits_plus, passes.logits_minus).mean()
             out.terms["intrinsic"] = gamma_i * intrinsic
             out.metrics["intrinsic_raw"] = float(intrinsic.detach())
             out.metrics["gamma_i"] = gamma_i
-        if cfg.hamming_weight > 0:
-            hamming = hamming_term(acts_plus.preacts, acts_minus.preacts, cfg.alpha).mean()
+        if with_hamming:
+            if not passes.hamming:
+                raise ValueError("the Hamming regularizer needs a net with ReLU layers")
+            hamming = torch.stack(passes.hamming, dim=0).mean(dim=0).mean()
             out.terms["hamming"] = gamma_h * hamming
             out.metrics["hamming_raw"] = float(hamming.detach())
             out.metrics["gamma_h"] = gamma_h
-            out.metrics["pattern_flips"] = pattern_flips(acts_plus.posts, acts_minus.posts)
+            out.metrics["pattern_flips"] = float(torch.stack(passes.flips).double().sum()) / x.shape[0]
         return out
