@@ -93,6 +93,13 @@ def test_conv_forward_matrix_backward(case: tuple) -> None:
     back = conv.backward(torch.from_numpy(a)).numpy()
     assert back.shape == (2, 3, conv.in_dim)
     np.testing.assert_allclose(back, a @ mat.toarray(), atol=1e-9)
+    # the autograd path (conv_transpose2d, not conv2d's input gradient) and its gradient
+    at = torch.from_numpy(a).requires_grad_(True)
+    tracked = conv.backward(at)
+    np.testing.assert_allclose(tracked.detach().numpy(), back, atol=1e-9)
+    g = rng.normal(size=tracked.shape)
+    (grad,) = torch.autograd.grad(tracked, at, torch.from_numpy(g))
+    np.testing.assert_allclose(grad.numpy(), g @ mat.toarray().T, atol=1e-9)
     ap = np.abs(a)
     np.testing.assert_allclose(conv.abs_backward(torch.from_numpy(ap)).numpy(), ap @ np.abs(mat.toarray()), atol=1e-9)
     np.testing.assert_allclose(conv.abs_forward(torch.from_numpy(x)).numpy(), x @ np.abs(mat.toarray()).T, atol=1e-9)

@@ -67,7 +67,8 @@ def side(r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--before", type=Path, required=True, help="checkout of the earlier commit")
-    ap.add_argument("--instances", nargs="+", default=DEFAULT, help="ONNX:PROPERTY names of mnist_fc_2022")
+    ap.add_argument("--instances", nargs="+", default=DEFAULT,
+                    help="ONNX:PROPERTY names of mnist_fc_2022, or BENCHMARK:ONNX:PROPERTY (e.g. oval21_2022:...)")
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--out", type=Path, default=ROOT / "verify" / "results" / "bab_speed.md")
     args = ap.parse_args()
@@ -80,8 +81,9 @@ def main() -> None:
              "domains/s | open share |", "|" + "---|" * 11]
     shares = ["| instance | " + " | ".join(STAGES) + " | other |", "|" + "---|" * (len(STAGES) + 2)]
     for name in args.instances:
-        net, prop = name.split(":")
-        after, before = run_pair(args.before, BENCH / "onnx" / net, BENCH / "vnnlib" / f"{prop}.vnnlib", args.timeout)
+        *bench, net, prop = name.split(":")
+        folder = BENCH.parent / bench[0] if bench else BENCH
+        after, before = run_pair(args.before, folder / "onnx" / net, folder / "vnnlib" / f"{prop}.vnnlib", args.timeout)
         lines.append(f"| {net.removesuffix('.onnx')} {prop} | {side(before)} | {side(after)} |")
         b = after.get("bab", {})
         total = float(b.get("time", 0.0)) or 1.0
@@ -93,7 +95,7 @@ def main() -> None:
             f"`python verify/bench_bab_speed.py --before <checkout of {rev(args.before)}> --timeout {args.timeout:g}` on "
             f"{platform.node()} ({os.cpu_count()} CPU cores, Python {platform.python_version()}), "
             f"{time.perf_counter() - t0:.0f} s. Each row: both sides at the same time, one thread each, "
-            f"limit {args.timeout:g} s per instance (mnist_fc_2022). BaB s: the search alone (after the attack "
+            f"limit {args.timeout:g} s per instance (mnist_fc_2022 unless named). BaB s: the search alone (after the attack "
             f"and the root bounds).\n\n" + "\n".join(lines)
             + "\n\nShare of BaB's time per stage (after): intermediate = CROWN for the layers after each split; "
             "optimise = the spec rows' slopes and split multipliers (Adam) and the deciding float64 pass; "
