@@ -36,6 +36,7 @@ from robustkit.regularizers import (
     interval_preactivations,
     layer_frobenius_norms,
     regularizer_names,
+    worst_case_margins,
 )
 from robustkit.regularizers.advprop import advprop_input
 from robustkit.regularizers.jin_rinard import hamming_term
@@ -438,6 +439,38 @@ def test_ibp_bounds_contain_sampled_preactivations_and_rs_loss_value() -> None:
     assert torch.allclose(out.terms["relu_stability"], expected)
 
 
+def test_ibp_worst_case_margins_bound_every_sampled_margin() -> None:
+    """Gowal et al.'s elided worst-case margins: an upper bound of ``z_j - z_y`` at samples and
+    box corners, exact at eps = 0, and no looser than the naive ``u_j - l_y`` of the logits."""
+    from robustkit.regularizers.relu_stability import interval_forward
+
+    torch.manual_seed(3)
+    net = build_net(NetConfig("small", (1, 12, 12), mean=(0.3,), std=(0.4,)))
+    x, y = torch.rand(4, 1, 12, 12), torch.tensor([0, 3, 7, 9])
+    assert torch.allclose(worst_case_margins(net, x, x, y), net(x) - net(x).gather(1, y[:, None]), atol=1e-5)
+    lo, hi = (x - 0.05).clamp(0, 1), (x + 0.05).clamp(0, 1)
+    bound = worst_case_margins(net, lo, hi, y)
+    assert bool((bound[torch.arange(4), y] == 0).all())
+    worst = torch.full_like(bound, -torch.inf)
+    for _ in range(200):
+        pt = lo + (hi - lo) * torch.rand_like(x)
+        pt = torch.where(torch.rand_like(x) < 0.5, torch.where(torch.rand_like(x) < 0.5, lo, hi), pt)
+        with torch.no_grad():
+            z = net(pt)
+        worst = torch.maximum(worst, z - z.gather(1, y[:, None]))
+    assert bool((worst <= bound + 1e-5).all())
+    _, c, r = interval_forward(net, lo, hi)
+    naive = (c + r) - (c - r).gather(1, y[:, None])
+    naive = naive.scatter(1, y[:, None], 0.0)
+    assert bool((bound <= naive + 1e-5).all()) and float((naive - bound).detach().sum()) > 0
+    # the regularizer: weight * CE(z_hat, y), and it differs from the clean CE once eps > 0
+    (reg,) = build_regularizers(["ibp=0.5"])
+    out = reg(net, x, y, _state(eps=0.05), forward_with_activations(net, x))
+    assert torch.allclose(out.terms["ibp"], 0.5 * F.cross_entropy(bound, y), atol=1e-6)
+    assert float(out.terms["ibp"].detach()) > 0.5 * float(F.cross_entropy(net(x), y).detach())
+    assert 0.0 <= out.metrics["ibp_verified"] <= 1.0
+
+
 # ----------------------------------------------------------------------------------------------
 # Combinations and weights
 # ----------------------------------------------------------------------------------------------
@@ -494,7 +527,7 @@ def test_unknown_name_lists_valid_names() -> None:
 @pytest.mark.parametrize(
     "spec",
     ["hamming=-1", "mrnet=-0.1", "advprop:eps=-0.1", "pgd:eps=-8/255", "mat:eps=-2", "jin-rinard:eps=-1",
-     "relu-stability:eps=-0.1", "mrnet:eps=-2", "contractive:layer_weights=1,-1"],
+     "relu-stability:eps=-0.1", "mrnet:eps=-2", "contractive:layer_weights=1,-1", "ibp=-1", "ibp:eps=-0.1"],
 )
 def test_negative_weight_or_eps_refused(spec: str) -> None:
     with pytest.raises(InputError, match=">= 0"):
@@ -655,7 +688,7 @@ def test_training_jin_rinard_short_budget(mnist_small, pretrained) -> None:  # n
 @pytest.mark.parametrize(
     "spec",
     ["mrnet:warmup_epochs=0", "mat", "intrinsic", "hamming", "contractive", "advprop", "pgd", "relu-stability",
-     "jin-rinard-large"],
+     "jin-rinard-large", "ibp:eps=0.02"],
 )
 def test_training_each_regularizer_short_budget(spec: str, mnist_small, pretrained) -> None:  # noqa: ANN001
     _check_training(spec, pretrained, mnist_small)

@@ -7,6 +7,7 @@
 from robustkit.regularizers.advprop import AdvProp, AdvPropConfig
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 from robustkit.regularizers.contractive import Contractive, ContractiveConfig, layer_frobenius_norms
+from robustkit.regularizers.ibp import IBPConfig, IBPTraining, worst_case_margins
 from robustkit.regularizers.jin_rinard import JinRinard, JinRinardConfig, hamming_relaxation
 from robustkit.regularizers.mat import MAT, ClassGaussianMixture, MATConfig
 from robustkit.regularizers.mrnet import MRnet, MRnetConfig
@@ -33,6 +34,8 @@ __all__ = [
     "ClassGaussianMixture",
     "Contractive",
     "ContractiveConfig",
+    "IBPConfig",
+    "IBPTraining",
     "JinRinard",
     "JinRinardConfig",
     "MAT",
@@ -56,4 +59,5 @@ __all__ = [
     "layer_frobenius_norms",
     "parse_spec",
     "regularizer_names",
+    "worst_case_margins",
 ]

@@ -21,6 +21,7 @@ from robustkit.numbers import parse_number
 from robustkit.regularizers.advprop import AdvProp, AdvPropConfig
 from robustkit.regularizers.base import Regularizer
 from robustkit.regularizers.contractive import Contractive, ContractiveConfig
+from robustkit.regularizers.ibp import IBPConfig, IBPTraining
 from robustkit.regularizers.jin_rinard import JinRinard, JinRinardConfig
 from robustkit.regularizers.mat import MAT, MATConfig
 from robustkit.regularizers.mrnet import MRnet, MRnetConfig
@@ -155,6 +156,14 @@ _ENTRIES: tuple[RegularizerEntry, ...] = (
         PGDConfig,
         PGDTraining,
         replaces_clean_loss=True,
+    ),
+    RegularizerEntry(
+        "ibp",
+        "Gowal et al. 2018, Sec. 3, Eq. (6)-(8); certified-training baseline of Jin & Rinard 2020 Table 1",
+        "weight * CE of the interval worst-case logits over the eps-box (last layer merged into the margins)",
+        ("ibp",),
+        IBPConfig,
+        IBPTraining,
     ),
     RegularizerEntry(
         "relu-stability",

@@ -42,6 +42,14 @@ def interval_preactivations(
     model: nn.Sequential, lower: torch.Tensor, upper: torch.Tensor
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """IBP through a robustkit Sequential: ``(l, u)`` of every ReLU input, differentiable."""
+    return interval_forward(model, lower, upper)[0]
+
+
+def interval_forward(
+    model: nn.Sequential, lower: torch.Tensor, upper: torch.Tensor
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]:
+    """IBP through a robustkit Sequential: ``(l, u)`` of every ReLU input, and the center and
+    radius of the output box (all differentiable)."""
     center = (upper + lower) * 0.5
     radius = (upper - lower) * 0.5
     bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -68,8 +76,8 @@ def interval_preactivations(
             lo, hi = torch.relu(lo), torch.relu(hi)
             center, radius = (hi + lo) * 0.5, (hi - lo) * 0.5
         else:
-            raise InputError(f"relu-stability: unsupported layer {type(layer).__name__} at position {i}")
-    return bounds
+            raise InputError(f"interval bounds: unsupported layer {type(layer).__name__} at position {i}")
+    return bounds, center, radius
 
 
 def rs_loss(bounds: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
