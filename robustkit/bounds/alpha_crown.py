@@ -56,7 +56,6 @@ from robustkit.network import Network
 logger = logging.getLogger(__name__)
 
 INTERMEDIATE_MODES = ("auto", "per-row", "shared", "fixed")
-STOP_TOL_BEFORE_SEARCH = 0.02  # ``stop_tol`` of the bounds that start branch and bound or the MILP
 
 
 @dataclass(frozen=True)
@@ -68,15 +67,7 @@ class AlphaCrownConfig:
     the Adam steps. ``float32`` (about half the time of ``float64`` on the CIFAR conv nets) only
     steers the slopes: one float64 pass with the last slopes gives every bound returned, and the
     float32 values are never used as bounds; ``float64`` keeps the best value of each bound over
-    all the steps. ``stop_window`` / ``stop_tol``: a box's steps stop early once its objective
-    (the sum of the optimised rows' bounds, i.e. minus their summed widths) gained less over the
-    last ``stop_window`` steps than ``stop_tol`` times the smaller of its magnitude and all it
-    gained since the first step (``stop_tol = 0``, the default: never). The verification
-    pipeline sets ``STOP_TOL_BEFORE_SEARCH`` where a complete search follows and optimises the
-    specification rows again itself, so that only the intermediate bounds matter.
-    On the oval21 conv nets the bounds have converged by step 15-20 (the unstable ReLUs are the
-    same as after 30 steps, the spec bounds within 0.7%); on the deep mnist_fc MLPs they still gain
-    1-3% per 5 steps at step 30, so they run all ``iterations`` (``verify/results/alpha_early_stop.md``)."""
+    all the steps."""
 
     iterations: int = 30
     lr: float = 0.1
@@ -84,13 +75,9 @@ class AlphaCrownConfig:
     intermediate: str = "auto"
     alpha_memory_mb: float = 512.0
     optimise_dtype: str = "float32"
-    stop_window: int = 5
-    stop_tol: float = 0.0
     crown: CrownConfig = CrownConfig()
 
     def __post_init__(self) -> None:
-        if self.stop_window < 1 or not 0 <= self.stop_tol < 1:
-            raise ValueError(f"need stop_window >= 1 and 0 <= stop_tol < 1, got {self.stop_window}, {self.stop_tol}")
         if self.optimise_dtype not in ("float32", "float64"):
             raise ValueError(f"optimise_dtype must be float32 or float64, got {self.optimise_dtype!r}")
         if self.iterations < 0:
@@ -290,19 +277,12 @@ class _Optimiser:
             for p in params:
                 p.data = p.data.float()
         moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
-        history: list[torch.Tensor] = []
-        active = torch.ones(self.lo.shape[0], dtype=torch.bool)  # samples whose slopes still move
         for it in range(self.config.iterations):
             bound = self._forward(ar, track=exact)
             if exact:
                 self.best = torch.maximum(self.best, bound.detach())
             if time_budget is not None and time.perf_counter() - start > time_budget:
                 logger.info("alpha-CROWN: time budget reached after %d iterations", it + 1)
-                break
-            history.append(bound.detach().double().sum(dim=1))
-            active &= ~self._converged(history)
-            if not bool(active.any()):
-                logger.debug("alpha-CROWN: converged after %d iterations", it + 1)
                 break
             if it == self.config.iterations - 1 and exact:
                 break  # the last evaluation needs no step
@@ -311,27 +291,13 @@ class _Optimiser:
             with torch.no_grad():
                 for p, g, (m1, m2) in zip(params, grads, moments):
                     if g is not None:  # in place: the slope dicts hold these tensors
-                        step = adam_step(p, g, m1, m2, it + 1, lr).clamp_(0.0, 1.0)
-                        p.copy_(torch.where(active.view(-1, *[1] * (p.dim() - 1)), step, p))
+                        p.copy_(adam_step(p, g, m1, m2, it + 1, lr).clamp_(0.0, 1.0))
         if not exact:  # the bounds: one float64 pass with the slopes reached
             for p in params:
                 p.data = p.data.double()
             with torch.no_grad():
                 self.best = torch.maximum(self.best, self._forward(self.exact))
         return self.best
-
-    def _converged(self, history: list[torch.Tensor]) -> torch.Tensor:
-        """``(batch,)``: whether each sample's objective gained less over the last ``stop_window``
-        steps than ``stop_tol`` times the smaller of its magnitude and its gain since the first
-        step (a heuristic: any slopes give valid bounds). Judged per sample, and a converged
-        sample's slopes stop moving while the others go on, so a box gets the same slopes alone
-        as in any batch."""
-        w, tol = self.config.stop_window, self.config.stop_tol
-        if tol == 0 or len(history) <= w:
-            return torch.zeros_like(history[-1], dtype=torch.bool)
-        now, then, first = history[-1], history[-1 - w], history[0]
-        scale = torch.minimum(now.abs(), now - first)
-        return torch.isfinite(now) & torch.isfinite(then) & (now - then < tol * scale)
 
     def bounds(self) -> NetBounds:
         """``base`` with the best intermediate bounds, refreshed by interval arithmetic."""

@@ -175,9 +175,8 @@ def compute_bounds(
     method: "str | BoundMethod",
     C: torch.Tensor | None = None,
     time_budget: float | None = None,
-    config: BoundsConfig = BoundsConfig(),
 ) -> tuple[NetBounds, SpecBounds | None]:
     """Bounds of every layer over the box by ``method`` (and its predecessors), and of ``C y``
     when ``C`` (``(B, k, out_dim)`` or ``(k, out_dim)``) is given; see :func:`run_bounds`."""
-    result = run_bounds(net, lower, upper, method, C, time_budget, config)
+    result = run_bounds(net, lower, upper, method, C, time_budget)
     return result.bounds, result.spec

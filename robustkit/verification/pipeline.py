@@ -64,23 +64,17 @@ def _spec_objective(output: OutputSpec) -> "callable":  # type: ignore[valid-typ
 
 
 def compute_bounds(ctx: ModelContext, box: InputBox, method: str, C: np.ndarray | None,
-                   time_budget: float | None = None, before_search: bool = False) -> tuple[NetBounds, np.ndarray | None]:
+                   time_budget: float | None = None) -> tuple[NetBounds, np.ndarray | None]:
     """Layer bounds over ``box`` by ``method`` and, when the method gives them, lower bounds of ``C y``;
-    ``time_budget`` (seconds) limits the optimising stages (alpha-CROWN, LP, MILP tightening).
-    ``before_search``: a complete method follows, so alpha-CROWN stops once its objective stalls
-    (``STOP_TOL_BEFORE_SEARCH``; on the oval21 nets after 15-20 of its 30 steps, with the same
-    unstable ReLUs, ``verify/results/alpha_early_stop.md``)."""
+    ``time_budget`` (seconds) limits the optimising stages (alpha-CROWN, LP, MILP tightening)."""
     lo = torch.tensor(box.lower[None], dtype=torch.float64)
     hi = torch.tensor(box.upper[None], dtype=torch.float64)
     if method == "interval":
         return interval_bounds(ctx.net, lo, hi), None
-    from robustkit.bounds.alpha_crown import STOP_TOL_BEFORE_SEARCH, AlphaCrownConfig
-    from robustkit.bounds.methods import BoundsConfig
     from robustkit.bounds.methods import compute_bounds as _compute  # bound propagation beyond IBP
 
     Ct = None if C is None else torch.as_tensor(C[None], dtype=torch.float64)
-    config = BoundsConfig(alpha=AlphaCrownConfig(stop_tol=STOP_TOL_BEFORE_SEARCH)) if before_search else BoundsConfig()
-    nb, spec = _compute(ctx.net, lo, hi, method, C=Ct, time_budget=time_budget, config=config)
+    nb, spec = _compute(ctx.net, lo, hi, method, C=Ct, time_budget=time_budget)
     rows_lower = None if spec is None else spec.lower.reshape(-1).detach().numpy()
     return nb, rows_lower
 
@@ -135,8 +129,7 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     try:
         # the tightening stages get at most half of what is left: the complete method needs the rest
         left = _deadline_left(deadline)
-        nb, rows_lower = compute_bounds(ctx, box, method, C, time_budget=max(0.0, left) / 2 if np.isfinite(left) else None,
-                                        before_search=complete)
+        nb, rows_lower = compute_bounds(ctx, box, method, C, time_budget=max(0.0, left) / 2 if np.isfinite(left) else None)
     except ImportError:
         log.warning("bound method %s unavailable; using interval bounds", method)
         method = "interval"
