@@ -14,8 +14,8 @@ MaxPool 2x2/2, Conv 16 3x3/1 pad 1, ReLU, MaxPool 2x2/2, FC 100, FC 10.
 ``resnet`` (2 residual blocks): Conv 8 3x3/2 pad 1, ReLU, then twice
 ``relu(x + conv(relu(conv(x))))`` (Conv 8 3x3/1 pad 1), FC 100, FC 10.
 
-The regularizers that walk the Sequential themselves (``relu-stability``'s interval bounds,
-``contractive``'s closed-form Jacobians) handle only the plain layers and raise an
+The regularizers that walk the Sequential themselves (``relu-stability``'s and ``ibp``'s interval
+bounds, ``contractive``'s closed-form Jacobians) handle only the plain layers and raise an
 :class:`InputError` on ``MaxPool2d`` / ``Residual``; the ones that use
 :func:`forward_with_activations` (``jin-rinard``, ``mrnet``, ``mat``) and ``pgd`` / ``advprop``
 work on every net.

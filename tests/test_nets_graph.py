@@ -177,16 +177,17 @@ def test_train_tiny_and_export(tmp_path: Path, name: str, reg: str) -> None:
 
 @pytest.mark.parametrize("name", GRAPH_NETS)
 def test_sequential_walking_regularizers_refuse_graph_nets_clearly(name: str) -> None:
-    """relu-stability (IBP) and contractive walk the Sequential themselves and know only plain
-    layers: on these nets they raise an InputError naming themselves and the layer (this is the
-    error `robustkit train` reports at the first batch)."""
+    """relu-stability and ibp (interval bounds) and contractive walk the Sequential themselves
+    and know only plain layers: on these nets they raise an InputError naming themselves and the
+    layer (this is the error `robustkit train` reports at the first batch)."""
     from robustkit.regularizers.contractive import Contractive
+    from robustkit.regularizers.ibp import IBPTraining
     from robustkit.regularizers.relu_stability import ReluStability
 
     model = _net(name).train()
     x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
     clean = forward_with_activations(model, x)
     state = ScheduleState(epoch=0, step=0, eps=0.1, total_epochs=1)
-    for reg in (ReluStability(), Contractive()):
+    for reg in (ReluStability(), Contractive(), IBPTraining()):
         with pytest.raises(InputError, match=f"{reg.name}.*(MaxPool2d|Residual)"):
             reg(model, x, y, state, clean)

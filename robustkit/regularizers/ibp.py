@@ -48,13 +48,13 @@ def worst_case_margins(model: nn.Sequential, lower: torch.Tensor, upper: torch.T
     with the last layer merged into the margins when it is an ``nn.Linear``."""
     last = model[-1]
     if isinstance(last, nn.Linear):
-        _, center, radius = interval_forward(model[:-1], lower, upper)
+        _, center, radius = interval_forward(model[:-1], lower, upper, "ibp")
         diff_w = last.weight.unsqueeze(0) - last.weight[y].unsqueeze(1)  # (B, classes, hidden)
         diff_b = last.bias.unsqueeze(0) - last.bias[y].unsqueeze(1)
         flat_c, flat_r = center.flatten(1).unsqueeze(2), radius.flatten(1).unsqueeze(2)
         margins = (diff_w @ flat_c).squeeze(2) + (diff_w.abs() @ flat_r).squeeze(2) + diff_b
     else:
-        _, center, radius = interval_forward(model, lower, upper)
+        _, center, radius = interval_forward(model, lower, upper, "ibp")
         lo, hi = center - radius, center + radius
         margins = hi - lo.gather(1, y.unsqueeze(1))
     return margins.scatter(1, y.unsqueeze(1), 0.0)

@@ -42,14 +42,15 @@ def interval_preactivations(
     model: nn.Sequential, lower: torch.Tensor, upper: torch.Tensor
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """IBP through a robustkit Sequential: ``(l, u)`` of every ReLU input, differentiable."""
-    return interval_forward(model, lower, upper)[0]
+    return interval_forward(model, lower, upper, "relu-stability")[0]
 
 
 def interval_forward(
-    model: nn.Sequential, lower: torch.Tensor, upper: torch.Tensor
+    model: nn.Sequential, lower: torch.Tensor, upper: torch.Tensor, who: str = "interval bounds"
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]:
     """IBP through a robustkit Sequential: ``(l, u)`` of every ReLU input, and the center and
-    radius of the output box (all differentiable)."""
+    radius of the output box (all differentiable); ``who`` names the caller in the error a layer
+    it cannot bound raises."""
     center = (upper + lower) * 0.5
     radius = (upper - lower) * 0.5
     bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -64,7 +65,7 @@ def interval_forward(
             radius = F.linear(radius, layer.weight.abs())
         elif isinstance(layer, nn.Conv2d):
             if layer.padding_mode != "zeros":
-                raise InputError(f"relu-stability: conv padding_mode {layer.padding_mode!r} unsupported")
+                raise InputError(f"{who}: conv padding_mode {layer.padding_mode!r} unsupported")
             center = F.conv2d(center, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
             radius = F.conv2d(radius, layer.weight.abs(), None, layer.stride, layer.padding, layer.dilation, layer.groups)
         elif isinstance(layer, nn.ReLU):
@@ -76,7 +77,7 @@ def interval_forward(
             lo, hi = torch.relu(lo), torch.relu(hi)
             center, radius = (hi + lo) * 0.5, (hi - lo) * 0.5
         else:
-            raise InputError(f"interval bounds: unsupported layer {type(layer).__name__} at position {i}")
+            raise InputError(f"{who}: unsupported layer {type(layer).__name__} at position {i}")
     return bounds, center, radius
 
 
