@@ -332,6 +332,46 @@ def test_fixed_batches_take_every_step_once_the_tree_reaches_its_leaves() -> Non
         BabConfig(leaf_domains=-1)
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_children_recomputed_past_the_deadline_keep_their_parents_bounds(seed: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Past the search's deadline a recomputing search runs no CROWN backward pass for its
+    children (it stops on time): each layer keeps the parent's bounds met with one interval
+    step, never wider than the parent's and still holding every sampled point of the child."""
+    import robustkit.bounds.crown as crown
+
+    net = _random_net(seed, (4, 16, 16, 16, 3))
+    lo, hi = _box(net, seed, 0.6)
+    C = np.eye(3)[[0]] - np.eye(3)[[1]]
+    calls = {"n": 0}
+    real = crown._tighten_layer
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(crown, "_tighten_layer", counted)
+    pts = _points(lo, hi, 4000, seed)
+    with torch.no_grad():
+        acts = net.forward_all(pts)
+    on_time = _search(net, lo, hi, C, np.zeros(1), BabConfig(iterations=0, intermediate="recompute"))
+    dom = _root(net, on_time)
+    calls["n"] = 0
+    assert _split_and_check(net, on_time, dom, acts, seed) > 0
+    assert calls["n"] > 0  # before the deadline the children's later layers get backward passes
+    late = _search(net, lo, hi, C, np.zeros(1), BabConfig(iterations=0, intermediate="recompute"),
+                   deadline=-float("inf"))
+    calls["n"] = 0
+    assert _split_and_check(net, late, dom, acts, seed) > 0
+    assert calls["n"] == 0
+    dom.rows = torch.full((1, 1), -1e9, dtype=torch.float64)
+    late._choose_splits(dom, torch.arange(1),
+                        {r: -torch.ones(1, 1, net.layers[r].in_dim, dtype=torch.float64) for r in late.relus})
+    children = late.split(dom)
+    nb = late._intermediate(children)
+    for i in range(len(nb.lower)):
+        assert bool((nb.lower[i] >= children.lower[i]).all()) and bool((nb.upper[i] <= children.upper[i]).all()), i
+
+
 def test_leaves_past_the_deadline_are_left_and_end_in_timeout() -> None:
     net = _random_net(5, (2, 5, 5, 2))
     lo, hi = np.array([-1.0, -1.0]), np.array([1.0, 1.0])

@@ -26,6 +26,7 @@ crosses, and every result is moved outward by the float64 slack (:mod:`robustkit
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -272,6 +273,7 @@ def crown_bounds(
     base: NetBounds | None = None,
     start: int = 0,
     slopes: dict[int, dict[int, torch.Tensor]] | None = None,
+    deadline: float | None = None,
 ) -> tuple[NetBounds, SpecBounds | None]:
     """CROWN bounds of every layer over the box (``(B, in_dim)``), and of ``C y`` when ``C``
     (``(B, k, out_dim)`` or ``(k, out_dim)``) is given. ``base`` (optional, e.g. from a previous
@@ -280,7 +282,11 @@ def crown_bounds(
     float32 network (:mod:`robustkit.bounds.floaterr`); the error model is built from these bounds
     as they are computed, each term the smaller of that and ``base``'s (when it has one).
     ``slopes`` (:attr:`NetBounds.slopes`, e.g. alpha-CROWN's over a larger region): the lower
-    slopes of the backward pass of each target layer it names, instead of CROWN's adaptive ones."""
+    slopes of the backward pass of each target layer it names, instead of CROWN's adaptive ones.
+    ``deadline`` (a ``time.perf_counter()`` value): once passed, the layers left get no backward
+    pass, only the interval step intersected with ``base`` (as sound, looser; a caller bounded by
+    a time limit, such as branch and bound recomputing its children's bounds, stops within one
+    layer's backward pass instead of finishing every layer)."""
     if start > 0 and base is None:
         raise ValueError("start > 0 needs base bounds")
     lo_in, hi_in = as_box(lower, upper)
@@ -309,7 +315,7 @@ def crown_bounds(
                 lo, hi = outward(lo, hi, errs.rounding[i] + errs.slack[i])
             if base is not None:
                 lo, hi = intersect(lo, hi, base.lower[i], base.upper[i])
-            if needs_backward(net, i):
+            if needs_backward(net, i) and (deadline is None or time.perf_counter() < deadline):
                 lo, hi = _tighten_layer(net, i, lo, hi, lo_in, hi_in, pre, config, errs,
                                         None if slopes is None else slopes.get(i))
             out.lower.append(lo)

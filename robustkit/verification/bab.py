@@ -255,7 +255,8 @@ class _Search:
     def _intermediate(self, dom: Domains) -> NetBounds:
         """The layers after each domain's split recomputed by CROWN (with the root's slopes),
         grouped by the split's layer: a split in the last hidden layer recomputes the output
-        alone, not everything after the earliest split of the batch."""
+        alone, not everything after the earliest split of the batch. Past the deadline the layers
+        left keep their parent's bounds (met with one interval step), so the search stops on time."""
         n = len(dom)
         if self._fixed():
             return NetBounds(self.lo.expand(n, -1), self.hi.expand(n, -1), list(dom.lower), list(dom.upper), "bab",
@@ -268,7 +269,7 @@ class _Search:
             base = NetBounds(self.lo.expand(k, -1), self.hi.expand(k, -1), [t[idx] for t in dom.lower],
                              [t[idx] for t in dom.upper], "bab", self.errs)
             nb, _ = crown_bounds(self.net, base.input_lower, base.input_upper, None, self.cfg.crown, base, int(start),
-                                 self.slopes)
+                                 self.slopes, self.deadline)
             for i in range(len(lower)):
                 lower[i][idx], upper[i][idx] = nb.lower[i], nb.upper[i]
         if bool((dom.relu >= 0).any()):  # children: count the ReLUs their recomputed bounds decided
