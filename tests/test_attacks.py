@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -324,7 +326,7 @@ def test_minimal_distortion_matches_the_linear_optimum():
 
 
 def test_minimal_distortion_censors_and_zeroes(net2, data2):
-    from robustkit.attacks.distortion import minimal_distortion
+    from robustkit.attacks.distortion import median_or_nan, minimal_distortion
 
     x, y = data2
     attack = PGD(norm="l2", steps=20, device="cpu")
@@ -335,14 +337,41 @@ def test_minimal_distortion_censors_and_zeroes(net2, data2):
     assert torch.isinf(tiny.radius[~wrong]).all()
     assert (tiny.radius[wrong] == 0).all()
     assert tiny.summary()["not_broken"] == int((~wrong).sum())
+    assert torch.equal(tiny.misclassified, wrong)
     full = minimal_distortion(attack, net2, x, y, max_eps=2.0, iterations=6)
     assert full.broken.all()
     d = distance(full.x_adv, x, "l2")
     assert (d <= 2.0 + 1e-5).all() and (full.radius.float() - d).abs().max() < 1e-5
     with torch.no_grad():
         assert (net2(full.x_adv).argmax(1) != y).all()
+    summary = full.summary()
+    assert summary["n_correct"] == int((~wrong).sum()) > 0
+    assert summary["median_correct"] == float(full.radius[~wrong].median()) > 0
+    assert summary["median"] == float(full.radius.median())
     with pytest.raises(InputError):
         minimal_distortion(attack, net2, x, y, max_eps=-1.0)
+    assert math.isnan(median_or_nan(torch.zeros(0)))
+
+
+def test_distortion_median_of_correct_ignores_the_misclassified(net2, data2):
+    """Gu & Rigazio average over adversarial examples of correctly classified samples: with most
+    samples misclassified the median over all is 0, the median over the correct ones is not."""
+    from robustkit.attacks.distortion import minimal_distortion
+
+    x, y = data2
+    with torch.no_grad():
+        pred = net2(x).argmax(1)
+    keep = torch.nonzero(pred == y).flatten()[:3]
+    lie = torch.nonzero(pred != y).flatten()
+    if lie.numel() < 4:  # make misclassified samples: relabel correct ones
+        lie = torch.nonzero(pred == y).flatten()[3:10]
+        y = y.clone()
+        y[lie] = (pred[lie] + 1) % 10
+    idx = torch.cat([keep, lie])
+    res = minimal_distortion(PGD(norm="l2", steps=20, device="cpu"), net2, x[idx], y[idx], max_eps=2.0, iterations=5)
+    s = res.summary()
+    assert s["n_correct"] == keep.numel() and s["median"] == 0.0
+    assert s["median_correct"] > 0 and s["median_correct"] == float(res.radius[:keep.numel()].median())
 
 
 def _flat_region_net():

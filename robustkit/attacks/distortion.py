@@ -7,7 +7,10 @@ L-inf): ``hi`` is always a radius at which the attack succeeded (with the point 
 as the witness), ``lo`` one at which it failed, so the result is an *upper bound* on the true
 minimal distortion (an attack, not a proof), within ``rel_tol`` of the attack's own threshold.
 Misclassified samples have distortion 0; samples the attack cannot break at ``max_eps`` are
-reported as censored (``inf``), never silently as ``max_eps``.
+reported as censored (``inf``), never silently as ``max_eps``. Gu & Rigazio's averages are over the
+adversarial examples of correctly classified samples: :meth:`DistortionResult.summary` gives the
+median over those (``median_correct``) beside the median over all (which is 0 as soon as half the
+samples are misclassified, e.g. on CIFAR-10 at 30-45% clean accuracy).
 
 Gu & Rigazio report ``sqrt(mean_i (x'_i - x_i)^2)``, the L2 norm divided by ``sqrt(n)``;
 :attr:`DistortionResult.rms` gives it, ``radius`` the plain norm.
@@ -28,11 +31,13 @@ from robustkit.errors import InputError
 @dataclass(frozen=True)
 class DistortionResult:
     """Per sample: ``radius`` (the attack norm of ``x_adv - x``; 0 if misclassified, ``inf`` if
-    never broken up to ``max_eps``), ``x_adv`` (the witness, = ``x`` when not broken)."""
+    never broken up to ``max_eps``), ``x_adv`` (the witness, = ``x`` when not broken),
+    ``misclassified`` (the clean prediction was already wrong: no attack needed)."""
 
     radius: torch.Tensor  # (B,) float64
     x_adv: torch.Tensor
     norm: str
+    misclassified: torch.Tensor  # (B,) bool
 
     @property
     def broken(self) -> torch.Tensor:
@@ -47,16 +52,25 @@ class DistortionResult:
         return self.radius / math.sqrt(n)
 
     def summary(self) -> dict[str, float]:
-        """Median radius over all samples (censored ones count as larger than any), mean over the
-        broken ones, and how many were not broken."""
+        """Median radius over all samples and over the correctly classified ones (censored ones
+        count as larger than any; nan when there are none), mean over the broken ones, and how
+        many were not broken."""
         r = self.radius
         finite = r[torch.isfinite(r)]
+        correct = r[~self.misclassified]
         return {
             "n": int(r.numel()),
             "median": float(r.median()) if r.numel() else float("nan"),
+            "n_correct": int(correct.numel()),
+            "median_correct": median_or_nan(correct),
             "mean_broken": float(finite.mean()) if finite.numel() else float("nan"),
             "not_broken": int((~torch.isfinite(r)).sum()),
         }
+
+
+def median_or_nan(values: torch.Tensor) -> float:
+    """The median (torch's: the lower of the two middle values for an even count), nan if empty."""
+    return float(values.median()) if values.numel() else float("nan")
 
 
 def minimal_distortion(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_eps: float,
@@ -97,4 +111,4 @@ def minimal_distortion(attack: Attack, model: nn.Module, x: torch.Tensor, y: tor
             best[won] = res.x_adv[res.success]
             lo[lost] = float(eps_val)
     radius = torch.where(torch.isfinite(hi), distance(best, x, attack.norm).double().cpu(), hi)
-    return DistortionResult(radius=radius, x_adv=best, norm=attack.norm)
+    return DistortionResult(radius=radius, x_adv=best, norm=attack.norm, misclassified=wrong)
