@@ -195,7 +195,8 @@ def test_bab_agrees_with_the_milp(seed: int, tmp_path: Path, onnx_kit, save_onnx
         spec = robustness_spec(label, 3, box)
         got = {}
         for method in ("milp", "bab"):
-            v = verify_spec(ctx, spec, VerifyConfig(method=method, attack_steps=0, tighten="interval", timeout=60))
+            v = verify_spec(ctx, spec, VerifyConfig(method=method, attack_steps=0, tighten="interval", timeout=60,
+                                                    **({"bab_split": "relu"} if method == "bab" else {})))
             got[method] = v.result
             if v.result == "sat":
                 assert v.witness is not None and box.contains(v.witness.x.astype(np.float64))

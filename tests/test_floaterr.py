@@ -141,6 +141,7 @@ def test_adversarial_suite_has_no_wrong_answer() -> None:
     # methods find some of them without the attack
     assert sum(1 for o in outcomes if o.method == "milp" and o.known_violation) >= 9, table
     assert sum(1 for o in outcomes if o.method in ("milp", "bab") and o.result == "sat") >= 8, table
+    assert {o.method for o in outcomes} >= {"bab", "bab-relu", "bab-input"}
 
 
 # -- the leaf LP's certificates ----------------------------------------------------------------------

@@ -17,6 +17,7 @@ here); ``verify_instance`` replays its witnesses in onnxruntime itself (a witnes
 
 Run from the repository root:
     OMP_NUM_THREADS=1 python verify/bench_bab_vs_milp.py [--nets 60] [--timeout 10] [--vnn-timeout 60] [--mnist-fc 0]
+        [--bab-split auto|relu|input]
 Smoke run:
     OMP_NUM_THREADS=1 python verify/bench_bab_vs_milp.py --nets 4 --timeout 5 --vnn-timeout 20 --out /tmp/bab_vs_milp.md
 Writes verify/results/bab_vs_milp.md (one row per property, then the summary) and prints the summary.
@@ -127,6 +128,11 @@ def sampled_radius(net: Network, x0: np.ndarray, label: int, rng: np.random.Gene
     return hi
 
 
+def split_of(method: str, args: argparse.Namespace) -> dict[str, str]:
+    """``--bab-split`` for the BaB runs (the MILP has no split)."""
+    return {"bab_split": args.bab_split} if method == "bab" else {}
+
+
 # -- the sweep -------------------------------------------------------------------------------------
 @dataclass
 class Row:
@@ -222,7 +228,7 @@ def run_vnncomp(folder: Path, part: str, limit: int | None, timeout: float, args
         row = Row(part, Path(inst.onnx).name, Path(inst.vnnlib).name, "-", truth=inst.ground_truth)
         for method in METHODS:
             cfg = VerifyConfig(method=method, tighten=args.tighten, attack_steps=args.attack_steps,  # type: ignore[arg-type]
-                               timeout=timeout)
+                               timeout=timeout, **split_of(method, args))
             t0 = time.perf_counter()
             try:
                 res = verify_instance(folder / inst.onnx, folder / inst.vnnlib, cfg, in_process=True)
@@ -284,13 +290,15 @@ def main() -> int:
     ap.add_argument("--no-test2021", action="store_true", help="skip part 2")
     ap.add_argument("--mnist-fc", type=int, default=0, help="first N mnist_fc_2022 instances (part 3; 0: skip)")
     ap.add_argument("--mnist-timeout", type=float, default=30.0)
+    ap.add_argument("--bab-split", default="auto", choices=["auto", "relu", "input"],
+                    help="what BaB splits: relu, input (the input box), or auto (input for at most 10 inputs)")
     ap.add_argument("--out", type=Path, default=ROOT / "verify" / "results" / "bab_vs_milp.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
     command = "OMP_NUM_THREADS=1 python verify/bench_bab_vs_milp.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:])
 
     cfgs = {m: VerifyConfig(method=m, tighten=args.tighten, attack_steps=args.attack_steps,  # type: ignore[arg-type]
-                            timeout=args.timeout) for m in METHODS}
+                            timeout=args.timeout, **split_of(m, args)) for m in METHODS}
     t0 = time.perf_counter()
     parts: list[tuple[str, list[Row], bool]] = []
     if args.nets > 0:

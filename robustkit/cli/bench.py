@@ -29,6 +29,7 @@ def vnncomp(
     attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
     bab_intermediate: str = typer.Option("auto", "--bab-intermediate", help="With --method bab: the layers after a split, per child: recompute (CROWN), fixed (the parent's; the split multipliers carry the split), or auto (recompute while it decides ReLUs, about 1 in 2 children or more)."),
     bab_depth_weight: str = typer.Option("3", "--bab-depth-weight", help="With --method bab: branching weights a neuron's score by (1 + ReLU layers after it) to this power while recomputing the children's intermediate bounds decides ReLUs (0.5 or more per child so far; 0: the intercept score alone)."),
+    bab_split: str = typer.Option("auto", "--bab-split", help="With --method bab: what a domain splits: relu (one unstable ReLU), input (the input box, halved along one dimension), or auto (input for inputs of at most 10 dimensions, else relu)."),
     rerun: list[str] = typer.Option([], "--rerun", help="Redo finished instances with this status: timeout|unknown|error|all."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -37,7 +38,7 @@ def vnncomp(
     from robustkit.vnnlib.bench import BenchOptions, run_benchmark
 
     cfg = VerifyConfig(method=method, tighten=tighten, attack_steps=attack_steps, bab_intermediate=bab_intermediate,  # type: ignore[arg-type]
-                       bab_depth_weight=parse_number(bab_depth_weight, "--bab-depth-weight"))
+                       bab_depth_weight=parse_number(bab_depth_weight, "--bab-depth-weight"), bab_split=bab_split)
     opts = BenchOptions(timeout_scale=timeout_scale, workers=workers, limit=limit, filter=filter_text, out=out,
                         rerun=tuple(rerun), quiet=quiet)
     outcome = run_benchmark(folder, cfg, opts)
@@ -48,18 +49,17 @@ def vnncomp(
 @bench_app.command("soundness")
 def soundness(
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds per instance and method."),
-    methods: list[str] = typer.Option(["crown", "alpha-crown", "milp", "bab"], "--method", help="Methods to run (repeat)."),
+    methods: list[str] = typer.Option(["crown", "alpha-crown", "milp", "bab", "bab-relu", "bab-input"], "--method", help="Methods to run (repeat): crown, alpha-crown, milp, bab (the default split), bab-relu, bab-input (branch and bound with that --bab-split)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the table (Markdown) here."),
 ) -> None:
     """Run the adversarial soundness suite (float-error exploits, needles, planted counterexamples):
     every method must never say unsat where a float32 violation exists. Exit code 2 on a wrong answer."""
     from robustkit.errors import InputError
-    from robustkit.verification.config import METHODS
-    from robustkit.verification.soundness_suite import default_instances, outcome_table, run_suite
+    from robustkit.verification.soundness_suite import SUITE_METHODS, default_instances, outcome_table, run_suite
 
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in SUITE_METHODS]
     if bad:
-        raise InputError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+        raise InputError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(SUITE_METHODS)}")
     if out is not None and not out.parent.is_dir():
         raise InputError(f"--out {out}: folder {out.parent} does not exist")
     outcomes = run_suite(default_instances(), tuple(methods), timeout=timeout)

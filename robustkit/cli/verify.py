@@ -24,6 +24,7 @@ def verify(
     method: str = typer.Option("milp", "--method", help="milp or bab (complete: MILP, or branch and bound over ReLU splits) or interval|crown|alpha-crown (incomplete, fast)."),
     bab_intermediate: str = typer.Option("auto", "--bab-intermediate", help="With --method bab: the layers after a split, per child: recompute (CROWN), fixed (the parent's; the split multipliers carry the split), or auto (recompute while it decides ReLUs, about 1 in 2 children or more)."),
     bab_depth_weight: str = typer.Option("3", "--bab-depth-weight", help="With --method bab: branching weights a neuron's score by (1 + ReLU layers after it) to this power while recomputing the children's intermediate bounds decides ReLUs (0.5 or more per child so far; 0: the intercept score alone)."),
+    bab_split: str = typer.Option("auto", "--bab-split", help="With --method bab: what a domain splits: relu (one unstable ReLU), input (the input box, halved along one dimension), or auto (input for inputs of at most 10 dimensions, else relu)."),
     tighten: str = typer.Option("crown", "--tighten", help="Bounds for the MILP: interval|crown|alpha-crown|lp."),
     formulation: str = typer.Option("per-target", "--formulation", help="per-target (one MILP per class) or max (one MILP)."),
     timeout: str = typer.Option("60", "--timeout", help="Seconds per sample."),
@@ -52,7 +53,7 @@ def verify(
         formulation=formulation, attack_steps=attack_steps, attack_restarts=attack_restarts,  # type: ignore[arg-type]
         solver=solver, write_milp=None if write_milp is None else str(write_milp.resolve()),
         bab_intermediate=bab_intermediate,
-        bab_depth_weight=parse_number(bab_depth_weight, "--bab-depth-weight"),
+        bab_depth_weight=parse_number(bab_depth_weight, "--bab-depth-weight"), bab_split=bab_split,
     )
     from robustkit.milp.solvers import check_solver
 

@@ -27,6 +27,7 @@ def vnnlib(
     write_milp: Optional[Path] = typer.Option(None, "--write-milp", help="With --method milp, also write each MILP solved to this directory: .mps, .lp, and a .json saying what each variable is and what the optimum means."),
     bab_intermediate: str = typer.Option("auto", "--bab-intermediate", help="With --method bab: the layers after a split, per child: recompute (CROWN), fixed (the parent's; the split multipliers carry the split), or auto (recompute while it decides ReLUs, about 1 in 2 children or more)."),
     bab_depth_weight: str = typer.Option("3", "--bab-depth-weight", help="With --method bab: branching weights a neuron's score by (1 + ReLU layers after it) to this power while recomputing the children's intermediate bounds decides ReLUs (0.5 or more per child so far; 0: the intercept score alone)."),
+    bab_split: str = typer.Option("auto", "--bab-split", help="With --method bab: what a domain splits: relu (one unstable ReLU), input (the input box, halved along one dimension), or auto (input for inputs of at most 10 dimensions, else relu)."),
     check: bool = typer.Option(False, "--check", help="Only load and check the instance (sizes, operators); no solving."),
     started_at: Optional[float] = typer.Option(
         None, "--started-at", envvar="ROBUSTKIT_STARTED_AT", hidden=True,
@@ -44,7 +45,7 @@ def vnnlib(
         return
     cfg = VerifyConfig(timeout=parse_number(timeout, "timeout"), method=method, tighten=tighten,  # type: ignore[arg-type]
                        attack_steps=attack_steps, attack_restarts=attack_restarts, solver=solver, bab_intermediate=bab_intermediate,
-                       bab_depth_weight=parse_number(bab_depth_weight, "--bab-depth-weight"),
+                       bab_depth_weight=parse_number(bab_depth_weight, "--bab-depth-weight"), bab_split=bab_split,
                        write_milp=None if write_milp is None else str(write_milp.resolve()))
     from robustkit.milp.solvers import check_solver
 

@@ -16,6 +16,7 @@ METHODS = ("milp", "bab", "interval", "crown", "alpha-crown")
 TIGHTEN = ("interval", "crown", "alpha-crown", "lp")
 FORMULATIONS = ("per-target", "max")
 BAB_INTERMEDIATE = ("auto", "recompute", "fixed")
+BAB_SPLIT = ("auto", "relu", "input")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class VerifyConfig:
     ``bab_depth_weight``: with ``method="bab"``, the exponent of the branching score's weight
     ``1 + (ReLU layers after the neuron's)`` while recomputing the children's bounds decides
     ReLUs (:class:`robustkit.verification.bab.BabConfig`'s ``depth_weight``; 0: the intercept score alone).
+    ``bab_split``: with ``method="bab"``, what a domain splits: ``relu`` (one unstable ReLU,
+    :mod:`robustkit.verification.bab`), ``input`` (the input box, halved along one dimension,
+    :mod:`robustkit.verification.input_split`), or ``auto``: ``input`` for inputs of at most
+    :data:`robustkit.verification.input_split.AUTO_MAX_DIM` dimensions, else ``relu``.
     """
 
     eps: float = 0.0
@@ -51,6 +56,7 @@ class VerifyConfig:
     write_milp: str | None = None
     bab_intermediate: str = "auto"
     bab_depth_weight: float = 3.0
+    bab_split: str = "auto"
 
     def __post_init__(self) -> None:
         from robustkit.milp.solvers import SOLVER_NAMES
@@ -74,6 +80,8 @@ class VerifyConfig:
         if self.bab_intermediate not in BAB_INTERMEDIATE:
             raise InputError(f"unknown --bab-intermediate {self.bab_intermediate!r}; choose one of "
                              f"{', '.join(BAB_INTERMEDIATE)}")
+        if self.bab_split not in BAB_SPLIT:
+            raise InputError(f"unknown --bab-split {self.bab_split!r}; choose one of {', '.join(BAB_SPLIT)}")
         if not (self.bab_depth_weight >= 0 and math.isfinite(self.bab_depth_weight)):
             raise InputError(f"--bab-depth-weight must be a finite number >= 0, got {self.bab_depth_weight}")
         if (self.solver != "highs" or self.write_milp is not None) and self.method != "milp":
@@ -82,7 +90,7 @@ class VerifyConfig:
 
     def to_dict(self) -> dict:
         """The settings that decide results (for the result store's settings hash): ``write_milp``
-        is left out, and ``solver``, ``bab_intermediate`` and ``bab_depth_weight`` when they are the default, so that
+        is left out, and ``solver``, ``bab_intermediate``, ``bab_depth_weight`` and ``bab_split`` when they are the default, so that
         stores written before these options existed still resume."""
         out = asdict(self)
         out.pop("write_milp")
@@ -92,4 +100,6 @@ class VerifyConfig:
             out.pop("bab_intermediate")
         if out["bab_depth_weight"] == 3.0:
             out.pop("bab_depth_weight")
+        if out["bab_split"] == "auto":
+            out.pop("bab_split")
         return out

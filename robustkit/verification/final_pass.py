@@ -40,7 +40,8 @@ def optimise_pairs(
     deadline: float, errs: FloatErrors,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor], dict[int, torch.Tensor], int]:
     """Optimise the final pass of the open pairs ``pairs`` (``(n, k)`` bool) of rows ``C``
-    (``(k, out)`` float64) over the box ``lo``/``hi`` (``(1, in)``), with the domains' ``pre``
+    (``(k, out)`` float64) over the box ``lo``/``hi`` (``(1, in)``, or ``(n, in)``: one box per
+    domain, as input splitting has), with the domains' ``pre``
     bounds (``{r: (n, d_r)}`` float64), starting slopes ``alphas0`` and multipliers ``betas0``
     (``{r: (n, k, d_r)}``) and split signs ``split`` (``{r: (n, d_r)}``). ``still_open(lb)``:
     which pairs are still worth steps given the row bounds ``lb`` (``(n, k)``, optimisation
@@ -70,21 +71,21 @@ def optimise_pairs(
     act = torch.arange(P)  # the pairs still in the batch
     parts = {r: net_o.layers[r].relaxation_parts(l.unsqueeze(1), u.unsqueeze(1)) for r, (l, u) in cast.items()}
     cur = {"C": C_p.to(dtype), "pre": cast, "split": sp, "slack": slack, "parts": parts}
-    lo_o, hi_o = lo.to(dtype), hi.to(dtype)
+    lo_p, hi_p = lo.expand(n, -1)[di], hi.expand(n, -1)[di]  # (P, in): each pair's box
+    lo_o, hi_o = lo_p.to(dtype), hi_p.to(dtype)
     taken = 0
     for it in range(steps + 1):
         leaves = {key: p.requires_grad_(True) for key, p in params.items()}
         with torch.enable_grad():
             a = {r: leaves[("a", r)] for r in alphas0}
             b = {r: leaves[("b", r)] for r in split if ("b", r) in leaves}
-            m = act.numel()
-            bound, _, _ = spec_backward(net_o, cur["C"], lo_o.expand(m, -1), hi_o.expand(m, -1), cur["pre"], a,
+            bound, _, _ = spec_backward(net_o, cur["C"], lo_o[act], hi_o[act], cur["pre"], a,
                                         b, cur["split"], parts=cur["parts"])
             bound = bound.squeeze(1)
             loss = -bound.sum()
         with torch.no_grad():
             if it == 0:  # the rounding charge at the starting parameters, held fixed through the steps
-                charged, _, _ = spec_backward(net_o, cur["C"], lo_o.expand(m, -1), hi_o.expand(m, -1), cur["pre"],
+                charged, _, _ = spec_backward(net_o, cur["C"], lo_o[act], hi_o[act], cur["pre"],
                                               a, b, cur["split"], errs_o, cur["parts"])
                 cur["slack"] = cur["slack"] + bound.detach() - charged.squeeze(1)
             value = bound.detach() - cur["slack"]
@@ -121,7 +122,7 @@ def optimise_pairs(
     b64 = {r: best_p[("b", r)].double() for r in split if ("b", r) in best_p}
     pre64 = {r: (l[di], u[di]) for r, (l, u) in pre.items()}
     split64 = {r: s[di].double() for r, s in split.items()}
-    final, _, _ = spec_backward(net64, C_p, lo.expand(P, -1), hi.expand(P, -1), pre64, a64, b64, split64, errs)
+    final, _, _ = spec_backward(net64, C_p, lo_p, hi_p, pre64, a64, b64, split64, errs)
     lb[di, rk] = (final - errs.spec_slack(C_p, b64)).squeeze(1)
     for r in alphas0:
         out_a[r][di, rk] = best_p[("a", r)].squeeze(1).float()

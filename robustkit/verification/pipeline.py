@@ -247,8 +247,9 @@ def _box_digest(box: InputBox) -> str:
 def _branch_and_bound(ctx: ModelContext, box: InputBox, output: OutputSpec, open_k: list[int], nb: NetBounds,
                       cfg: VerifyConfig, deadline: float, strict_label: int | None, details: dict[str, Any],
                       t0: float) -> Verdict:
-    """Stage 3 for ``method="bab"``: branch and bound over the disjuncts the bounds left open."""
-    from robustkit.verification.bab import BabConfig, branch_and_bound
+    """Stage 3 for ``method="bab"``: branch and bound (over ReLU splits, or the input box with
+    ``bab_split="input"``) over the disjuncts the bounds left open."""
+    from robustkit.verification.bab import BabConfig, BabResult, branch_and_bound
 
     sub = OutputSpec(tuple(output[k] for k in open_k))
     C, d, owner = sub.stacked()
@@ -256,8 +257,23 @@ def _branch_and_bound(ctx: ModelContext, box: InputBox, output: OutputSpec, open
     def check(x: np.ndarray) -> Witness | None:
         return validate_witness(ctx, x, box, output, strict_label)
 
-    res = branch_and_bound(ctx.net, box.lower, box.upper, C, d, owner, nb, deadline, check, cfg.safety_margin,
-                           BabConfig(intermediate=cfg.bab_intermediate, depth_weight=cfg.bab_depth_weight))
+    from robustkit.verification.input_split import AUTO_MAX_DIM, InputSplitConfig, input_split
+
+    def relu_split() -> BabResult:
+        return branch_and_bound(ctx.net, box.lower, box.upper, C, d, owner, nb, deadline, check, cfg.safety_margin,
+                                BabConfig(intermediate=cfg.bab_intermediate, depth_weight=cfg.bab_depth_weight))
+
+    auto_input = cfg.bab_split == "auto" and ctx.net.in_dim <= AUTO_MAX_DIM
+    if cfg.bab_split == "input" or auto_input:
+        res = input_split(ctx.net, box.lower, box.upper, C, d, owner, nb, deadline, check, cfg.safety_margin,
+                          InputSplitConfig(stop_when_stuck=auto_input))
+        if auto_input and res.status == "unknown" and time.perf_counter() < deadline:
+            # boxes too narrow to halve were left open (a violation, or a margin inside the safety
+            # margin, confined to a tiny region): ReLU splits settle those with exact leaf LPs
+            details["input_split"] = res.stats
+            res = relu_split()
+    else:
+        res = relu_split()
     details["bab"] = res.stats
     details["time_bab"] = res.stats.get("time", 0.0)
     if res.status == "unsat":  # the least clearance among closed domains (inf: all infeasible)

@@ -203,11 +203,24 @@ class Outcome:
     time: float
 
 
-def run_suite(instances: list[Instance], methods: tuple[str, ...] = ("crown", "alpha-crown", "milp", "bab"),
+SUITE_METHODS = ("crown", "alpha-crown", "milp", "bab", "bab-relu", "bab-input")
+
+
+def suite_config(method: str, timeout: float) -> VerifyConfig:
+    """The configuration of a suite method: a :data:`~robustkit.verification.config.METHODS` name,
+    or ``bab-relu`` / ``bab-input`` (branch and bound with that ``bab_split``; ``bab`` is ``auto``)."""
+    split = "auto"
+    if method.startswith("bab-"):
+        method, split = "bab", method.removeprefix("bab-")
+    return VerifyConfig(method=method, timeout=timeout, tighten="crown", attack_steps=0,  # type: ignore[arg-type]
+                        bab_split=split)
+
+
+def run_suite(instances: list[Instance], methods: tuple[str, ...] = SUITE_METHODS,
               timeout: float = 10.0, samples: int = 4000) -> list[Outcome]:
     """Decide every instance with every method (no attack); an answer is wrong if ``unsat``
     while a float32 violating point is known (given, found by sampling or by an attack run, or
-    the witness of another method)."""
+    the witness of another method). ``methods``: :func:`suite_config` names."""
     outcomes = []
     for inst in instances:
         ctx = ModelContext.from_bytes(inst.model, inst.name)
@@ -218,8 +231,7 @@ def run_suite(instances: list[Instance], methods: tuple[str, ...] = ("crown", "a
             violators.append(np.asarray(probe.witness.x, dtype=np.float64))
         rows = []
         for method in methods:
-            cfg = VerifyConfig(method=method, timeout=timeout, tighten="crown", attack_steps=0)  # type: ignore[arg-type]
-            v = verify_spec(ctx, inst.spec, cfg)
+            v = verify_spec(ctx, inst.spec, suite_config(method, timeout))
             if v.result == "sat":
                 assert v.witness is not None
                 violators.append(np.asarray(v.witness.x, dtype=np.float64))
