@@ -255,7 +255,11 @@ class Conv2d(SpatialDims, LinearLayer):
             # verify/results/bab_speed.md
             full = torch.nn.grad.conv2d_input((a.shape[0], self.in_shape[0], hp, wp), weight, a, stride=self.stride)
         else:
-            full = F.conv_transpose2d(a, weight, stride=self.stride, output_padding=out_pad)
+            # channels-last: oneDNN's CPU kernel for this layout is 2-3x faster on the coefficient
+            # batches of the bound passes (verify/results/bab_speed_channels_last.md)
+            a = a.contiguous(memory_format=torch.channels_last)
+            full = F.conv_transpose2d(a, weight.contiguous(memory_format=torch.channels_last), stride=self.stride,
+                                      output_padding=out_pad)
         full = full[:, :, pt : pt + h, pl : pl + w]
         return full.reshape(*lead, self.in_dim)
 
