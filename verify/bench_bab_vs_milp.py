@@ -181,6 +181,8 @@ def run_random(args: argparse.Namespace, cfgs: dict[str, VerifyConfig]) -> list[
     for k in range(args.nets):
         rng = np.random.default_rng([args.seed, k])
         sizes = random_sizes(rng)
+        if args.in_dims is not None:  # the inputs drawn from another range (the hidden layers as before)
+            sizes = (int(rng.integers(args.in_dims[0], args.in_dims[1] + 1)), *sizes[1:])
         mats = random_weights(rng, sizes)
         ctx = ModelContext.from_bytes(onnx_of(mats).SerializeToString(), f"net{k}.onnx")
         net = network_of(mats)
@@ -290,6 +292,8 @@ def main() -> int:
     ap.add_argument("--no-test2021", action="store_true", help="skip part 2")
     ap.add_argument("--mnist-fc", type=int, default=0, help="first N mnist_fc_2022 instances (part 3; 0: skip)")
     ap.add_argument("--mnist-timeout", type=float, default=30.0)
+    ap.add_argument("--in-dims", type=int, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="draw the random nets' input dimension from LO..HI instead of 2..10")
     ap.add_argument("--bab-split", default="auto", choices=["auto", "relu", "input"],
                     help="what BaB splits: relu, input (the input box), or auto (input for at most 10 inputs)")
     ap.add_argument("--out", type=Path, default=ROOT / "verify" / "results" / "bab_vs_milp.md")
