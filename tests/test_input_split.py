@@ -4,7 +4,6 @@ witnesses violate, its closed boxes cover the input box, and it stops where it m
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,7 +141,7 @@ def test_input_split_times_out_and_reports_what_is_open() -> None:
         assert 0 < res.stats["open_share"] <= 1.0 and res.stats["open"] > 0
 
 
-def test_input_split_is_validated_and_reaches_the_search(tmp_path: Path) -> None:
+def test_bab_split_is_validated_and_kept_in_the_settings() -> None:
     with pytest.raises(InputError, match="--bab-split"):
         VerifyConfig(method="bab", bab_split="neurons")
     with pytest.raises(ValueError):

@@ -78,7 +78,8 @@ from robustkit.bounds.interval import interval_bounds
 from robustkit.bounds.types import NetBounds
 from robustkit.network import Network
 from robustkit.verification.branching import child_bounds, choose, intercept_scores
-from robustkit.verification.domains import Domains, merge_params, merge_rows, open_share
+from robustkit.verification.domains import (Domains, disjunct_rows, merge_params, merge_rows, open_share,
+                                            violation_measure)
 from robustkit.verification.final_pass import optimise_pairs
 from robustkit.verification.leaf_lp import settle_leaf
 
@@ -173,7 +174,7 @@ class _Search:
         self.C = torch.tensor(np.asarray(C, dtype=np.float64))
         self.d = torch.tensor(np.asarray(d, dtype=np.float64))
         groups = sorted(set(int(k) for k in owner))
-        self.groups = [torch.as_tensor(np.flatnonzero(owner == k)) for k in groups]
+        self.groups = disjunct_rows(owner)
         self.row_group = torch.as_tensor([groups.index(int(k)) for k in owner])  # each row's disjunct
         self.relus = [r for r in net.relu_indices if r >= 1]  # a ReLU on the input is never split
         # the branching weight of each ReLU layer while children are recomputed (:meth:`_choose_splits`)
@@ -194,8 +195,7 @@ class _Search:
     # -- bounding ---------------------------------------------------------------------------
     def _measure(self, lb: torch.Tensor) -> torch.Tensor:
         """Upper bound ``(n,)`` of the violation measure ``max_k min_{rows of k} (d - C y)``."""
-        slack = self.d - lb
-        return torch.stack([slack[:, g].min(dim=1).values for g in self.groups], dim=1).max(dim=1).values
+        return violation_measure(self.d - lb, self.groups)
 
     def _spec_bound(self, nb: NetBounds, dom: Domains, R: torch.Tensor, known: torch.Tensor
                     ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor, dict[int, torch.Tensor],

@@ -6,9 +6,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-__all__ = ["Domains", "merge_rows", "merge_params", "open_share"]
+__all__ = ["Domains", "merge_rows", "merge_params", "open_share", "disjunct_rows", "violation_measure"]
+
+
+def disjunct_rows(owner: np.ndarray) -> list[torch.Tensor]:
+    """The specification rows of each disjunct (``owner[i]``: row ``i``'s disjunct), in order."""
+    return [torch.as_tensor(np.flatnonzero(owner == k)) for k in sorted(set(int(k) for k in owner))]
+
+
+def violation_measure(slack: torch.Tensor, groups: list[torch.Tensor]) -> torch.Tensor:
+    """``max_k min_{rows of k} slack`` per domain (``slack``: ``(n, m)``, ``d - C y`` or ``d`` less
+    a lower bound of ``C y``): negative exactly where every disjunct has a row it cannot meet,
+    so a domain whose upper bound of it is below ``-margin`` is closed (and a point with it >= 0
+    violates the property)."""
+    return torch.stack([slack[:, g].min(dim=1).values for g in groups], dim=1).max(dim=1).values
 
 
 @dataclass

@@ -32,6 +32,7 @@ from robustkit.bounds.crown import crown_bounds, pre_bounds
 from robustkit.bounds.types import NetBounds
 from robustkit.network import Network
 from robustkit.verification.bab import BabResult
+from robustkit.verification.domains import disjunct_rows, violation_measure
 from robustkit.verification.final_pass import optimise_pairs
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,7 @@ class _InputSearch:
         self.net, self.cfg, self.margin, self.check, self.deadline = net, cfg, margin, check, deadline
         self.C = torch.tensor(np.asarray(C, dtype=np.float64))
         self.d = torch.tensor(np.asarray(d, dtype=np.float64))
-        groups = sorted(set(int(k) for k in owner))
-        self.groups = [torch.as_tensor(np.flatnonzero(owner == k)) for k in groups]
+        self.groups = disjunct_rows(owner)
         self.errs = root.float_errors(net)  # valid on every sub-box of the root's box
         self.width0 = (hi - lo).reshape(-1)
         self.cleared = math.inf
@@ -151,8 +151,7 @@ class _InputSearch:
         corner = torch.where(a > 0, boxes.lo, boxes.hi)
         x = torch.cat([corner, (boxes.lo + boxes.hi) / 2])
         y = self.net.forward(x) @ self.C.T
-        gap = self.d - y
-        measure = torch.stack([gap[:, g].min(dim=1).values for g in self.groups], dim=1).max(dim=1).values
+        measure = violation_measure(self.d - y, self.groups)  # each point's own; >= 0: it violates
         for i in torch.argsort(measure, descending=True)[: self.cfg.candidates].tolist():
             if float(measure[i]) < 0:
                 break
