@@ -52,8 +52,10 @@ def soundness(
     methods: list[str] = typer.Option(["crown", "alpha-crown", "milp", "bab", "bab-relu", "bab-input"], "--method", help="Methods to run (repeat): crown, alpha-crown, milp, bab (the default split), bab-relu, bab-input (branch and bound with that --bab-split)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the table (Markdown) here."),
 ) -> None:
-    """Run the adversarial soundness suite (float-error exploits, needles, planted counterexamples):
-    every method must never say unsat where a float32 violation exists. Exit code 2 on a wrong answer."""
+    """Run the adversarial soundness suite (float-error exploits, float16, subnormals, overflow, strict
+    comparisons, needles, planted counterexamples), every method with the attack off and on: never
+    unsat where a violation exists, never sat with a witness that does not hold, and the models that
+    must be refused refused. Exit code 2 on a wrong answer."""
     from robustkit.errors import InputError
     from robustkit.verification.soundness_suite import SUITE_METHODS, default_instances, outcome_table, run_suite
 

@@ -115,7 +115,7 @@ class _InputSearch:
         lb, _, A_in = spec_backward(self.net, C, boxes.lo, boxes.hi, pre_bounds(self.net, nb), errs=self.errs)
         lb = lb - self.errs.spec_slack(C)
         if self.cfg.iterations:
-            lb = torch.maximum(lb, self._optimised(boxes, nb, lb))
+            lb = torch.fmax(lb, self._optimised(boxes, nb, lb))
         slack = self.d - lb  # (n, m): a row with slack < -margin is proven
         per_group = [slack[:, g].min(dim=1) for g in self.groups]
         mins = torch.stack([v.values for v in per_group], dim=1)  # (n, groups)
@@ -131,7 +131,7 @@ class _InputSearch:
         m = self.C.shape[0]
 
         def still_open(bound: torch.Tensor) -> torch.Tensor:
-            return self.d - bound >= -self.margin
+            return ~(self.d - bound < -self.margin)  # NaN: open
 
         alphas0 = {r: (u >= -l).unsqueeze(1).expand(-1, m, -1).float() for r, (l, u) in pre.items()
                    if r in self.net.relu_indices}
