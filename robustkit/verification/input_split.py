@@ -72,7 +72,7 @@ class InputSplitConfig:
     keep_parent: bool = True
     shrink: bool = True
     lookahead: int = 8192
-    lookahead_refined: int = 1024
+    lookahead_refined: int = 128
     attack_every: int = 4
     attack_boxes: int = 16
     attack_steps: int = 8
