@@ -2,15 +2,30 @@
 
 Where the input has few dimensions (ACAS Xu's 5, control and tabular nets), halving the input
 box tightens every layer's bounds at once, while a ReLU split changes one neuron. Each domain is
-a sub-box; it is bounded by CROWN over the sub-box (every intermediate layer recomputed, float
-error charged as everywhere in :mod:`robustkit.bounds`), closed when every disjunct has a row
-proven by more than the safety margin, and otherwise halved along the dimension where the
-worst open row's linear bound gains most (``|A_in| * width``, the smart input branching of
-alpha-beta-CROWN's input split), many boxes per batch. Sub-boxes cover their parent exactly
-(both halves keep the midpoint), so an ``unsat`` rests on closed boxes covering the input box.
+a sub-box, bounded in a batch with many others (float error charged as everywhere in
+:mod:`robustkit.bounds`, from the root box's error model, valid on every sub-box):
+
+* first by forward symbolic bounds (:mod:`robustkit.bounds.symbolic`: every neuron's bounds as
+  linear functions of the inputs in one forward pass, met with the parent's bounds) and one
+  backward pass of the specification rows (the forward functions' own bound of ``C y`` where
+  higher); the boxes these leave open again, with every intermediate layer's unstable neurons
+  bounded by backward passes to the input (CROWN's tightness, at CROWN's cost, only where the
+  cheap pass did not close) (``refine``); ``bounds="crown"``: CROWN alone, as before;
+* a box is closed when every disjunct has a row proven by more than the safety margin; an open
+  one is shrunk in closed form to the part that can violate (:func:`box_tools.shrink_boxes`;
+  one with no such part is dropped) and halved along the dimension chosen by a look-ahead: both
+  halves of every dimension are bounded (fully for at most ``lookahead_refined`` halves,
+  symbolically up to ``lookahead``) and the split whose worse half has the lower bound wins
+  (on ACAS Xu property 1 the gradient score ``|A_in| * width`` kept halving one dimension a
+  thousand times narrower than the others); past ``lookahead`` halves, that gradient score.
+
+Sub-boxes cover their parent exactly (both halves keep the midpoint; shrinking drops only points
+that cannot violate), so an ``unsat`` rests on closed boxes covering the input box.
 Falsification: each open box's center and the corner minimising its worst row's linear bound
-run through the network; points that violate go to ``check`` (the caller replays them in
-onnxruntime: a ``sat`` is never the bound's word).
+run through the network, and every ``attack_every`` batches sign-gradient steps from the
+``attack_boxes`` boxes with the highest violation bound (:func:`box_tools.gradient_search`);
+points that violate go to ``check`` (the caller replays them in onnxruntime: a ``sat`` is never
+the bound's word).
 
 The search ends ``unsat`` (every box closed), ``sat`` (``check`` accepted a point), ``timeout``,
 or ``unknown`` (a box too narrow to halve further still open, or more than ``max_domains`` open).
@@ -58,7 +73,13 @@ class InputSplitConfig:
     as a box is too narrow to halve (the search could then end ``unknown`` at best; a caller with
     another method left, as ``bab_split="auto"``, hands it the time instead) (on the random nets of
     ``verify/bench_bab_vs_milp.py`` 3 steps decided the same 65 properties in 18.2 s against
-    17.3 s without)."""
+    17.3 s without; with ``bounds="crown"`` only). ``bounds``: ``symbolic`` or ``crown`` (module
+    docstring); ``refine``: bound the boxes the symbolic pass leaves open again with backward
+    passes; ``keep_parent``: children meet their parent's intermediate bounds; ``shrink``: cut
+    open boxes to the part that can violate; ``lookahead``/``lookahead_refined``: the most halves
+    the split look-ahead bounds per batch (symbolically / fully); ``attack_every``,
+    ``attack_boxes``, ``attack_steps``: gradient falsification every that many batches, from
+    that many boxes, that many steps (0: none)."""
 
     batch: int = 512
     max_domains: int = 1_000_000
