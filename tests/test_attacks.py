@@ -378,7 +378,7 @@ def _flat_region_net():
     """``y = 0.1 - relu(1 - 200 relu(x - 0.5))`` on ``x in [-1, 0.51]``: violated (``y >= 0``)
     only for ``x >= 0.5045``; below 0.5 the first ReLU is off and the true gradient is zero."""
     from robustkit.network import Network
-    from robustkit.network.layers import Dense, ReLU
+    from robustkit.network import Dense, ReLU
 
     t = lambda *v: torch.tensor(v, dtype=torch.float32).reshape(len(v), -1)  # noqa: E731
     layers = (Dense(t(1.0), torch.tensor([-0.5])), ReLU(1), Dense(t(-200.0), torch.tensor([1.0])), ReLU(1),

@@ -81,7 +81,7 @@ class BoundsResult:
 def count_unstable(net: Network, bounds: NetBounds) -> int:
     """Unstable ReLUs (``l < 0 < u`` on the pre-activation) summed over layers and samples."""
     total = 0
-    for r in net.relu_indices:
+    for r in net.split_indices:
         total += int(bounds.phases(net, r)[2].sum())
     return total
 

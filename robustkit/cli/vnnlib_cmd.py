@@ -41,7 +41,7 @@ def vnnlib(
     if check:
         ctx, spec = load_instance(model, prop)
         typer.echo(f"ok: {model.name} ({ctx.net.in_dim} inputs, {ctx.net.out_dim} outputs, "
-                   f"{ctx.net.num_relus} ReLUs), {prop.name}: {len(spec)} region(s)")
+                   f"{ctx.net.num_neurons} ReLUs), {prop.name}: {len(spec)} region(s)")
         return
     cfg = VerifyConfig(timeout=parse_number(timeout, "timeout"), method=method, tighten=tighten,  # type: ignore[arg-type]
                        attack_steps=attack_steps, attack_restarts=attack_restarts, solver=solver, bab_intermediate=bab_intermediate,

@@ -24,7 +24,8 @@ from robustkit.errors import ModelFormatError, UnsupportedOperatorError
 from robustkit.network.floatfmt import FLOAT32, FORMATS, FloatFormat, contains
 from robustkit.network.graph_ops import Blocks
 from robustkit.network.graph_lowering import GraphLowering, clip_layers, maxpool_layers, slice_layer
-from robustkit.network.layers import Conv2d, Dense, Elementwise, Layer, LinearLayer, ReLU
+from robustkit.network.layers import Conv2d, Dense, Elementwise, Layer, LinearLayer
+from robustkit.network.relu import LeakyReLU, ReLU
 from robustkit.network.linear_ops import AvgPool2d, Permute, ZeroPad2d
 from robustkit.network.network import Network, simplify
 from robustkit.network.smooth import SCurve
@@ -32,7 +33,7 @@ from robustkit.network.smooth import SCurve
 SUPPORTED_OPS = (
     "Gemm MatMul Add Sub Mul Div Conv Relu BatchNormalization Flatten Reshape Squeeze Unsqueeze "
     "Transpose Identity Dropout Constant AveragePool GlobalAveragePool Pad MaxPool Clip Slice Concat Sigmoid Tanh "
-    "Cast"
+    "Cast LeakyRelu"
 ).split()
 
 # operators evaluated at load time when all their inputs are constants
@@ -149,8 +150,7 @@ class _GraphReader:
         """Give the layers read from one node (``self.layers[start:]``) the format they compute in."""
         for i in range(start, len(self.layers)):
             layer = self.layers[i]
-            if isinstance(layer, LinearLayer) and dataclasses.is_dataclass(layer) \
-                    and any(f.name == "fmt" for f in dataclasses.fields(layer)):
+            if dataclasses.is_dataclass(layer) and any(f.name == "fmt" for f in dataclasses.fields(layer)):
                 self.layers[i] = dataclasses.replace(layer, fmt=fmt)
             elif isinstance(layer, SCurve) and fmt.name not in ("float32", "float64"):
                 raise ModelFormatError(f"{self.source}: layer {layer.describe()} computes in {fmt.name}; the "
@@ -204,6 +204,7 @@ class _GraphReader:
             "GlobalAveragePool": self._global_avgpool, "Pad": self._pad,
         }
         handlers.update({"MaxPool": self._maxpool, "Clip": self._clip, "Slice": self._slice, "Cast": self._cast})
+        handlers["LeakyRelu"] = lambda n: self._push_op(n, LeakyReLU, slope=float(self._attrs(n).get("alpha", 0.01)))
         lowering = GraphLowering(self, graph.node, [graph.output[0].name], inp.name, self.shape)
         for k, node in enumerate(graph.node):
             if node.op_type == "Constant":
@@ -305,7 +306,15 @@ class _GraphReader:
         self._push(ReLU(self._flat))
 
     def _scurve(self, node: onnx.NodeProto) -> None:  # bound methods only (robustkit.network.smooth)
-        self._push(SCurve(self._flat, node.op_type.lower()))
+        self._push(SCurve(self._flat, kind=node.op_type.lower()))
+
+    def _push_op(self, node: onnx.NodeProto, op: type, **params: object) -> None:
+        """An elementwise operator with these parameters over the activation; a value it refuses
+        (``ValueError``) becomes the node's error."""
+        try:
+            self._push(op(self._flat, **params))
+        except ValueError as exc:
+            raise self._fail(node, str(exc)) from exc
 
     def _dense(self, node: onnx.NodeProto, w: np.ndarray, b: np.ndarray | None, out_shape: tuple[int, ...]) -> None:
         """Append ``y = w @ x + b`` (w: (out, in) over the flat activation)."""

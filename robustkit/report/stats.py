@@ -85,7 +85,7 @@ def relu_patterns(net: Network, x: torch.Tensor) -> list[torch.Tensor]:
     """Per ReLU layer of ``net``, the bool pattern ``pre-activation > 0`` (``(B, count)``) at the
     points ``x`` (``(B, in_dim)`` or ``(B, *sample_shape)``), evaluated in float64."""
     h = x.reshape(x.shape[0], -1).double()
-    relus = set(net.relu_indices)
+    relus = set(net.split_indices)
     out = []
     with torch.no_grad():
         for i, layer in enumerate(net.layers):

@@ -251,8 +251,8 @@ class _InputSearch:
         def still_open(bound: torch.Tensor) -> torch.Tensor:
             return ~(self.d - bound < -self.margin)  # NaN: open
 
-        alphas0 = {r: (u >= -l).unsqueeze(1).expand(-1, m, -1).float() for r, (l, u) in pre.items()
-                   if r in self.net.relu_indices}
+        alphas0 = {r: self.net.layers[r].default_alpha(l, u).unsqueeze(1).expand(-1, m, -1).float()  # type: ignore[attr-defined]
+                   for r, (l, u) in pre.items() if r in self.net.split_indices}
         if self._net32 is None:
             self._net32 = self.net.to_torch().to(torch.float32).net
         out, _, _, _ = optimise_pairs(self.net, self._net32, self.C, boxes.lo, boxes.hi, pre, alphas0, {}, {},
