@@ -124,8 +124,8 @@ def run_methods(net: Network, cases: list[Case], methods: tuple[str, ...], lp_bu
 
 
 def method_table(net: Network, rows: list[MethodRow], cases: list[Case], lp_budget: float) -> list[str]:
-    n_layers = len(net.relu_indices)
-    dims = [net.layers[r].in_dim for r in net.relu_indices]
+    n_layers = len(net.split_indices)
+    dims = [net.layers[r].in_dim for r in net.split_indices]
     head = ["method"] + [f"unstable L{k} (of {d})" for k, d in enumerate(dims)] + [
         "unstable total", "removed vs previous", "certified", "mean min-margin LB", "s/sample (mean)", "s/sample (median)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -72,7 +72,7 @@ def lowered(model: Path) -> str:
     net = load_onnx(model)
     relus = [layer for layer in net.layers if isinstance(layer, ReLU)]
     carried = sum(layer.dim - layer.count for layer in relus)
-    return f"{len(net.layers)} layers, {net.num_relus} ReLUs, {carried} carried coordinates"
+    return f"{len(net.layers)} layers, {net.num_neurons} ReLUs, {carried} carried coordinates"
 
 
 def main() -> None:
