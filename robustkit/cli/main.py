@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from typing import Optional
 
 import typer
 
@@ -15,11 +16,44 @@ from robustkit.errors import InputError
 
 app = typer.Typer(
     name="robustkit",
-    help="Train small ReLU nets to be verifiably robust, then prove it.",
+    help="Train small ReLU nets to be verifiably robust, then prove it.\n\n"
+         "Every command takes -h/--help. Exit codes: 0 success, 1 usage or input error, 2 internal error.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help: no Rich markup, so that text in brackets (defaults, units) is printed as written
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+
+
+def version_text() -> str:
+    """``robustkit VERSION`` and the git commit of the source, when it runs from a checkout."""
+    from importlib import metadata
+
+    from robustkit.report.run_info import git_commit
+
+    try:
+        version = metadata.version("robustkit")
+    except metadata.PackageNotFoundError:
+        from robustkit import __version__ as version
+    git = git_commit()
+    commit = git.get("commit")
+    return f"robustkit {version}" + (f" (commit {commit[:12]}{', modified' if git.get('dirty') else ''})" if commit else "")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(None, "--version", "-V", callback=_version, is_eager=True,
+                                           help="Print the version and exit."),
+) -> None:
+    pass
 
 # Each entry: module under robustkit.cli defining a function ``register(app)``.
 COMMAND_MODULES = [
