@@ -249,7 +249,7 @@ def test_regularizer_from_metadata() -> None:
     assert regularizer_of({"robustkit.train_config": json.dumps({"regularizers": []})}) == "none"
     assert regularizer_of({"robustkit.train_config": json.dumps({"regularizers": ["pgd:steps=5", "relu-stability=0.002"]})}) \
         == "pgd:steps=5+relu-stability=0.002"
-    zoo = REPO / "models" / "mnist_small_mrnet.onnx"
+    zoo = REPO / "models" / "mnist" / "mnist_small_mrnet.onnx"
     if zoo.is_file():
         from robustkit.export import read_metadata
 

@@ -138,7 +138,7 @@ class TableConfig:
         object.__setattr__(self, "eps", tuple(float(e) for e in self.eps))
         object.__setattr__(self, "results_root", Path(self.results_root))
         if not self.models:
-            raise InputError("no models given: name ONNX files (e.g. models/*.onnx) or a --config")
+            raise InputError("no models given: name ONNX files (e.g. models/mnist/*.onnx) or a --config")
         missing = [str(m) for m in self.models if not m.is_file()]
         if missing:
             raise InputError(f"model file(s) not found: {', '.join(missing)}")
