@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; map errors to exit codes (1 input, 2 internal)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="robustkit", standalone_mode=False)
     except InputError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         return 1

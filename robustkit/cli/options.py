@@ -26,7 +26,7 @@ def _help(command: str, name: str) -> str:
     if opt.unit == "s":
         text += " Seconds."
     if opt.required and not opt.positional:
-        text += " Required (here or in --config)."
+        text += " Required (here or in --config)." if "config" in command_options(command) else " Required."
     return text
 
 

@@ -16,6 +16,13 @@ _TABLE_SUFFIXES = (".md", ".csv", ".json", ".tex", ".txt")
 _EXTENSIONS = {"md": ".md", "csv": ".csv", "json": ".json", "latex": ".tex"}
 
 
+def legacy_out(given: dict) -> None:
+    """``--out FILE.md`` (a file, as before ``--out`` named the results folder): the table file."""
+    old = legacy_file_out(Path(given["out"]), _TABLE_SUFFIXES, "the table file") if "out" in given else None
+    if old is not None:
+        given.setdefault("table_file", given.pop("out"))
+
+
 def register(app: typer.Typer) -> None:
     app.command(C, epilog=EXAMPLES[C])(table)
 
@@ -33,7 +40,6 @@ def table(
     timeout: str = opt(C, "timeout"),
     formulation: str = opt(C, "formulation"),
     solver: str = opt(C, "solver"),
-    write_milp: Optional[Path] = opt(C, "write_milp"),
     bab_intermediate: str = opt(C, "bab_intermediate"),
     bab_depth_weight: str = opt(C, "bab_depth_weight"),
     bab_split: str = opt(C, "bab_split"),
@@ -59,19 +65,11 @@ def table(
     from robustkit.config.build import columns as column_keys
     from robustkit.config.build import table_config
     from robustkit.config.resolve import write_effective
-    from robustkit.errors import InputError
     from robustkit.report.plots import check_plot_path, plot_accuracy
     from robustkit.report.run_info import record_invocation
     from robustkit.report.tables import build_table, format_table, table_caption
 
-    def legacy_out(given: dict) -> None:  # --out FILE.md: the table file, as before
-        old = legacy_file_out(Path(given["out"]), _TABLE_SUFFIXES, "the table file") if "out" in given else None
-        if old is not None:
-            given.setdefault("table_file", given.pop("out"))
-
     s = settings(ctx, C, legacy_out)
-    if s["write_milp"] is not None:
-        raise InputError("--write-milp is for verify and vnnlib; a table of many runs would mix their MILPs")
     folder: Path = s["out"] if s["out"] is not None else Path("robustkit-results")
     keys = column_keys(s)
     if s["plot"] is not None:

@@ -111,9 +111,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _o("benchmark", "", (), "path", None, "VNN-COMP benchmark folder with instances.csv "
        "(e.g. ../shared/benchmarks/vnncomp/mnist_fc_2022).", positional=True, required=True),
     _o("eps", "", ("--eps",), "eps", None, "L-inf radius in input units: a number or a fraction, e.g. 0.1 or 8/255.",
-       unit="input units"),
-    _o("n", "", ("--n",), "int", 100, "Number of test images (the first N from --start).", minimum=1),
-    _o("start", "", ("--start",), "int", 0, "Index of the first test image.", minimum=0),
+       unit="input units", required=True),
+    _o("n", "", ("--n",), "int", 100, "Number of test images (the first N of the test set).", minimum=1),
+    _o("start", "", ("--start",), "int", 0, "Index of the first test image (then N images from there).", minimum=0),
     _o("dataset", "", ("--dataset",), "choice", None, "mnist or cifar10.", choices=("mnist", "cifar10"),
        default_text="the model's metadata"),
     _o("data_dir", "", ("--data-dir",), "path", None, "Dataset folder with mnist/ or cifar10/ (or the torchvision "
@@ -220,8 +220,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
        "`robustkit table --columns all` shows every one. Available: " + ", ".join(COLUMN_KEYS) + "."),
     _o("plot", "output", ("--plot",), "path", None, "Also draw a figure (.png, .pdf or .svg).",
        default_text="none"),
-    _o("table_file", "output", ("--table-file",), "path", None, "Also write the table to this file.",
-       default_text="<out>/<name>.<format>"),
+    _o("table_file", "output", ("--table-file",), "path", None, "Also write the table to this file (it is "
+       "always written to <out>/<name>.<format extension>).", default_text="none"),
     _o("result", "output", ("--result",), "path", None, "Write the VNN-COMP result file here.",
        default_text="<out>/result.txt with --out, else none"),
     _o("config", "", ("--config",), "path", None, "TOML run configuration holding any option of this command; "
@@ -239,7 +239,8 @@ _DECIDE = ("method", "bounds", "timeout", "formulation", "solver", "write_milp",
 #: The options of every command, in the order of its help.
 COMMANDS: dict[str, tuple[Use, ...]] = {
     "train": (
-        _u("out", required=True, help="Run folder (config, metrics, checkpoint, model).", default_text="none"),
+        _u("out", required=True, help="Run folder (config, metrics, checkpoint, model, run.json, the effective "
+           "config.toml)."),
         _u("dataset", default="mnist", default_text=None), _u("net"), _u("hidden"), _u("epochs"),
         _u("train_batch_size"), _u("optimizer"), _u("lr"), _u("momentum"), _u("weight_decay"), _u("train_eps"),
         _u("eps_start"), _u("eps_ramp"), _u("regularizer"), _u("seed"), _u("n_train"), _u("n_eval"),
@@ -247,7 +248,7 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
         _u("quiet", help="No progress bar or per-epoch lines."), _u("config"),
     ),
     "verify": (
-        _u("model"), _u("eps", required=True), _u("n"), _u("start"), _u("dataset"), _u("data_dir"),
+        _u("model"), _u("eps"), _u("n"), _u("start"), _u("dataset"), _u("data_dir"),
         *(_u(n) for n in _DECIDE), _u("workers"), _u("order"), _u("cluster"), _u("scheduler"),
         _u("out"), _u("format", choices=("md", "csv", "json")), _u("rerun"), _u("quiet"), _u("config"),
     ),
@@ -269,24 +270,24 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
         _u("method", multiple=True, default=("crown", "alpha-crown", "milp", "bab", "bab-relu", "bab-input"),
            choices=("crown", "alpha-crown", "milp", "bab", "bab-relu", "bab-input"),
            help="Methods to run (repeatable): crown, alpha-crown, milp, bab (the default split), bab-relu, "
-                "bab-input (branch and bound with that --bab-split)."),
+                "bab-input (branch and bound splitting only ReLUs, or only the input box)."),
         _u("out", help="Folder for the table (soundness.md) and run.json.", default_text="print only"),
     ),
     "table": (
-        _u("models"), _u("eps", multiple=True, required=True, help="L-inf radius, repeatable: --eps 0.1 --eps 8/255."),
+        _u("models"), _u("eps", multiple=True, help="L-inf radius, repeatable: --eps 0.1 --eps 8/255."),
         _u("n"), _u("start"), _u("dataset", default_text="each model's metadata"), _u("data_dir"),
-        *(_u(n) for n in _DECIDE), _u("workers"), _u("order"),
+        *(_u(n) for n in _DECIDE if n != "write_milp"), _u("workers"), _u("order"),
         _u("out", help="Folder of the results: per-sample records (resumable), <name>.md, <name>.config.toml, "
                        "<name>.run.json.", default_text="robustkit-results"),
         _u("name"), _u("format"), _u("columns"), _u("table_file"), _u("plot"), _u("quiet"), _u("config"),
     ),
     "attack": (
-        _u("model"), _u("eps", required=True), _u("n"), _u("dataset"), _u("data_dir"), _u("attack_steps", minimum=1),
+        _u("model"), _u("eps"), _u("n"), _u("dataset"), _u("data_dir"), _u("attack_steps", minimum=1),
         _u("attack_restarts"), _u("norm"), _u("loss"), _u("device"), _u("seed"),
         _u("format", choices=("md", "json")),
     ),
     "bounds": (
-        _u("model"), _u("eps", required=True), _u("n"), _u("dataset"), _u("data_dir"),
+        _u("model"), _u("eps"), _u("n"), _u("dataset"), _u("data_dir"),
         _u("bounds", choices=(*TIGHTEN, "milp"), help="Bound method: interval (alias ibp), crown, alpha-crown, "
            "lp or milp (each includes the ones before it)."),
         _u("timeout", default=None, help="Time limit per batch for alpha-CROWN, LP and MILP.",
@@ -294,7 +295,7 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
         _u("batch_size"), _u("refine_stable"), _u("format", choices=("md", "json")),
     ),
     "stats": (
-        _u("model"), _u("eps", required=True), _u("n"), _u("dataset"), _u("data_dir"),
+        _u("model"), _u("eps"), _u("n"), _u("dataset"), _u("data_dir"),
         _u("bounds", help="Bounds for the stability counts: interval, crown, alpha-crown or lp."),
         _u("corner_pairs"), _u("region_samples"), _u("attack_steps", minimum=1, help="PGD steps for the "
            "clean-vs-PGD Hamming distance."), _u("attack_restarts"), _u("seed"), _u("batch_size"), _u("plot"),

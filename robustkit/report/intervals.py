@@ -21,4 +21,6 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+    low = 0.0 if successes == 0 else 100.0 * max(0.0, centre - half)  # exact at the ends
+    high = 100.0 if successes == n else 100.0 * min(1.0, centre + half)
+    return low, high
