@@ -264,3 +264,16 @@ def test_effective_config_round_trips(command: str, tmp_path: Path) -> None:
             want, got = tuple(p.resolve() for p in want), tuple(Path(p).resolve() for p in got)
         assert got == want, (command, name)
     assert read_toml(path).data["command"] == command
+
+
+def test_config_globs_are_relative_to_the_file(tiny_mnist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "nets").mkdir()
+    for name in ("b.onnx", "a.onnx"):
+        (tmp_path / "nets" / name).write_bytes(tiny_mnist.path.read_bytes())
+    (tmp_path / "cfg").mkdir()
+    write(tmp_path / "cfg" / "t.toml", 'models = ["../nets/*.onnx", "../nets/a.onnx"]\neps = [0.1]\n'
+                                       '[output]\nout = "../res"\n')
+    monkeypatch.chdir(tmp_path)
+    s = resolve("table", {}, Path("cfg/t.toml"))  # a relative path to the file, from elsewhere
+    assert [p.resolve() for p in s["models"]] == [tmp_path / "nets" / "a.onnx", tmp_path / "nets" / "b.onnx"]
+    assert all(p.is_file() for p in s["models"]) and s["out"].resolve() == tmp_path / "res"

@@ -134,7 +134,7 @@ def check_value(opt: Option, raw: Any, where: str, base: Path | None = None) -> 
             if not isinstance(item, str):
                 raise InputError(f"{where} must list paths, got {item!r}")
             expanded += _glob(item, where, base)
-        items = expanded
+        items, base = expanded, None  # the patterns were joined to the file's folder already
     values = tuple(_one(opt, item, where, base) for item in items)
     return tuple(dict.fromkeys(values)) if opt.kind == "path" else values
 
