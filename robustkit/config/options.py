@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from robustkit.milp.solvers import SOLVER_NAMES
 from robustkit.report.tables import COLUMN_KEYS, DEFAULT_COLUMNS, TABLE_FORMATS
 from robustkit.verification.config import BAB_INTERMEDIATE, BAB_SPLIT, FORMULATIONS, METHODS, TIGHTEN
 from robustkit.verification.schedule import ORDERS
@@ -96,7 +97,6 @@ def _o(name: str, section: str, flags: tuple[str, ...], kind: Kind, default: Any
     return Option(name=name, section=section, key=key, flags=flags, kind=kind, default=default, help=help, **kw)
 
 
-_SOLVERS = ("highs", "pulp-highs", "cbc", "gurobi", "cplex", "scip")
 _BOUNDS_HELP = ("Bound propagation: interval, crown, alpha-crown or lp (each includes the ones before it); "
                 "in verify, vnnlib, bench and table the bounds that decide stable ReLUs and start the complete method.")
 
@@ -146,7 +146,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
        "or max (one MILP).", choices=FORMULATIONS),
     _o("solver", "milp", ("--solver",), "choice", "highs", "MILP solver: highs (highspy), or through PuLP "
        "pulp-highs, cbc (bundled with PuLP), gurobi, cplex (own install and licence), scip (pip install "
-       "pyscipopt).", choices=_SOLVERS, noun="solver"),
+       "pyscipopt).", choices=SOLVER_NAMES, noun="solver"),
     _o("write_milp", "milp", ("--write-milp",), "path", None, "Also write each MILP solved to this folder "
        "(.mps, .lp and a .json saying what each variable is).", default_text="not written"),
     _o("bab_intermediate", "bab", ("--bab-intermediate",), "choice", "auto", "The layers after a split, per "
