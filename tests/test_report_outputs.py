@@ -15,7 +15,7 @@ import pytest
 from robustkit.errors import InputError
 from robustkit.numbers import format_eps, parse_eps
 from robustkit.report.intervals import wilson_interval
-from robustkit.report.plots import MARKERS, OKABE_ITO, model_style, plot_accuracy
+from robustkit.report.plots import LINE_COLOURS, MARKERS, OKABE_ITO, model_style, plot_accuracy
 from robustkit.report.run_info import environment, record_invocation
 from robustkit.report.tables import (
     COLUMN_KEYS, DEFAULT_COLUMNS, format_table, parse_columns, row_from_records, table_caption,
@@ -111,7 +111,8 @@ def test_latex_is_a_booktabs_table_float() -> None:
 def test_model_styles_are_colour_blind_safe_and_distinct() -> None:
     styles = [model_style(i) for i in range(56)]
     assert len(set(styles)) == 56
-    assert all(c in OKABE_ITO and m in MARKERS for c, m in styles)
+    assert all(c in OKABE_ITO and c in LINE_COLOURS and m in MARKERS for c, m in styles)
+    assert "#F0E442" not in LINE_COLOURS  # the palette's yellow is too light for lines on white
     assert all(a[0] != b[0] and a[1] != b[1] for a, b in zip(styles, styles[1:]))  # neighbours differ in both
 
 
@@ -126,7 +127,7 @@ def test_accuracy_plot_of_thirteen_models_states_n_and_time(tmp_path: Path) -> N
     svg = plot_accuracy(rows, tmp_path / "acc.svg", "n = 20 test images per point; time limit 60 s per sample.")
     text = svg.read_text()
     assert "time limit 60 s per sample" in text and "n = 20" in text
-    assert all(c.lower() in text.lower() for c in OKABE_ITO[:7])
+    assert all(c.lower() in text.lower() for c in LINE_COLOURS)
     png = plot_accuracy(rows[:1], tmp_path / "one.png")
     img = mpimg.imread(png)
     assert img.shape[0] > 100 and float(np.std(img[..., :3])) > 0.01

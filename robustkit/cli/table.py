@@ -89,5 +89,5 @@ def table(
     record_invocation(folder / f"{s['name']}.run.json", C, {"config": str(saved), "rows": [r.to_dict() for r in rows]})
     typer.echo(f"table: {', '.join(map(str, written))}; config: {saved}", err=True)
     if s["plot"] is not None:
-        note = f"{caption[:-1]}; solid: verified, dashed: PGD."
+        note = caption.replace("per row", "per point")
         typer.echo(f"plot: {plot_accuracy(rows, s['plot'], note)}", err=True)

@@ -22,9 +22,11 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 #: Okabe & Ito's palette, told apart with every common form of colour blindness (black first
 #: left out: it is kept for text and reference lines).
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000")
-#: Markers cycled beside the colours; 7 is prime to the 8 colours, so the first 56 models all get
-#: a different (colour, marker) pair and neighbours differ in both.
-MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+#: The palette's colours for lines and markers: its yellow is too light on white for a thin line.
+LINE_COLOURS = tuple(c for c in OKABE_ITO if c != "#F0E442")
+#: Markers cycled beside the 7 line colours; 8 is prime to 7, so the first 56 models all get a
+#: different (colour, marker) pair and neighbours differ in both.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 COLORS = {"active": OKABE_ITO[2], "inactive": "#999999", "unstable": OKABE_ITO[5],
           "clean": "#BBBBBB", "pgd": OKABE_ITO[0], "verified": OKABE_ITO[4], "bounds": OKABE_ITO[1]}
 HATCHES = {"clean": "", "pgd": "//", "bounds": "..", "verified": ""}
@@ -32,7 +34,7 @@ HATCHES = {"clean": "", "pgd": "//", "bounds": "..", "verified": ""}
 
 def model_style(i: int) -> tuple[str, str]:
     """The colour and marker of the ``i``-th model: colour-blind-safe, distinct for 56 models."""
-    return OKABE_ITO[i % len(OKABE_ITO)], MARKERS[i % len(MARKERS)]
+    return LINE_COLOURS[i % len(LINE_COLOURS)], MARKERS[i % len(MARKERS)]
 
 
 def _caption(fig: Figure, note: str | None) -> None:
