@@ -15,18 +15,26 @@ verifier):
   property is violated (``sat``) iff for some region some ``x`` in its box gives ``y = f(x)``
   satisfying its output spec; it holds (``unsat``) iff no region is violated.
 
-Strict VNN-LIB inequalities are stored as their closure (``<`` as ``<=``), so a violation
-region here is the closure of the file's region; see :mod:`robustkit.vnnlib.parser`.
+Strict VNN-LIB inequalities are stored as their closure (``<`` as ``<=``) with a flag per row
+(``LinearConstraints.strict``) and per input bound (``InputBox.lower_strict``/``upper_strict``):
+a proof of the closure covers the strict region, and a counterexample must satisfy every strict
+comparison strictly (:meth:`LinearConstraints.satisfied_by`, :meth:`InputBox.contains`); see
+:mod:`robustkit.vnnlib.parser`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from robustkit.errors import InputError
+
+if TYPE_CHECKING:
+    from robustkit.network.floatfmt import FloatFormat
 
 __all__ = [
     "InputBox",
@@ -55,16 +63,34 @@ def _frozen_array(value: object, what: str, ndim: int) -> np.ndarray:
     return arr
 
 
+def _frozen_flags(value: object, size: int, what: str) -> np.ndarray | None:
+    """A read-only bool copy of ``value`` of length ``size`` (None: no flag set)."""
+    if value is None:
+        return None
+    arr = np.array(value, dtype=bool).reshape(-1)
+    if arr.size != size:
+        raise InputError(f"{what} has {arr.size} entries, expected {size}")
+    if not arr.any():
+        return None
+    arr.setflags(write=False)
+    return arr
+
+
 @dataclass(frozen=True, eq=False)
 class InputBox:
-    """Closed axis-aligned box ``lower <= x <= upper`` over the flat (row-major) input.
+    """Axis-aligned box ``lower <= x <= upper`` over the flat (row-major) input.
 
     Both bounds are stored as flat read-only float64 arrays; construction checks that they
     have the same length (>= 1), are finite, and that ``lower <= upper`` everywhere.
+    ``lower_strict``/``upper_strict`` (bool per input, default none) make a side strict
+    (``lower < x``, from VNN-LIB's ``>``): bounds are computed over the closed box, but a point
+    on a strict side is not in the box (:meth:`contains`).
     """
 
     lower: np.ndarray
     upper: np.ndarray
+    lower_strict: np.ndarray | None = None
+    upper_strict: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         lower = _frozen_array(self.lower, "input box lower bound", 1)
@@ -84,6 +110,17 @@ class InputBox:
             )
         object.__setattr__(self, "lower", lower)
         object.__setattr__(self, "upper", upper)
+        ls = _frozen_flags(self.lower_strict, lower.size, "lower_strict")
+        us = _frozen_flags(self.upper_strict, lower.size, "upper_strict")
+        object.__setattr__(self, "lower_strict", ls)
+        object.__setattr__(self, "upper_strict", us)
+        if ls is not None or us is not None:
+            open_side = (ls if ls is not None else False) | (us if us is not None else False)
+            empty = np.flatnonzero((lower == upper) & open_side)
+            if empty.size:
+                i = int(empty[0])
+                raise InputError(f"input box is empty: input {i} must be strictly beside {lower[i]!r} "
+                                 f"and equal to it ({empty.size} such entries)")
 
     @property
     def n(self) -> int:
@@ -108,16 +145,78 @@ class InputBox:
             raise InputError(f"point has {flat.size} entries, the input box has {self.n}")
         if not np.all(np.isfinite(flat)):
             return False
-        return bool(np.all(flat >= self.lower - tol) and np.all(flat <= self.upper + tol))
+        above = flat > self.lower - tol if tol == 0 else flat >= self.lower - tol
+        below = flat < self.upper + tol if tol == 0 else flat <= self.upper + tol
+        low_ok = np.where(self.lower_strict, above, flat >= self.lower - tol) if self.lower_strict is not None \
+            else flat >= self.lower - tol
+        high_ok = np.where(self.upper_strict, below, flat <= self.upper + tol) if self.upper_strict is not None \
+            else flat <= self.upper + tol
+        return bool(np.all(low_ok) and np.all(high_ok))
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether no side is strict."""
+        return self.lower_strict is None and self.upper_strict is None
+
+    def closure(self) -> InputBox:
+        """The same box with every side closed."""
+        return self if self.is_closed else InputBox(self.lower, self.upper)
+
+    def hull(self, fmt: "FloatFormat") -> InputBox:
+        """The closed box of ``fmt`` values around this one (each bound rounded outward): a network
+        that computes in ``fmt`` is fed ``fmt`` values, and every value it can be fed for a point of
+        this box (the point rounded to nearest) lies in the hull; a proof over the hull covers both.
+        ``InputError`` if a bound is beyond the format's range."""
+        lo, hi = fmt.round_down(self.lower), fmt.round_up(self.upper)
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            raise InputError(f"the input box reaches beyond {fmt.name}'s range (+-{fmt.max:.4g}), the network's "
+                             "input type")
+        return InputBox(lo, hi)
+
+    def representable(self, fmt: "FloatFormat") -> tuple[np.ndarray, np.ndarray]:
+        """Per input, the least and greatest ``fmt`` value a counterexample may take: the values of
+        the format that satisfy the bounds (strict ones strictly), or, for an input whose bounds
+        hold no such value (pinned to a number the format cannot represent, such as 0.1 in
+        float32), the values the network is fed for the box's own points: ``[rn(lower), rn(upper)]``
+        (round to nearest). Every value in between is a value of ``fmt`` the network can see."""
+        lo, hi = fmt.round_up(self.lower), fmt.round_down(self.upper)
+        with np.errstate(over="ignore"):
+            if self.lower_strict is not None:
+                step = np.nextafter(lo.astype(fmt.dtype), fmt.dtype.type(np.inf)).astype(np.float64)
+                lo = np.where(self.lower_strict & (lo == self.lower), step, lo)
+            if self.upper_strict is not None:
+                step = np.nextafter(hi.astype(fmt.dtype), fmt.dtype.type(-np.inf)).astype(np.float64)
+                hi = np.where(self.upper_strict & (hi == self.upper), step, hi)
+        pinned = lo > hi
+        if pinned.any():
+            lo = np.where(pinned, fmt.round_nearest(self.lower), lo)
+            hi = np.where(pinned, fmt.round_nearest(self.upper), hi)
+        return lo, hi
+
+    def admits(self, x: np.ndarray, fmt: "FloatFormat") -> bool:
+        """Whether ``x`` (flat; values of ``fmt``) is a point the network may be fed for this box:
+        within :meth:`representable` in every input."""
+        flat = np.asarray(x, dtype=np.float64).reshape(-1)
+        if flat.size != self.n or not np.all(np.isfinite(flat)):
+            return False
+        if not np.array_equal(fmt.round_nearest(flat), flat):
+            return False
+        lo, hi = self.representable(fmt)
+        return bool(np.all(flat >= lo) and np.all(flat <= hi))
 
     def clip(self, x: np.ndarray) -> np.ndarray:
         """Project ``x`` (flattened) onto the box."""
         return np.clip(np.asarray(x, dtype=np.float64).reshape(-1), self.lower, self.upper)
 
     def same_as(self, other: InputBox) -> bool:
-        """Exact equality of both bounds."""
+        """Exact equality of both bounds and of their strictness."""
+        def flags(a: np.ndarray | None) -> np.ndarray:
+            return np.zeros(self.n, dtype=bool) if a is None else a
+
         return bool(
             np.array_equal(self.lower, other.lower) and np.array_equal(self.upper, other.upper)
+            and np.array_equal(flags(self.lower_strict), flags(other.lower_strict))
+            and np.array_equal(flags(self.upper_strict), flags(other.upper_strict))
         )
 
     def __repr__(self) -> str:
@@ -132,11 +231,16 @@ class LinearConstraints:
     """The conjunction ``C @ y <= d`` over the flat network output ``y``.
 
     ``C`` has shape ``(k, n_out)`` and ``d`` shape ``(k,)``. ``k = 0`` is allowed and means
-    "no condition on the outputs" (always satisfied).
+    "no condition on the outputs" (always satisfied). ``strict`` (bool per row, default none)
+    marks rows that are strict (``C y < d``, from VNN-LIB's ``<``/``>``): bounds treat every row as
+    non-strict (the closure), a counterexample must satisfy a strict row strictly.
     """
 
     C: np.ndarray
     d: np.ndarray
+    strict: np.ndarray | None = None
+    # the rows as written, where float64 rounds them (VNN-LIB ``0.1``): (coefficients, bound) exactly
+    exact: tuple[tuple[tuple[Fraction, ...], Fraction], ...] | None = None
 
     def __post_init__(self) -> None:
         C = _frozen_array(self.C, "constraint matrix C", 2)
@@ -147,6 +251,12 @@ class LinearConstraints:
             raise InputError("C must have at least one column (one per network output)")
         object.__setattr__(self, "C", C)
         object.__setattr__(self, "d", d)
+        object.__setattr__(self, "strict", _frozen_flags(self.strict, d.size, "strict"))
+        if self.exact is not None:
+            exact = tuple((tuple(Fraction(c) for c in row), Fraction(b)) for row, b in self.exact)
+            if len(exact) != d.size or any(len(row) != C.shape[1] for row, _ in exact):
+                raise InputError("exact rows must match C and d in shape")
+            object.__setattr__(self, "exact", exact)
 
     @property
     def n_out(self) -> int:
@@ -165,9 +275,38 @@ class LinearConstraints:
         return self.d - self.C @ flat
 
     def satisfied_by(self, y: np.ndarray, tol: float = 0.0) -> bool:
-        """Whether ``C @ y <= d + tol`` holds for every row."""
+        """Whether ``C @ y <= d + tol`` holds for every row (``<`` for strict rows).
+
+        Exact: ``d - C y`` is evaluated in rational arithmetic where float64 could round a row
+        onto or off its boundary (a tie of two outputs in a strict comparison)."""
         s = self.slack(y)
-        return bool(np.all(s >= -tol)) if np.all(np.isfinite(s)) else False
+        if not np.all(np.isfinite(s)):
+            return False
+        if tol == 0:
+            s = self._exact_slack(y, s)
+        ok = s >= -tol if self.strict is None else np.where(self.strict, s > -tol, s >= -tol)
+        return bool(np.all(ok))
+
+    def _exact_slack(self, y: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """``d - C y`` in exact arithmetic (its sign kept through the conversion back to float) for
+        every row given :attr:`exact`, and for the rows whose float64 value is within rounding of 0;
+        the other rows as computed."""
+        flat = np.asarray(y, dtype=np.float64).reshape(-1)
+        if self.exact is not None:
+            rows = range(self.k)
+        else:
+            scale = np.abs(self.C) @ np.abs(flat) + np.abs(self.d)
+            rows = np.flatnonzero(np.abs(s) <= 4 * (self.n_out + 2) * np.finfo(np.float64).eps * scale).tolist()
+        if not rows:
+            return s
+        ys = [Fraction(float(v)) for v in flat]
+        out = s.copy()
+        for r in rows:
+            coefs, bound = self.exact[r] if self.exact is not None else \
+                ([Fraction(float(c)) for c in self.C[r]], Fraction(float(self.d[r])))
+            value = bound - sum((c * v for c, v in zip(coefs, ys) if c != 0), Fraction(0))
+            out[r] = 0.0 if value == 0 else float(np.sign(float(value))) * max(abs(float(value)), 1e-300)
+        return out
 
     def __repr__(self) -> str:
         return f"LinearConstraints(k={self.k}, n_out={self.n_out})"

@@ -40,3 +40,18 @@ def flush_subnormals(enabled: bool = True) -> Iterator[bool]:
     finally:
         if active and not before:
             torch.set_flush_denormal(False)
+
+
+@contextmanager
+def gradual_underflow() -> Iterator[None]:
+    """IEEE gradual underflow (no flush-to-zero) inside the block, whatever mode the calling thread
+    is in; the mode is restored on exit. Where a result is certified (the onnxruntime re-check of a
+    counterexample) the arithmetic must be the default one a user gets."""
+    before = subnormals_flushed()
+    if before:
+        torch.set_flush_denormal(False)
+    try:
+        yield
+    finally:
+        if before:
+            torch.set_flush_denormal(True)

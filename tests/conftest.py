@@ -16,6 +16,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+# One thread for the whole session: the tests that run a search under a time limit measure what it
+# decides, and on a loaded machine two OpenMP threads per process slow torch's small kernels
+# 10-30x (their spin-waits compete with the other processes), which turns limits into flaky failures.
+torch.set_num_threads(1)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 

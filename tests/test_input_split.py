@@ -67,8 +67,10 @@ def _property(net: Network, seed: int, eps: float) -> tuple[np.ndarray, np.ndarr
     return x0 - eps, x0 + eps, C, np.zeros(len(other))
 
 
-@pytest.mark.parametrize("seed,iterations", [(0, 0), (1, 0), (2, 0), (0, 5), (1, 5)])
-def test_closed_boxes_hold_their_points_and_halves_cover_the_box(seed: int, iterations: int) -> None:
+@pytest.mark.parametrize("seed,iterations,bounds", [(0, 0, "crown"), (1, 0, "crown"), (2, 0, "crown"), (0, 5, "crown"),
+                                                   (1, 5, "crown"), (0, 0, "symbolic"), (1, 0, "symbolic"),
+                                                   (2, 0, "symbolic")])
+def test_closed_boxes_hold_their_points_and_halves_cover_the_box(seed: int, iterations: int, bounds: str) -> None:
     """Every box the search closes has no sampled point violating (its bound is sound), and the
     two halves of a split box cover it exactly (both keep the midpoint)."""
     net = _net(seed, (4, 16, 16, 3))
@@ -76,22 +78,24 @@ def test_closed_boxes_hold_their_points_and_halves_cover_the_box(seed: int, iter
     lo_t, hi_t = torch.from_numpy(lo)[None], torch.from_numpy(hi)[None]
     root, _ = crown_bounds(net, lo_t, hi_t)
     owner = np.arange(C.shape[0])  # one disjunct per row
-    search = _InputSearch(net, lo_t, hi_t, C, d, owner, 1e-4, InputSplitConfig(iterations=iterations), lambda x: None,
-                          float("inf"), root)
-    plain = _InputSearch(net, lo_t, hi_t, C, d, owner, 1e-4, InputSplitConfig(), lambda x: None, float("inf"), root)
+    search = _InputSearch(net, lo_t, hi_t, C, d, owner, 1e-4, InputSplitConfig(iterations=iterations, bounds=bounds),
+                          lambda x: None, float("inf"), root)
+    plain = _InputSearch(net, lo_t, hi_t, C, d, owner, 1e-4, InputSplitConfig(bounds=bounds), lambda x: None,
+                         float("inf"), root)
     boxes = _Boxes(lo_t, hi_t, torch.zeros(1, dtype=torch.long))
     rng = np.random.default_rng(seed)
     closed_seen = 0
     for _ in range(6):
-        measure, row, A_in = search.bound(boxes)
-        assert bool((measure <= plain.bound(boxes)[0] + 1e-12).all())  # the slopes' steps only tighten
+        b = search.bound(boxes)
+        measure = b.measure
+        assert bool((measure <= plain.bound(boxes).measure + 1e-12).all())  # the slopes' steps only tighten
         for i in range(len(boxes)):
             pts = torch.from_numpy(rng.uniform(boxes.lo[i].numpy(), boxes.hi[i].numpy(), size=(500, net.in_dim)))
             gap = torch.from_numpy(d) - net.forward(pts) @ torch.from_numpy(C).T  # >= 0: row violated
             point_measure = gap.max(dim=1).values  # one-row disjuncts: violated by any row
             assert bool((point_measure <= measure[i] + 1e-9).all()), (seed, i)
             closed_seen += int(measure[i] < -1e-4)
-        halves, stuck = search.split(boxes, A_in, row)
+        halves, stuck = search.split(boxes, b)
         assert stuck == 0
         n = len(boxes)
         left, right = halves.take(slice(0, n)), halves.take(slice(n, 2 * n))

@@ -17,7 +17,8 @@ from robustkit.attacks import PGD
 from robustkit.milp import SolveResult
 from robustkit.spec import InputBox, eps_box, robustness_spec
 from robustkit.verification import ModelContext, VerifyConfig, validate_witness, verify_sample
-from robustkit.verification.witness import to_float32_in_box
+from robustkit.network.floatfmt import FLOAT32
+from robustkit.verification.witness import to_input_point
 
 
 def ort_logits(path: Path, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -114,13 +115,17 @@ def test_float32_rounding_is_pulled_back_into_the_box() -> None:
     x = np.array([0.3, 0.7])
     naive = x.astype(np.float32).astype(np.float64)
     assert not box.contains(naive)
-    x32 = to_float32_in_box(x, box)
+    x32 = to_input_point(x, box)
     assert x32 is not None and x32.dtype == np.float32
     assert box.contains(x32.astype(np.float64))
     assert np.abs(x32.astype(np.float64) - x).max() < 1e-7
-    # a box holding no float32 number at all
+    # a box holding no float32 number at all: the network is fed float32(0.1) for its points, the
+    # value a witness takes there (the pinned-coordinate rule); it lies outside the float64 box
     narrow = InputBox(np.array([0.1]), np.array([0.1 + 1e-9]))
-    assert to_float32_in_box(np.array([0.1]), narrow) is None
+    pinned = to_input_point(np.array([0.5]), narrow)
+    assert pinned is not None and pinned[0] == np.float32(0.1) and not narrow.contains(pinned.astype(np.float64))
+    assert narrow.admits(pinned, FLOAT32)
+    assert not narrow.admits(np.nextafter(pinned, np.float32(1)), FLOAT32)
 
 
 def test_float32_rounding_random_boxes() -> None:
@@ -133,7 +138,7 @@ def test_float32_rounding_random_boxes() -> None:
     x = x + rng.choice([0.0, 1e-3, -1e-3], size=5000)  # some start outside the box
     naive = np.clip(x, lower, upper).astype(np.float32).astype(np.float64)
     assert ((naive < lower) | (naive > upper)).sum() > 1000  # the premise: plain casting fails often
-    x32 = to_float32_in_box(x, box)
+    x32 = to_input_point(x, box)
     assert x32 is not None
     x64 = x32.astype(np.float64)
     assert bool(np.all(x64 >= lower) and np.all(x64 <= upper))

@@ -1,9 +1,10 @@
-"""The adversarial soundness suite (robustkit.verification.soundness_suite), every method, no attack.
+"""The adversarial soundness suite (robustkit.verification.soundness_suite), every method, attack off and on.
 
 Run from the repository root:
     python verify/bench_soundness.py [--timeout 10] [--out verify/results/soundness_suite.md]
 (`robustkit bench soundness` prints the same table.) Writes the table of answers per instance and
-method and the count of wrong answers (an ``unsat`` where a float32 violation is known).
+method and the count of wrong answers (an ``unsat`` where a violation is known, a ``sat`` whose
+witness does not hold), then the models and properties that must be refused.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ def main() -> None:
         "# Adversarial soundness suite",
         "",
         f"`python verify/bench_soundness.py --timeout {args.timeout:g}` at commit {commit or '?'} on "
-        f"{platform.machine()} ({platform.python_version()}), {elapsed:.0f} s. Every method runs without the "
-        "attack (the bounds, the MILP and branch and bound must settle each instance); known float32 "
-        "violations come from the planted points, dense sampling in onnxruntime and one attack run.",
+        f"{platform.machine()} ({platform.python_version()}), {elapsed:.0f} s. Every method runs with the "
+        "attack off (the bounds, the MILP and branch and bound must settle each instance) and on (`+attack`: "
+        "50 PGD steps first); known violations come from the planted points, dense sampling in onnxruntime, "
+        "one attack run and every method's witnesses, each re-checked in fresh onnxruntime sessions "
+        "(graph optimizations on and off).",
         "",
         outcome_table(outcomes),
         "",

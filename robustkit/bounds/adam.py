@@ -19,6 +19,7 @@ def adam_step(p: torch.Tensor, g: torch.Tensor, m1: torch.Tensor, m2: torch.Tens
     """One descent step on ``p`` along the gradient ``g`` (``step``: 1 for the first), updating
     the moments ``m1``, ``m2`` in place; returns the new parameter (a fresh tensor, no grad)."""
     b1, b2 = ADAM_BETAS
+    g = torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)  # a step must keep the parameter a number
     m1.mul_(b1).add_(g, alpha=1 - b1)
     m2.mul_(b2).addcmul_(g, g, value=1 - b2)
     denom = (m2.sqrt() / (1 - b2 ** step) ** 0.5).add_(ADAM_EPS)

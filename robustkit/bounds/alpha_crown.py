@@ -280,7 +280,7 @@ class _Optimiser:
         for it in range(self.config.iterations):
             bound = self._forward(ar, track=exact)
             if exact:
-                self.best = torch.maximum(self.best, bound.detach())
+                self.best = torch.fmax(self.best, bound.detach())
             if time_budget is not None and time.perf_counter() - start > time_budget:
                 logger.info("alpha-CROWN: time budget reached after %d iterations", it + 1)
                 break
@@ -296,7 +296,7 @@ class _Optimiser:
             for p in params:
                 p.data = p.data.double()
             with torch.no_grad():
-                self.best = torch.maximum(self.best, self._forward(self.exact))
+                self.best = torch.fmax(self.best, self._forward(self.exact))
         return self.best
 
     def bounds(self) -> NetBounds:

@@ -243,8 +243,9 @@ def intersect(
     lo: torch.Tensor, hi: torch.Tensor, lo2: torch.Tensor, hi2: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Intersection of two valid boxes (both contain the true set, so it is never empty; float
-    rounding cannot cross them because both carry the float error model's slack)."""
-    return torch.maximum(lo, lo2), torch.minimum(hi, hi2)
+    rounding cannot cross them because both carry the float error model's slack). A NaN bound
+    (an overflow inside a bound computation) bounds nothing: the other side's bound is kept."""
+    return torch.fmax(lo, lo2), torch.fmin(hi, hi2)
 
 
 def refresh(net: Network, bounds: NetBounds) -> NetBounds:

@@ -1,24 +1,30 @@
 """The model of floating-point error behind every proof (one place, used by every bound method).
 
-What is proven: a property of the network *as onnxruntime runs it in float32* on every input of
-the box, not only of the exact real-valued function. Two kinds of error are accounted for.
+What is proven: a property of the network *as onnxruntime runs it* (CPU, in the element types of
+its tensors: float32, float16 or float64, :mod:`robustkit.network.floatfmt`) on every input of the
+box, not only of the exact real-valued function. Two kinds of error are accounted for; the
+assumptions behind them, and what is checked or refused instead, are listed in docs/soundness.md.
 
-1. **The deployed float32 network** (unit roundoff ``u = 2**-24``). For a linear layer (dot
-   products, bias, elementwise scaling) evaluated in any order, with or without fused
-   multiply-add, the classical bound (Higham, *Accuracy and Stability of Numerical Algorithms*,
-   Sec. 3.1) gives ``|fl(W x + b) - (W x + b)| <= gamma_k (|W| |x| + |b|)`` per output, with
-   ``gamma_k = k u / (1 - k u)`` and ``k`` the most roundings on the path to the output
+1. **The deployed network.** One operation in a format of unit roundoff ``u`` rounds as
+   ``|fl(z) - z| <= u |z| + eta`` (``eta``: a result in or below the subnormal range, flushed or
+   not). For a linear layer (dot products, bias, elementwise scaling) evaluated in any order, with
+   or without fused multiply-add, the classical bound (Higham, *Accuracy and Stability of
+   Numerical Algorithms*, Sec. 3.1) with the underflow terms gives, per output,
+   ``|fl(W x + b) - (W x + b)| <= gamma_k (|W| |x| + offset) + 2 k A (eta + daz (c + p + 1))``, with
+   ``gamma_k = k u / (1 - k u)``, ``k`` the most roundings on the path to the output
    (:attr:`LinearLayer.rounding_ops`: the dot product length plus the bias/scaling steps, more
-   for layers folded from several ONNX operators, whose constants enter ``error_offset``).
-   ReLU and the shape operators are exact. So the float32 network is one of the *perturbed*
-   networks ``z_i = W_i a_{i-1} + b_i + delta_i`` with ``|delta_i| <= e_i``, where
-   ``e_i = gamma_k (|W_i| m_{i-1} + offset_i)`` and ``m_{i-1} = max(|l|, |u|)`` from valid bounds
-   of the layer's input (:attr:`FloatErrors.rounding`). Every bound method bounds all perturbed
-   networks: interval arithmetic adds ``+-e_i``, a backward (CROWN) pass that meets a linear
-   layer with coefficients ``A`` subtracts ``|A| e_i``, LP/MILP rows become ranges
-   ``b_i - e_i <= z_i - W_i a_{i-1} <= b_i + e_i``. Assumed of the runtime: IEEE float32
-   round-to-nearest, dot products as sums of products (no Winograd/FFT convolution, no reduced
-   precision such as TF32 or bfloat16), no flush of subnormal results.
+   for layers folded from several ONNX operators, whose constants enter ``offset`` each on its own),
+   ``daz`` the magnitude below which an operand may be read as zero, ``c`` the layer's largest
+   coefficient, ``p`` its largest intermediate value and ``A`` how much its later steps can grow an
+   absolute error (:meth:`LinearLayer.float_model`). ReLU and the shape operators are exact. So
+   the deployed network is one of the *perturbed* networks ``z_i = W_i a_{i-1} + b_i + delta_i``
+   with ``|delta_i| <= e_i``, ``e_i`` that bound over valid bounds of the layer's input
+   (:attr:`FloatErrors.rounding`). Every bound method bounds all perturbed networks: interval
+   arithmetic adds ``+-e_i``, a backward (CROWN) pass that meets a linear layer with coefficients
+   ``A`` subtracts ``|A| e_i``, LP/MILP rows become ranges ``b_i - e_i <= z_i - W_i a_{i-1} <= b_i + e_i``.
+   Each layer also bounds every value its operations compute (:attr:`FloatErrors.reach`); where
+   that can reach the format's largest finite value the float network may compute ``inf`` and no
+   proof holds (:meth:`FloatErrors.overflow_note`).
 
 2. **robustkit's own float64 arithmetic** (``u = 2**-53``) while computing a bound. A backward
    pass is a sum of products; with slopes in ``[0, 1]`` the absolute values of all its terms
@@ -43,7 +49,7 @@ Solver tolerances are a separate matter: a proof never rests on a solver's toler
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -74,6 +80,11 @@ class FloatErrors:
     ops: list[int]
     relus: list[int]
     input_magnitude: torch.Tensor
+    # reach[i] (B,): a bound on every value layer i's float evaluation computes; limit[i]: the
+    # largest finite value of its format (a proof needs reach < limit everywhere)
+    reach: list[torch.Tensor] = field(default_factory=list)
+    limit: list[float] = field(default_factory=list)
+    formats: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.rounding)
@@ -85,7 +96,25 @@ class FloatErrors:
 
         return FloatErrors([pick(t) for t in self.rounding], [pick(t) for t in self.slack],
                            [pick(t) for t in self.magnitude], [pick(t) for t in self.accumulated],
-                           list(self.ops), list(self.relus), pick(self.input_magnitude))
+                           list(self.ops), list(self.relus), pick(self.input_magnitude),
+                           [pick(t) for t in self.reach], list(self.limit), list(self.formats))
+
+    def overflow(self) -> torch.Tensor:
+        """``(B,)`` bool: the samples where some layer's float evaluation may overflow (no bound
+        holds there)."""
+        flags = torch.zeros(self.input_magnitude.shape[0], dtype=torch.bool)
+        for r, lim in zip(self.reach, self.limit):
+            flags = flags | (r.reshape(-1) >= lim)
+        return flags
+
+    def overflow_note(self, index: int = 0) -> str | None:
+        """Why sample ``index`` may overflow (the first layer that can), or None."""
+        for i, (r, lim) in enumerate(zip(self.reach, self.limit)):
+            v = float(r[index] if r.shape[0] > 1 else r[0])
+            if v >= lim:
+                return (f"layer {i} may overflow {self.formats[i]}: its values are bounded only by {v:.3g} "
+                        f"(largest finite {lim:.3g})")
+        return None
 
     def spec_slack(self, C: torch.Tensor, betas: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Float64 slack ``(B, m)`` of a backward bound of ``C y`` (``C``: ``(B, m, out)``), with
@@ -107,6 +136,8 @@ class ErrorTracker:
     def __init__(self, lower: torch.Tensor, upper: torch.Tensor) -> None:
         mag = torch.maximum(lower.abs(), upper.abs()).double()
         self._mag = mag
+        self._reach = mag.amax(-1)
+        self._prev: LinearLayer | None = None  # the linear layer just added (one that may fuse with the next)
         self._acc = torch.zeros_like(mag)
         self._slack = torch.zeros_like(mag)
         self._ops = 0
@@ -117,15 +148,29 @@ class ErrorTracker:
         """Account for ``layer`` given valid bounds ``[lower, upper]`` of its input; returns its
         ``(rounding, slack)``."""
         if isinstance(layer, LinearLayer):
-            e = layer.rounding_error(lower, upper, U32)
+            e, reach = layer.float_model(lower, upper)
+            if self._prev is not None:
+                # onnxruntime may fuse the layer into the one before it (Conv/Gemm + BatchNormalization,
+                # + Mul, + Add): the fused operator's values are the earlier ones scaled, and its error
+                # must be within what the two layers are charged
+                e = torch.maximum(e, layer.fused_error(self._prev, self.out.rounding[-1], self._reach))
+                reach = torch.maximum(reach, layer.fused_reach(self._reach))
             self._ops += layer.rounding_ops
             self._mag = layer.abs_forward(self._mag) + layer.bias_tensor(torch.float64).abs() + e
             self._acc = layer.abs_forward(self._acc) + e
+            limit, fmt = layer.fmt.max, layer.fmt.name
+            self._prev = layer
         elif isinstance(layer, Activation):
             e, self._mag, self._acc = layer.error_transfer(lower, upper, self._mag, self._acc)
             self._relus += 1
+            reach, limit, fmt = torch.zeros_like(self._reach), float("inf"), "exact"
+            self._prev = None
         else:  # pragma: no cover - the loader only produces linear layers and ReLUs
             raise TypeError(f"no float error model for layer {layer.describe()}")
+        self._reach = reach
+        self.out.reach.append(reach)
+        self.out.limit.append(limit)
+        self.out.formats.append(fmt)
         self._slack = 2 * gamma(self._ops + 2, U64) * (self._relus + 2) * self._mag
         self.out.rounding.append(e)
         self.out.slack.append(self._slack)
@@ -140,11 +185,12 @@ class ErrorTracker:
         """Take, for the layer just added, the smaller of its errors and ``prior``'s (both valid
         bounds over this box: ``prior`` came from looser bounds or a larger box)."""
         i = len(self.out.rounding) - 1
-        for name in ("rounding", "slack", "magnitude", "accumulated"):
+        for name in ("rounding", "slack", "magnitude", "accumulated", "reach"):
             mine, theirs = getattr(self.out, name), getattr(prior, name)
             mine[i] = torch.minimum(mine[i], theirs[i])
         self._mag = torch.minimum(self._mag, prior.magnitude[i])
         self._acc = torch.minimum(self._acc, prior.accumulated[i])
+        self._reach = self.out.reach[i]
 
 
 def float_errors(net: Network, input_lower: torch.Tensor, input_upper: torch.Tensor,
@@ -160,5 +206,7 @@ def float_errors(net: Network, input_lower: torch.Tensor, input_upper: torch.Ten
 
 
 def outward(lower: torch.Tensor, upper: torch.Tensor, by: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[lower - by, upper + by]``."""
-    return lower - by, upper + by
+    """``[lower - by, upper + by]``; a NaN (an overflow inside the bound computation) bounds
+    nothing: ``-inf`` below, ``inf`` above."""
+    lo, hi = lower - by, upper + by
+    return torch.nan_to_num(lo, nan=-torch.inf), torch.nan_to_num(hi, nan=torch.inf)

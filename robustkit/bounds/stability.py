@@ -147,7 +147,9 @@ def dataset_bound_statistics(
         result = run_bounds(net, lower, upper, method, C, time_budget, config)
         assert result.spec is not None
         layer_parts.append(relu_stability(net, result.bounds))
-        margins.append(result.spec.lower.min(dim=1).values.numpy())
+        margin = result.spec.lower.min(dim=1).values
+        # where the float network may overflow, its bounds prove nothing
+        margins.append(torch.where(result.bounds.float_errors(net).overflow(), -torch.inf, margin).numpy())
         with torch.no_grad():
             correct.append((net.forward(xb).argmax(dim=1) == yb).numpy())
         stages = _merge_stages(stages, result.stages)

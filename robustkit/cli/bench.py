@@ -67,8 +67,10 @@ def soundness(
     method: list[str] = opt(S, "method"),
     out: Optional[Path] = opt(S, "out"),
 ) -> None:
-    """Run the adversarial soundness suite (float-error exploits, needles, planted counterexamples):
-    every method must never say unsat where a float32 violation exists. Exit code 2 on a wrong answer."""
+    """Run the adversarial soundness suite (float-error exploits, float16, subnormals, overflow, strict
+    comparisons, needles, planted counterexamples), every method with the attack off and on: never
+    unsat where a violation exists, never sat with a witness that does not hold, and the models that
+    must be refused refused. Exit code 2 on a wrong answer."""
     from robustkit.errors import InputError
     from robustkit.report.run_info import record_invocation
     from robustkit.verification.soundness_suite import default_instances, outcome_table, run_suite

@@ -104,7 +104,7 @@ class GraphLowering:
         if len(in_sizes) == 1 and len(out_sizes) == 1 and len(blocks) == 1:
             layer: LinearLayer = blocks[0][2]
         else:
-            layer = Blocks(in_sizes, out_sizes, blocks)
+            layer = Blocks(in_sizes, out_sizes, blocks, self.reader.fmt)
         layers = self.reader.layers
         if layers and isinstance(layers[-1], Blocks) and isinstance(layer, Blocks):
             merged = _compose(layers[-1], layer)
@@ -247,7 +247,10 @@ def _compose(first: Blocks, second: Blocks) -> Blocks | None:
     """``second`` after ``first`` as one ``Blocks``, when every block pair that composes has an
     ``Identity`` on one side (so no product of two layers is needed) and no layer of ``first``
     would be duplicated; else None. The float model stays sound: a row of ``J`` terms summed in any
-    order is within ``gamma(max k + J - 1)`` of the exact sum, however ``first`` grouped them."""
+    order is within ``gamma(max k + J - 1)`` of the exact sum, however ``first`` grouped them.
+    Both must compute in the same float format."""
+    if first.fmt != second.fmt:
+        return None
     rows: dict[int, list[tuple[int, LinearLayer]]] = {}
     for i, j, p in first.blocks:
         rows.setdefault(i, []).append((j, p))
@@ -262,7 +265,7 @@ def _compose(first: Blocks, second: Blocks) -> Blocks | None:
             blocks.append((i, rows[j][0][0], p))
         else:
             return None
-    return Blocks(first.in_sizes, second.out_sizes, tuple(blocks))
+    return Blocks(first.in_sizes, second.out_sizes, tuple(blocks), first.fmt)
 
 
 # -- operators lowered to several layers ------------------------------------------------------

@@ -29,7 +29,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from robustkit.network.layers import LinearLayer
+from robustkit.network.floatfmt import FLOAT32, FloatFormat
+from robustkit.network.layers import LinearLayer, _error_and_reach
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,6 +38,7 @@ class Identity(LinearLayer):
     """``y = x`` (a copy of a segment; exact in float32)."""
 
     dim: int
+    fmt: FloatFormat = FLOAT32
 
     @property
     def in_dim(self) -> int:
@@ -81,6 +83,7 @@ class SparseLinear(LinearLayer):
     bias: torch.Tensor
     ops: int = 0
     name: str = "SparseLinear"
+    fmt: FloatFormat = FLOAT32
 
     def __post_init__(self) -> None:
         if not self.weight.is_sparse or self.weight.dim() != 2:
@@ -92,13 +95,13 @@ class SparseLinear(LinearLayer):
 
     @classmethod
     def from_scipy(cls, m: sp.spmatrix, bias: np.ndarray | None = None, ops: int = 0,
-                   name: str = "SparseLinear") -> "SparseLinear":
+                   name: str = "SparseLinear", fmt: FloatFormat = FLOAT32) -> "SparseLinear":
         coo = sp.coo_matrix(m, dtype=np.float64)
         idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
         weight = torch.sparse_coo_tensor(idx, torch.from_numpy(coo.data), coo.shape,
                                          check_invariants=True).coalesce()
         b = torch.zeros(coo.shape[0], dtype=torch.float64) if bias is None else torch.as_tensor(bias, dtype=torch.float64)
-        return cls(weight, b, ops, name)
+        return cls(weight, b, ops, name, fmt)
 
     @property
     def in_dim(self) -> int:
@@ -111,6 +114,11 @@ class SparseLinear(LinearLayer):
     @property
     def rounding_ops(self) -> int:
         return self.ops
+
+    @cached_property
+    def coef_bound(self) -> float:
+        values = self.weight.coalesce().values()
+        return float(values.abs().max()) if values.numel() else 0.0
 
     def _w(self, dtype: torch.dtype, absolute: bool = False) -> torch.Tensor:
         w = self.weight if self.weight.dtype == dtype else self.weight.to(dtype)
@@ -162,6 +170,7 @@ class Blocks(LinearLayer):
     in_sizes: tuple[int, ...]
     out_sizes: tuple[int, ...]
     blocks: tuple[tuple[int, int, LinearLayer], ...]
+    fmt: FloatFormat = FLOAT32
 
     def __post_init__(self) -> None:
         rows = set()
@@ -264,21 +273,36 @@ class Blocks(LinearLayer):
                 grid[0][j] = sp.csr_matrix((self.out_sizes[0], n))
         return sp.bmat(grid, format="csr")
 
-    def rounding_error(self, lower: torch.Tensor, upper: torch.Tensor, unit: float) -> torch.Tensor:
+    @cached_property
+    def coef_bound(self) -> float:
+        return max(p.coef_bound for _, _, p in self.blocks)
+
+    @cached_property
+    def amplification(self) -> float:  # type: ignore[override]
+        return max(p.amplification for _, _, p in self.blocks)
+
+    def float_model(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per output row: the roundings of its terms plus one per addition (``_row_ops``); the
+        peak is the largest of every block's own and of the rows' sums of terms."""
         mag = torch.maximum(lower.abs(), upper.abs())
         outs: list[torch.Tensor | None] = [None] * len(self.out_sizes)
+        peaks = []
         for i, j, p in self.blocks:
-            v = p.abs_forward(self._seg(mag, self._in_off, j)) + p.error_offset(mag.dtype).to(mag.device)
+            seg = self._seg(mag, self._in_off, j)
+            v = p.abs_forward(seg) + p.error_offset(mag.dtype).to(mag.device)
+            if p.rounding_ops:
+                peaks.append(p.peak(seg, v))
             outs[i] = v if outs[i] is None else outs[i] + v
-        parts = []
-        for n, v in zip(self._row_ops, outs):
-            if n * unit >= 0.5:
-                raise ValueError(f"{self.describe()}: {n} roundings exceed the error model's range")
-            parts.append((n * unit / (1 - n * unit)) * v)  # type: ignore[operator]
-        return torch.cat(parts, dim=-1)
+        terms = torch.cat(outs, dim=-1)  # type: ignore[arg-type]
+        peak = torch.stack([terms.amax(-1), *peaks]).amax(0)
+        if self.rounding_ops == 0:  # copies only
+            return torch.zeros_like(terms), peak
+        n = torch.cat([torch.full((size,), k) for size, k in zip(self.out_sizes, self._row_ops)])
+        return _error_and_reach(self, n, mag, terms, peak)
 
     def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Blocks":
-        return Blocks(self.in_sizes, self.out_sizes, tuple((i, j, p.map_tensors(fn)) for i, j, p in self.blocks))
+        return Blocks(self.in_sizes, self.out_sizes, tuple((i, j, p.map_tensors(fn)) for i, j, p in self.blocks),
+                      self.fmt)
 
     def describe(self) -> str:
         inner = ", ".join(f"{i}<-{j}: {p.describe()}" for i, j, p in self.blocks if not isinstance(p, Identity))

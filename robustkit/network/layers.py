@@ -30,6 +30,8 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from robustkit.network.floatfmt import FLOAT32, FloatFormat
+
 
 class Layer(ABC):
     """A layer mapping flat ``(B, in_dim)`` activations to ``(B, out_dim)``."""
@@ -97,23 +99,94 @@ class LinearLayer(Layer):
     @property
     @abstractmethod
     def rounding_ops(self) -> int:
-        """The most float32 roundings on the path to one output when the ONNX operators this layer
-        came from run in float32: the length of the dot product plus the bias and scaling steps."""
+        """The most roundings on the path to one output when the ONNX operators this layer came
+        from run in :attr:`fmt`: the length of the dot product plus the bias and scaling steps."""
 
     def error_offset(self, dtype: torch.dtype) -> torch.Tensor:
         """The constant part of the rounding-error magnitude (``|b|`` for a plain affine layer;
         larger for layers folded from several operators, whose intermediate constants round too)."""
         return self.bias_tensor(dtype).abs()
 
-    def rounding_error(self, lower: torch.Tensor, upper: torch.Tensor, unit: float) -> torch.Tensor:
-        """Bound ``(B, out_dim)`` on ``|float(W x + b) - (W x + b)|`` for every ``x`` in
-        ``[lower, upper]``, when the layer's operators run in a float format of unit roundoff
-        ``unit``: ``gamma(rounding_ops) * (|W| max(|lower|, |upper|) + error_offset)``."""
-        n = self.rounding_ops
-        if n * unit >= 0.5:
-            raise ValueError(f"{self.describe()}: {n} roundings exceed the error model's range")
+    # the format the layer's ONNX operators compute in (a dataclass field of every subclass)
+    fmt: FloatFormat
+
+    @property
+    def coef_bound(self) -> float:
+        """The largest ``|coefficient|`` the layer's operators multiply a value by (for the term of
+        an operand read as zero, :meth:`float_model`)."""
+        return 0.0
+
+    @property
+    def amplification(self) -> float:
+        """A bound on how much the operators after an intermediate value of the layer multiply an
+        absolute error in it (1 for a dot product: later steps only add to it)."""
+        return 1.0
+
+    def peak(self, mag: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: a bound on the magnitude of every value the layer's operators compute (each
+        product, partial sum and result, in exact arithmetic) for inputs of magnitude at most ``mag``
+        ``(B, in_dim)``, given ``terms = |W| mag + error_offset``: by default their largest entry."""
+        return terms.amax(-1)
+
+    def float_model(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's part of the float error model over ``[lower, upper]`` (``(B, in_dim)``), when
+        its operators run in :attr:`fmt` (:mod:`robustkit.network.floatfmt`): ``(error, reach)``.
+
+        ``error`` ``(B, out_dim)`` bounds ``|fl(W x + b) - (W x + b)|``: ``gamma(n) t + a`` with ``n``
+        = :attr:`rounding_ops`, ``t = |W| m + error_offset`` (``m = max(|lower|, |upper|)``) and the
+        absolute part ``a = 2 n A (eta + daz (c + p + 1))``: each operation's result may underflow
+        (``eta``), each of its operands (an activation, a coefficient, a constant, all at most
+        ``c`` = :attr:`coef_bound` or ``p`` = the larger of ``max m`` and :meth:`peak`) may be read
+        as zero below ``daz``, the steps after it multiply that by at most ``A`` =
+        :attr:`amplification`, and the ``n`` roundings by at most 2.
+        ``reach`` ``(B,)`` bounds every value the float evaluation computes, ``(1 + gamma(n)) p + a``:
+        below ``fmt.max`` nothing overflows."""
         mag = torch.maximum(lower.abs(), upper.abs())
-        return (n * unit / (1 - n * unit)) * (self.abs_forward(mag) + self.error_offset(mag.dtype))
+        n = self.rounding_ops
+        if n == 0:  # moves values: exact, and no larger than its inputs
+            return torch.zeros(mag.shape[0], self.out_dim, dtype=mag.dtype, device=mag.device), mag.amax(-1)
+        terms = self.abs_forward(mag) + self.error_offset(mag.dtype).to(mag.device)
+        return _error_and_reach(self, n, mag, terms, self.peak(mag, terms))
+
+    def rounding_error(self, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        """``(B, out_dim)``: the error part of :meth:`float_model`."""
+        return self.float_model(lower, upper)[0]
+
+    def fused_reach(self, before: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: the values this layer reaches if onnxruntime fuses it into the linear layer before
+        it, whose :meth:`float_model` reach was ``before`` (0: this layer does not fuse)."""
+        return torch.zeros_like(before)
+
+    def fused_error(self, prev: LinearLayer, prev_error: torch.Tensor, prev_reach: torch.Tensor) -> torch.Tensor:
+        """``(B, out_dim)``: what this layer's error bound must be at least, if onnxruntime may fuse
+        it into ``prev`` (whose error bound was ``prev_error`` and reach ``prev_reach``), so that the
+        fused operator's result is one of the perturbed networks too (0: this layer does not fuse)."""
+        return prev_error.new_zeros(prev_error.shape[0], self.out_dim)
+
+
+def _error_and_reach(layer: LinearLayer, n: int | torch.Tensor, mag: torch.Tensor, terms: torch.Tensor,
+                     peak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`LinearLayer.float_model` from ``n`` roundings (an int, or ``(out_dim,)`` per output),
+    the terms ``|W| m + offset`` and the peak."""
+    fmt = layer.fmt
+    try:
+        g_max = fmt.gamma(n if isinstance(n, int) else int(n.max()))
+    except ValueError as exc:
+        raise ValueError(f"{layer.describe()}: {exc}") from None
+    if isinstance(n, int):
+        g: float | torch.Tensor = g_max
+    else:
+        nu = n.to(device=mag.device, dtype=mag.dtype) * fmt.unit
+        g = nu / (1 - nu)
+    operand = torch.maximum(mag.amax(-1), peak)
+    per_op = 2 * layer.amplification * (fmt.eta + fmt.daz * (layer.coef_bound + operand + 1))  # (B,)
+    if isinstance(n, int):
+        absolute = n * per_op.unsqueeze(-1)
+        n_max = n
+    else:
+        absolute = n.to(device=mag.device, dtype=mag.dtype) * per_op.unsqueeze(-1)
+        n_max = int(n.max())
+    return g * terms + absolute, (1 + g_max) * peak + n_max * per_op
 
 
 def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -126,9 +199,11 @@ class Dense(LinearLayer):
 
     weight: torch.Tensor  # (out, in)
     bias: torch.Tensor  # (out,)
-    # folded from an elementwise map before it (see ``simplify``): its roundings and error offset
+    # a constant Add folded into the bias (the loader's MatMul/Gemm + Add): its rounding, and the
+    # error offset |b| + |c| (the intermediate W x + b is rounded before c is added)
     extra_ops: int = 0
     offset: torch.Tensor | None = None  # (out,) replaces |bias| in the error model
+    fmt: FloatFormat = FLOAT32
 
     def __post_init__(self) -> None:
         if self.weight.dim() != 2 or self.bias.shape != (self.weight.shape[0],):
@@ -143,6 +218,10 @@ class Dense(LinearLayer):
 
     def error_offset(self, dtype: torch.dtype) -> torch.Tensor:
         return self.bias_tensor(dtype).abs() if self.offset is None else _cast(self.offset, dtype)
+
+    @cached_property
+    def coef_bound(self) -> float:
+        return float(self.weight.abs().max()) if self.weight.numel() else 0.0
 
     @property
     def in_dim(self) -> int:
@@ -196,6 +275,7 @@ class Conv2d(SpatialDims, LinearLayer):
     in_shape: tuple[int, int, int]  # (C_in, H, W)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right (ONNX pads order: t, l, b, r)
+    fmt: FloatFormat = FLOAT32
 
     def __post_init__(self) -> None:
         if self.weight.dim() != 4 or self.weight.shape[1] != self.in_shape[0]:
@@ -208,6 +288,10 @@ class Conv2d(SpatialDims, LinearLayer):
         # the dot product over the kernel, the bias, and a following BatchNormalization that
         # onnxruntime may fuse into the weights (their float32 rounding)
         return int(np.prod(self.weight.shape[1:])) + 4
+
+    @cached_property
+    def coef_bound(self) -> float:
+        return float(self.weight.abs().max()) if self.weight.numel() else 0.0
 
     @cached_property
     def out_shape(self) -> tuple[int, int, int]:
@@ -306,14 +390,67 @@ class Elementwise(LinearLayer):
     # float64 reciprocal of a divisor; BatchNormalization: 6) and their error offset (default |shift|)
     ops: int = 2
     offset: torch.Tensor | None = None
+    fmt: FloatFormat = FLOAT32
+    # several steps (BatchNormalization): every intermediate is at most ``peak_scale |x| + peak_shift``
+    # (flat, length ``dim``; default: the result's own bound), the steps multiply by at most ``coef``
+    # (default max |scale|) and amplify an absolute error by at most ``amplify``
+    peak_scale: torch.Tensor | None = None
+    peak_shift: torch.Tensor | None = None
+    coef: float | None = None
+    amplify: float = 1.0
 
     def __post_init__(self) -> None:
         if self.scale.shape != self.shift.shape or self.scale.dim() != 1:
             raise ValueError("Elementwise: scale and shift must be flat and of equal length")
-        if self.offset is not None and self.offset.shape != self.shift.shape:
-            raise ValueError("Elementwise: error offset and shift differ in shape")
+        for name in ("offset", "peak_scale", "peak_shift"):
+            t = getattr(self, name)
+            if t is not None and t.shape != self.shift.shape:
+                raise ValueError(f"Elementwise: {name} and shift differ in shape")
+        if (self.peak_scale is None) != (self.peak_shift is None):
+            raise ValueError("Elementwise: peak_scale and peak_shift go together")
         if self.ops < 1:
             raise ValueError("Elementwise: ops must be >= 1")
+        if self.amplify < 1:
+            raise ValueError("Elementwise: amplify must be >= 1")
+
+    @cached_property
+    def coef_bound(self) -> float:
+        own = float(self.scale.abs().max()) if self.scale.numel() else 0.0
+        return own if self.coef is None else max(own, self.coef)
+
+    @property
+    def amplification(self) -> float:
+        return self.amplify
+
+    def fused_reach(self, before: torch.Tensor) -> torch.Tensor:
+        # Conv/Gemm + BatchNormalization, Mul or Add: the fused weights and sums are the earlier
+        # ones times the scale, plus the shifted constants
+        shift = float(self.error_offset(torch.float64).abs().max()) if self.in_dim else 0.0
+        return 2 * (self.coef_bound * before + shift)
+
+    def fused_error(self, prev: LinearLayer, prev_error: torch.Tensor, prev_reach: torch.Tensor) -> torch.Tensor:
+        # fused, each term of prev's dot product carries this layer's roundings too (the scale folded
+        # into the weights, the shift into the bias): within gamma_k (|s| t_prev + offset) of the exact
+        # value, k = k_prev + k_self, t_prev = |W| |x| + |b| <= prev_error / gamma_k_prev. Charging
+        # |s| prev_error through prev and this layer's error here covers that when the latter is at
+        # least the excess over |s| prev_error, and the fused operator's underflow terms.
+        kp = prev.rounding_ops
+        if kp == 0 or prev.out_dim != self.in_dim:
+            return prev_error.new_zeros(prev_error.shape[0], self.out_dim)
+        k = kp + self.rounding_ops
+        fmt = self.fmt
+        g_k, g_p = fmt.gamma(k), fmt.gamma(kp)
+        s = _cast(self.scale, prev_error.dtype).abs()
+        per_op = fmt.eta + fmt.daz * (prev.coef_bound * max(self.coef_bound, 1.0) + prev_reach + 1)
+        return ((g_k - g_p) / g_p) * s * prev_error + g_k * self.error_offset(prev_error.dtype) \
+            + (2 * k * per_op).unsqueeze(-1)
+
+    def peak(self, mag: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
+        top = terms.amax(-1)
+        if self.peak_scale is None or self.peak_shift is None:
+            return top
+        inner = mag * _cast(self.peak_scale, mag.dtype) + _cast(self.peak_shift, mag.dtype)
+        return torch.maximum(top, inner.amax(-1))
 
     @property
     def rounding_ops(self) -> int:

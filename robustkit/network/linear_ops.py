@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from robustkit.network.floatfmt import FLOAT32, FloatFormat
 from robustkit.network.layers import LinearLayer, SpatialDims
 
 
@@ -41,6 +42,7 @@ class AvgPool2d(SpatialDims, _NoBias):
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
     count_include_pad: bool = False
     name: str = "AvgPool2d"  # what describe() calls it (GlobalAveragePool)
+    fmt: FloatFormat = FLOAT32
 
     def __post_init__(self) -> None:
         kh, kw = self.kernel
@@ -82,6 +84,10 @@ class AvgPool2d(SpatialDims, _NoBias):
     @property
     def rounding_ops(self) -> int:
         return self.kernel[0] * self.kernel[1] + 1
+
+    @property
+    def coef_bound(self) -> float:
+        return 1.0  # sums, then divides by at least 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -135,6 +141,7 @@ class Permute(SpatialDims, _NoBias):
 
     in_shape: tuple[int, ...]
     perm: tuple[int, ...]
+    fmt: FloatFormat = FLOAT32
 
     def __post_init__(self) -> None:
         if sorted(self.perm) != list(range(len(self.in_shape))):
@@ -186,6 +193,7 @@ class ZeroPad2d(SpatialDims, _NoBias):
 
     in_shape: tuple[int, int, int]  # (C, H, W)
     padding: tuple[int, int, int, int]  # top, left, bottom, right
+    fmt: FloatFormat = FLOAT32
 
     def __post_init__(self) -> None:
         if min(self.padding) < 0:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robustkit.network.floatfmt import FloatFormat, format_named
 from robustkit.network.layers import Activation, Dense, Elementwise, Layer, LinearLayer, ReLU
 from robustkit.network.linear_ops import Permute
 
@@ -28,8 +29,10 @@ class Network:
     input_name: str = "input"
     output_name: str = "output"
     metadata: dict[str, str] = field(default_factory=dict)
+    input_format: str = "float32"  # the element type onnxruntime is fed (robustkit.network.floatfmt)
 
     def __post_init__(self) -> None:
+        format_named(self.input_format)  # raises on an unknown format
         dim = self.in_dim
         for i, layer in enumerate(self.layers):
             if layer.in_dim != dim:
@@ -39,6 +42,11 @@ class Network:
     @property
     def in_dim(self) -> int:
         return int(np.prod(self.sample_shape))
+
+    @property
+    def input_fmt(self) -> FloatFormat:
+        """The float format of the network's input (what a witness must be written in)."""
+        return format_named(self.input_format)
 
     @property
     def out_dim(self) -> int:
@@ -140,39 +148,42 @@ class _LeakyGradReLU(torch.autograd.Function):
 
 
 def simplify(layers: list[Layer]) -> list[Layer]:
-    """Fold an ``Elementwise`` into a following ``Dense`` (exact: ``W (s*x + t) + b``), and
-    merge consecutive ``Elementwise`` layers. Elementwise maps before a Conv stay separate,
-    because folding them would be wrong at zero-padded borders. A ``Permute`` before a ``Dense``
-    (tf2onnx's NCHW -> NHWC before Flatten) becomes a reordering of the Dense's columns.
+    """Fold a ``Permute`` into a following ``Dense`` (tf2onnx's NCHW -> NHWC before Flatten): the
+    Dense's columns reordered, exactly (a permutation rounds nothing); and merge consecutive
+    ``Elementwise`` maps of one float format (:func:`merge_elementwise`).
 
-    The folded layer keeps the float-error model of both (:mod:`robustkit.bounds.floaterr`):
-    ``s x + t`` rounds to within ``g_k (|s||x| + o)``, which ``W`` maps to at most
-    ``|W| g_k (|s||x| + o)``; so the fold has ``k`` more roundings and the offset ``|W| o + o_W``."""
+    An elementwise map before a Dense (input normalization) stays its own layer, so that each
+    layer's float model (:mod:`robustkit.bounds.floaterr`) describes the operators onnxruntime runs:
+    folded into the weights it would hide the underflow and the range of the values it computes."""
     out: list[Layer] = []
     for layer in layers:
         prev = out[-1] if out else None
-        if isinstance(layer, Dense) and isinstance(prev, Elementwise):
-            w = layer.weight.double()
-            weight = w * prev.scale.double().unsqueeze(0)
-            bias = layer.bias.double() + w @ prev.shift.double()
-            offset = w.abs() @ prev.error_offset(torch.float64) + layer.error_offset(torch.float64)
-            out[-1] = Dense(weight.float() if _exact_in_float32(weight) else weight, bias,
-                            layer.extra_ops + prev.rounding_ops, offset)
-        elif isinstance(layer, Dense) and isinstance(prev, Permute):
-            # W (P x) = (W P) x: the columns of W reordered, exactly (a permutation rounds nothing)
-            out[-1] = Dense(prev.backward(layer.weight), layer.bias, layer.extra_ops, layer.offset)
-        elif isinstance(layer, Elementwise) and isinstance(prev, Elementwise):
-            scale = prev.scale.double() * layer.scale.double()
-            shift = prev.shift.double() * layer.scale.double() + layer.shift.double()
-            offset = layer.scale.double().abs() * prev.error_offset(torch.float64) + layer.error_offset(torch.float64)
-            out[-1] = Elementwise(scale, shift, prev.ops + layer.ops, offset)
+        if isinstance(layer, Dense) and isinstance(prev, Permute):
+            out[-1] = dataclasses.replace(layer, weight=prev.backward(layer.weight))
+        elif isinstance(layer, Elementwise) and isinstance(prev, Elementwise) and layer.fmt == prev.fmt:
+            out[-1] = merge_elementwise(prev, layer)
         else:
             out.append(layer)
     return out
 
 
-def _exact_in_float32(t: torch.Tensor) -> bool:
-    return bool(torch.equal(t.float().double(), t))
+def merge_elementwise(first: Elementwise, second: Elementwise) -> Elementwise:
+    """``second`` after ``first`` as one map, with the float model of both: ``s2 (s1 x + t1) + t2``
+    rounds ``k1 + k2`` times on ``|s1 s2| |x| + |s2| o1 + o2``; its values are those of ``first`` and
+    of ``second`` on them; an error in ``first`` grows by ``|s2|`` more."""
+    s1, s2 = first.scale.double(), second.scale.double()
+    o1, o2 = first.error_offset(torch.float64), second.error_offset(torch.float64)
+    ps1 = s1.abs() if first.peak_scale is None else first.peak_scale.double()
+    ph1 = o1 if first.peak_shift is None else first.peak_shift.double()
+    ps2 = s2.abs() if second.peak_scale is None else second.peak_scale.double()
+    ph2 = o2 if second.peak_shift is None else second.peak_shift.double()
+    grow = float(s2.abs().max()) if s2.numel() else 0.0
+    return Elementwise(
+        s1 * s2, first.shift.double() * s2 + second.shift.double(), first.ops + second.ops,
+        s2.abs() * o1 + o2, first.fmt,
+        peak_scale=torch.maximum(ps1, ps2 * s1.abs()), peak_shift=torch.maximum(ph1, ps2 * o1 + ph2),
+        coef=max(first.coef_bound, second.coef_bound),
+        amplify=max(second.amplify, first.amplify * max(grow, 1.0)))
 
 
 def linear_layers(net: Network) -> list[tuple[int, LinearLayer]]:

@@ -11,6 +11,7 @@ Anything else is refused with its op type and node name.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,7 @@ import torch
 from onnx import numpy_helper
 
 from robustkit.errors import ModelFormatError, UnsupportedOperatorError
+from robustkit.network.floatfmt import FLOAT32, FORMATS, FloatFormat, contains
 from robustkit.network.graph_ops import Blocks
 from robustkit.network.graph_lowering import GraphLowering, clip_layers, maxpool_layers, slice_layer
 from robustkit.network.layers import Conv2d, Dense, Elementwise, Layer, LinearLayer, ReLU
@@ -29,7 +31,8 @@ from robustkit.network.smooth import SCurve
 
 SUPPORTED_OPS = (
     "Gemm MatMul Add Sub Mul Div Conv Relu BatchNormalization Flatten Reshape Squeeze Unsqueeze "
-    "Transpose Identity Dropout Constant AveragePool GlobalAveragePool Pad MaxPool Clip Slice Concat Sigmoid Tanh"
+    "Transpose Identity Dropout Constant AveragePool GlobalAveragePool Pad MaxPool Clip Slice Concat Sigmoid Tanh "
+    "Cast"
 ).split()
 
 # operators evaluated at load time when all their inputs are constants
@@ -77,6 +80,8 @@ class _GraphReader:
         self.layers: list[Layer] = []
         self.dyn: str = ""
         self.shape: tuple[int, ...] = ()  # current activation shape, including a batch dim if any
+        self.formats: dict[str, FloatFormat] = {}  # the float format of each dynamic tensor
+        self.fmt: FloatFormat = FLOAT32  # the format of the node being read (its output's)
 
     # -- helpers -----------------------------------------------------------------------------
     def _fail(self, node: onnx.NodeProto, detail: str) -> UnsupportedOperatorError:
@@ -106,10 +111,50 @@ class _GraphReader:
 
     @property
     def _flat(self) -> int:
-        return int(np.prod(self.shape[self.batch_dims:]))
+        """The elements of the activation: all of them (the batch dimension, when the model has one,
+        is 1; a model may also use that axis as a data axis, e.g. ``MatMul(W, x)`` on an (1, 1) input)."""
+        return int(np.prod(self.shape))
 
     def _push(self, layer: Layer) -> None:
         self.layers.append(layer)
+
+    def _element_format(self, elem_type: int, what: str) -> FloatFormat:
+        """The format of an ONNX element type, or a clear refusal naming the tensor and the type."""
+        if elem_type in FORMATS:
+            return FORMATS[elem_type]
+        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() \
+            else str(elem_type)
+        known = ", ".join(f.name for f in FORMATS.values())
+        raise ModelFormatError(f"{self.source}: {what} has element type {name}; robustkit's float error model "
+                               f"covers {known} arithmetic only (integer, quantized, bfloat16 and float8 "
+                               "tensors are not supported)")
+
+    def _node_format(self, node: onnx.NodeProto, dyn: list[str]) -> FloatFormat:
+        """The format ``node`` computes in (its dynamic inputs', which ONNX requires to agree), and
+        the format of its outputs (a Cast's target)."""
+        fmts = {self.formats[n].name: self.formats[n] for n in dyn if n in self.formats}
+        if len(fmts) > 1:
+            raise self._fail(node, f"combines tensors of types {sorted(fmts)}")
+        fmt = next(iter(fmts.values())) if fmts else self.fmt
+        out = fmt
+        if node.op_type == "Cast":
+            out = self._element_format(int(self._attrs(node).get("to", 0)), f"the output of Cast node "
+                                                                            f"{node.name or node.output[0]!r}")
+        for name in node.output:
+            if name:
+                self.formats[name] = out
+        return out
+
+    def _with_format(self, start: int, fmt: FloatFormat) -> None:
+        """Give the layers read from one node (``self.layers[start:]``) the format they compute in."""
+        for i in range(start, len(self.layers)):
+            layer = self.layers[i]
+            if isinstance(layer, LinearLayer) and dataclasses.is_dataclass(layer) \
+                    and any(f.name == "fmt" for f in dataclasses.fields(layer)):
+                self.layers[i] = dataclasses.replace(layer, fmt=fmt)
+            elif isinstance(layer, SCurve) and fmt.name not in ("float32", "float64"):
+                raise ModelFormatError(f"{self.source}: layer {layer.describe()} computes in {fmt.name}; the "
+                                       "Sigmoid/Tanh error bound is measured for float32 and float64 only")
 
     def _broadcast_flat(self, node: onnx.NodeProto, c: np.ndarray) -> np.ndarray:
         """A constant broadcast against the current activation (incl. batch dim), flattened."""
@@ -145,6 +190,9 @@ class _GraphReader:
         self.shape = tuple(dims)
         sample_shape = self.shape[self.batch_dims:]
         self.dyn = inp.name
+        self.fmt = self._element_format(inp.type.tensor_type.elem_type, f"input {inp.name!r}")
+        self.input_format = self.fmt
+        self.formats[inp.name] = self.fmt
 
         handlers: dict[str, Callable[[onnx.NodeProto], None]] = {
             "Gemm": self._gemm, "MatMul": self._matmul, "Add": self._arith, "Sub": self._arith,
@@ -152,16 +200,19 @@ class _GraphReader:
             "Sigmoid": self._scurve, "Tanh": self._scurve,
             "BatchNormalization": self._batchnorm, "Flatten": self._flatten, "Reshape": self._reshape,
             "Squeeze": self._squeeze, "Unsqueeze": self._unsqueeze, "Transpose": self._transpose,
-            "Identity": self._noop, "Dropout": self._noop, "AveragePool": self._avgpool,
+            "Identity": self._noop, "Dropout": self._dropout, "AveragePool": self._avgpool,
             "GlobalAveragePool": self._global_avgpool, "Pad": self._pad,
         }
-        handlers.update({"MaxPool": self._maxpool, "Clip": self._clip, "Slice": self._slice})
+        handlers.update({"MaxPool": self._maxpool, "Clip": self._clip, "Slice": self._slice, "Cast": self._cast})
         lowering = GraphLowering(self, graph.node, [graph.output[0].name], inp.name, self.shape)
         for k, node in enumerate(graph.node):
             if node.op_type == "Constant":
                 self._constant(node)
                 continue
             dyn = [name for name in node.input if name and lowering.find(name) is not None]
+            start = len(self.layers)
+            if dyn:
+                self.fmt = self._node_format(node, dyn)
             if not dyn:
                 if node.op_type in FOLDABLE_OPS and node.domain in ("", "ai.onnx") \
                         and all(n == "" or n in self.consts for n in node.input):
@@ -184,12 +235,14 @@ class _GraphReader:
                 raise self._fail(node, f"supported operators are: {', '.join(SUPPORTED_OPS)}")
             else:
                 lowering.unary(node, k, dyn[0], handlers[node.op_type])
+            self._with_format(start, self.fmt)
         if not lowering.finish(graph.output[0].name):
             raise ModelFormatError(f"{self.source}: graph output {graph.output[0].name!r} is not computed "
                                    "from the network input")
         layers = simplify(self.layers)
         for i, layer in enumerate(layers):
             _check_finite(layer, i, self.source)
+        _check_fusable(layers, self.source)
         metadata = {p.key: p.value for p in self.model.metadata_props}
         try:
             return Network(
@@ -199,6 +252,7 @@ class _GraphReader:
                 input_name=inp.name,
                 output_name=graph.output[0].name,
                 metadata=metadata,
+                input_format=self.input_format.name,
             )
         except ValueError as exc:
             raise ModelFormatError(f"{self.source}: inconsistent layer sizes: {exc}") from exc
@@ -226,6 +280,26 @@ class _GraphReader:
 
     def _noop(self, node: onnx.NodeProto) -> None:
         pass
+
+    def _dropout(self, node: onnx.NodeProto) -> None:
+        """Dropout in inference: the identity, unless its training_mode input asks for dropping."""
+        _, vals = self._split_inputs(node)
+        if len(node.input) > 2 and node.input[2]:
+            mode = vals[2]
+            if mode is None or bool(np.asarray(mode).reshape(-1)[0]):
+                raise self._fail(node, "training_mode is (or may be) true: onnxruntime would drop values at random")
+        if int(self._attrs(node).get("is_test", 1)) == 0:  # opset < 7
+            raise self._fail(node, "is_test 0: onnxruntime would drop values at random")
+
+    def _cast(self, node: onnx.NodeProto) -> None:
+        """A Cast between float formats: exact when the target holds every value of the source,
+        else one rounding into the target (:mod:`robustkit.network.floatfmt`)."""
+        source = self.formats[self.dyn]
+        target = self.fmt  # _node_format set it to the Cast's target
+        if not contains(target, source):
+            n = self._flat
+            self._push(Elementwise(torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64), 1,
+                                   fmt=target))
 
     def _relu(self, node: onnx.NodeProto) -> None:
         self._push(ReLU(self._flat))
@@ -256,10 +330,10 @@ class _GraphReader:
             bmat = vals[1]
             assert bmat is not None
             bmat = bmat.T if trans_b else bmat  # (k, n)
-            w = alpha * bmat.T.astype(np.float64)
+            w = bmat.T.astype(np.float64)
             n = w.shape[0]
-            bias = beta * np.broadcast_to(c.astype(np.float64), (1, n)).reshape(-1) if c is not None else None
-            self._dense(node, w, bias, (1, n))
+            bias = np.broadcast_to(c.astype(np.float64), (1, n)).reshape(-1) if c is not None else None
+            self._gemm_layers(node, w, bias, alpha, beta, (1, n))
         elif pos == 1:
             amat = vals[0]
             assert amat is not None
@@ -267,12 +341,27 @@ class _GraphReader:
             k, cols = (self.shape[1], self.shape[0]) if trans_b else self.shape
             if cols != 1:
                 raise self._fail(node, "only a single column on the activation side is supported")
-            w = alpha * amat.astype(np.float64)
+            w = amat.astype(np.float64)
             m = w.shape[0]
-            bias = beta * np.broadcast_to(c.astype(np.float64), (m, 1)).reshape(-1) if c is not None else None
-            self._dense(node, w, bias, (m, 1))
+            bias = np.broadcast_to(c.astype(np.float64), (m, 1)).reshape(-1) if c is not None else None
+            self._gemm_layers(node, w, bias, alpha, beta, (m, 1))
         else:
             raise self._fail(node, "the bias input C must be a constant")
+
+    def _gemm_layers(self, node: onnx.NodeProto, w: np.ndarray, c: np.ndarray | None, alpha: float, beta: float,
+                     out_shape: tuple[int, ...]) -> None:
+        """``alpha (w x) + beta c``: one ``Dense`` when ``alpha = beta = 1`` (or no ``c``, ``alpha = 1``);
+        else the product, then the scaling as its own ``Elementwise`` (onnxruntime computes ``w x``
+        first: its values and their rounding are those of the unscaled product)."""
+        if alpha == 1.0 and (c is None or beta == 1.0):
+            self._dense(node, w, c, out_shape)
+            return
+        self._dense(node, w, None, out_shape)
+        n = w.shape[0]
+        shift = np.zeros(n) if c is None else beta * c
+        # alpha * p and beta * c round, then their sum: 3 roundings of |alpha p| + |beta c|
+        self._push(Elementwise(torch.full((n,), float(alpha), dtype=torch.float64),
+                               torch.from_numpy(np.array(shift, dtype=np.float64)), 3))
 
     def _matmul(self, node: onnx.NodeProto) -> None:
         pos, vals = self._split_inputs(node)
@@ -311,8 +400,13 @@ class _GraphReader:
         op = node.op_type
         if op == "Add":
             prev = self.layers[-1] if self.layers else None
-            if isinstance(prev, Dense):  # MatMul + Add -> one affine layer
-                self.layers[-1] = Dense(prev.weight, torch.from_numpy(prev.bias.double().numpy() + c))
+            if isinstance(prev, Dense) and prev.fmt == self.fmt:
+                # MatMul/Gemm + Add -> one affine layer, which keeps the rounding of the intermediate
+                # W x + b: one more operation, and the error offset |b| + |c| (not |b + c|, which
+                # may cancel: 1e8 + 4.75 rounds to 1e8 + 8 before -1e8 is added)
+                offset = prev.error_offset(torch.float64).numpy() + np.abs(c)
+                self.layers[-1] = Dense(prev.weight, torch.from_numpy(prev.bias.double().numpy() + c),
+                                        extra_ops=prev.extra_ops + 1, offset=torch.from_numpy(offset), fmt=prev.fmt)
                 return
             scale, shift = np.ones(n), c
         elif op == "Sub":
@@ -347,9 +441,10 @@ class _GraphReader:
         b = vals[2] if len(vals) > 2 and vals[2] is not None else np.zeros(w.shape[0], dtype=w.dtype)
         pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
         strides = tuple(int(s) for s in attrs.get("strides", [1, 1]))
+        wdt = np.float64 if w.dtype == np.float64 else np.float32  # float16 weights widen exactly
         layer = Conv2d(
-            weight=torch.from_numpy(np.array(w, copy=True)),
-            bias=torch.from_numpy(np.array(b, copy=True)),
+            weight=torch.from_numpy(np.array(w, dtype=wdt)),
+            bias=torch.from_numpy(np.array(b, dtype=wdt)),
             in_shape=tuple(int(d) for d in self.shape[1:]),  # type: ignore[arg-type]
             stride=strides,  # type: ignore[arg-type]
             padding=(pads[0], pads[1], pads[2], pads[3]),
@@ -361,16 +456,32 @@ class _GraphReader:
         pos, vals = self._split_inputs(node)
         if pos != 0 or any(v is None for v in vals[1:5]):
             raise self._fail(node, "scale, bias, mean and variance must be constants")
-        eps = float(self._attrs(node).get("epsilon", 1e-5))
+        attrs = self._attrs(node)
+        if int(attrs.get("training_mode", 0)) or len([o for o in node.output if o]) > 1:
+            raise self._fail(node, "training mode (batch statistics) is not supported; export the model in eval mode")
+        if int(attrs.get("spatial", 1)) != 1:
+            raise self._fail(node, "spatial=0 (statistics per element, opset < 9) is not supported")
+        eps = float(attrs.get("epsilon", 1e-5))
         gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in vals[1:5])  # type: ignore[arg-type]
-        s = gamma / np.sqrt(var + eps)
+        if not np.all(var + eps > 0):
+            raise self._fail(node, "variance + epsilon must be positive")
+        sd = np.sqrt(var + eps)
+        s = gamma / sd
         t = beta - mean * s
         ch = (1, -1) + (1,) * (len(self.shape) - 2)
-        scale = self._broadcast_flat(node, s.reshape(ch))
-        shift = self._broadcast_flat(node, t.reshape(ch))
-        # onnxruntime: (x - mean) / sqrt(var + eps) * gamma + beta, each step rounded in float32
-        offset = self._broadcast_flat(node, (np.abs(s) * np.abs(mean) + np.abs(beta)).reshape(ch))
-        self._push(Elementwise(torch.from_numpy(scale), torch.from_numpy(shift), 6, torch.from_numpy(offset)))
+
+        def flat(v: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(self._broadcast_flat(node, v.reshape(ch)))
+
+        # onnxruntime computes either (x - mean) / sqrt(var + eps) * gamma + beta, each step rounded,
+        # or x * s' + (beta - mean * s') with s' = gamma / sqrt(var + eps) rounded once: 6 roundings
+        # of |s| |x| + |s| |mean| + |beta|. The steps' intermediates reach (|x| + |mean|) max(1, 1/sd, |s|)
+        # (+ |beta|); an error in x - mean grows by |s| on the way out, one in the quotient by |gamma|.
+        reach = np.maximum(np.maximum(1.0, 1.0 / sd), np.abs(s))
+        self._push(Elementwise(flat(s), flat(t), 6, flat(np.abs(s) * np.abs(mean) + np.abs(beta)),
+                               peak_scale=flat(reach), peak_shift=flat(reach * np.abs(mean) + np.abs(beta)),
+                               coef=float(max(1.0, np.max(1.0 / sd), np.max(np.abs(gamma)))),
+                               amplify=float(max(1.0, np.max(np.abs(s)), np.max(np.abs(gamma))))))
 
     def _flatten(self, node: onnx.NodeProto) -> None:
         axis = int(self._attrs(node).get("axis", 1))
@@ -598,3 +709,21 @@ def _check_finite(layer: Layer, index: int, source: str) -> None:
             t = t.coalesce().values() if t is not None and t.is_sparse else t
             if t is not None and not bool(torch.isfinite(t).all()):
                 raise ModelFormatError(f"{source}: layer {index} ({layer.describe()}) has NaN or infinite {name}")
+
+
+def _check_fusable(layers: list[Layer], source: str) -> None:
+    """onnxruntime may fold an elementwise map (BatchNormalization, a constant Mul or Add) into the
+    Conv or Gemm before it, computing the fused weights and bias in the layer's format: those
+    constants must stay finite, or the fused model computes with infinities the error model never
+    sees."""
+    for i in range(1, len(layers)):
+        prev, layer = layers[i - 1], layers[i]
+        if not (isinstance(layer, Elementwise) and isinstance(prev, LinearLayer)):
+            continue
+        bias = float(prev.bias_tensor(torch.float64).abs().max()) if prev.out_dim else 0.0
+        shift = float(layer.error_offset(torch.float64).abs().max()) if layer.in_dim else 0.0
+        fused = 2 * layer.coef_bound * max(prev.coef_bound, bias) + shift
+        if fused >= layer.fmt.max:
+            raise ModelFormatError(f"{source}: layers {i - 1} ({prev.describe()}) and {i} ({layer.describe()}): "
+                                   f"onnxruntime may fuse them, and their fused weights or bias (up to {fused:.3g}) "
+                                   f"exceed {layer.fmt.name}'s range")

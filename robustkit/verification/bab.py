@@ -234,7 +234,7 @@ class _Search:
             lambda lb: self._open_pairs(known, R, lb, 4.0), steps, self.cfg.lr, dtype, self.deadline, self.errs)
         self.stats["adam_steps"] = self.stats.get("adam_steps", 0) + taken
         self.stats["pairs"] = self.stats.get("pairs", 0) + int(pairs.sum())
-        return torch.maximum(best, final), coeffs, A_in, alphas, betas
+        return torch.fmax(best, final), coeffs, A_in, alphas, betas
 
     def _open_pairs(self, known: torch.Tensor, R: torch.Tensor, lb_R: torch.Tensor, factor: float) -> torch.Tensor:
         """``(n, |R|)``: the rows ``R`` not proven, by ``factor`` times the margin, in each domain
@@ -327,7 +327,7 @@ class _Search:
         n = len(dom)
         m = self.C.shape[0]
         known = dom.rows if dom.rows is not None else torch.full((n, m), -torch.inf, dtype=torch.float64)
-        R = torch.nonzero((self.d - known >= -self.margin).any(dim=0)).flatten()
+        R = torch.nonzero((~(self.d - known < -self.margin)).any(dim=0)).flatten()
         with self.timed("intermediate"):
             nb = self._intermediate(dom)
         empty = torch.zeros(n, dtype=torch.bool)
@@ -365,7 +365,7 @@ class _Search:
         if len(dom) == 0:
             return
         assert dom.rows is not None
-        open_rows = (self.d[R] - dom.rows[:, R] >= -self.margin).double()  # (n, |R|)
+        open_rows = (~(self.d[R] - dom.rows[:, R] < -self.margin)).double()  # (n, |R|)
         score, relu_of, neuron_of = intercept_scores(self.net, self.relus, dom.lower, dom.upper, coeffs, open_rows,
                                                      self.depth if self._weighted() else None)
 

@@ -58,7 +58,7 @@ def merge_rows(known: torch.Tensor, R: torch.Tensor, new: torch.Tensor) -> torch
     """``known`` (``(n, m)`` row bounds) with the rows ``R`` raised to ``new`` (``(n, |R|)``)
     where that is higher (both are valid)."""
     out = known.clone()
-    out[:, R] = torch.maximum(known[:, R], new.to(known.dtype))
+    out[:, R] = torch.fmax(known[:, R], new.to(known.dtype))
     return out
 
 

@@ -102,7 +102,8 @@ def optimise_pairs(
             view = torch.full((n, k), -torch.inf, dtype=torch.float64)
             view[di, rk] = best_v.double()
             keep = still_open(view)[di[act], rk[act]]
-        if it == steps or not bool(keep.any()) or time.perf_counter() >= deadline:
+        if it == steps or not bool(keep.any()) or time.perf_counter() >= deadline or not leaves:
+            # (no slopes and no multipliers, e.g. a net without ReLUs: the bound is already exact)
             taken = it
             break  # the last evaluation needs no step; nor do pairs all proven, or a late batch
         grads = torch.autograd.grad(loss, list(leaves.values()))

@@ -38,7 +38,8 @@ class ModelContext:
     def _build(cls, data: bytes, proto: onnx.ModelProto, source: str) -> "ModelContext":
         net = network_from_onnx(proto, source=source)
         module = net.to_torch().eval()
-        return cls(data, net, OrtModel(data, net.onnx_input_shape), module, hashlib.sha256(data).hexdigest())
+        ort = OrtModel(data, net.onnx_input_shape, net.input_fmt.dtype)
+        return cls(data, net, ort, module, hashlib.sha256(data).hexdigest())
 
     def predict(self, x) -> int:  # type: ignore[no-untyped-def]
         """onnxruntime's argmax for one flat input."""

@@ -8,6 +8,7 @@ For a general specification (VNN-LIB) the same stages give ``unsat`` / ``sat`` /
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -86,9 +87,14 @@ def _deadline_left(deadline: float) -> float:
 def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: VerifyConfig, deadline: float,
                   strict_label: int | None = None, tag: str | None = None) -> Verdict:
     """Decide whether some input in ``box`` satisfies ``output`` (the violation). ``tag`` names the
-    files of ``cfg.write_milp`` (default: a digest of the box)."""
+    files of ``cfg.write_milp`` (default: a digest of the box).
+
+    Proofs are over the box's hull in the network's input type (each bound rounded outward:
+    :meth:`InputBox.hull`), which holds every value the network can be fed for a point of the box;
+    witnesses are points of that type the box admits (:mod:`robustkit.verification.witness`)."""
     t0 = time.perf_counter()
     details: dict[str, Any] = {}
+    hull = box.hull(ctx.net.input_fmt)
     start_x: np.ndarray | None = None
     order = list(range(len(output)))
     if any(dj.k == 0 for dj in output):  # a disjunct without output conditions: any input violates
@@ -129,11 +135,12 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     try:
         # the tightening stages get at most half of what is left: the complete method needs the rest
         left = _deadline_left(deadline)
-        nb, rows_lower = compute_bounds(ctx, box, method, C, time_budget=max(0.0, left) / 2 if np.isfinite(left) else None)
+        nb, rows_lower = compute_bounds(ctx, hull, method, C,
+                                        time_budget=max(0.0, left) / 2 if np.isfinite(left) else None)
     except ImportError:
         log.warning("bound method %s unavailable; using interval bounds", method)
         method = "interval"
-        nb, rows_lower = compute_bounds(ctx, box, "interval", C)
+        nb, rows_lower = compute_bounds(ctx, hull, "interval", C)
     from robustkit.milp.solve import row_bounds
 
     ylo, yhi = (t.reshape(-1).numpy() for t in nb.output())
@@ -150,7 +157,19 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     for pos in ctx.net.relu_indices:
         unstable.append(int(nb.phases(ctx.net, pos)[2].sum()))
     details["unstable_per_layer"] = unstable
-    open_k = [k for k in order if t_ub[k] >= -cfg.safety_margin]
+    overflow = nb.float_errors(ctx.net).overflow_note(0)
+    if overflow is not None:  # the float network may compute inf or NaN in this box: no proof holds
+        details["overflow"] = overflow
+        for x in (box.center, box.lower, box.upper):  # where it does, a witness may be at hand
+            w = validate_witness(ctx, x, box, output, strict_label)
+            if w is not None:
+                return Verdict("sat", "bounds", time.perf_counter() - t0, w, details)
+        return Verdict("unknown", "bounds", time.perf_counter() - t0, None, details)
+    extra = _spec_rounding(output, ylo, yhi)
+    if extra > 0:  # rows float64 cannot hold exactly: their rounding is charged to every proof
+        details["spec_rounding"] = extra
+        cfg = dataclasses.replace(cfg, safety_margin=cfg.safety_margin + extra)
+    open_k = [k for k in order if not t_ub[k] < -cfg.safety_margin]  # (a NaN bound proves nothing)
     if not open_k:
         details["proof_margin"] = float(-t_ub.max())  # cleared below 0 (must exceed the safety margin)
         return Verdict("unsat", "bounds", time.perf_counter() - t0, None, details)
@@ -159,7 +178,7 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     if _deadline_left(deadline) <= 0:
         return Verdict("timeout", "bounds", time.perf_counter() - t0, None, details)
     if cfg.method == "bab":
-        return _branch_and_bound(ctx, box, output, open_k, nb, cfg, deadline, strict_label, details, t0)
+        return _branch_and_bound(ctx, box, hull, output, open_k, nb, cfg, deadline, strict_label, details, t0)
     # 3. MILP
     tm = time.perf_counter()
     enc = encode(ctx.net, nb)
@@ -225,6 +244,18 @@ def _exact_candidate(ctx: ModelContext, nb: NetBounds, box: InputBox, disjuncts:
     return validate_witness(ctx, res.x, box, output, strict_label)
 
 
+def _spec_rounding(output: OutputSpec, ylo: np.ndarray, yhi: np.ndarray) -> float:
+    """What float64 rounding of the rows (VNN-LIB ``0.1``, ``(* 0.3 Y_0)``) can move ``C y - d`` by,
+    over outputs in ``[ylo, yhi]``: ``2 eps (|C| |y| + |d|)`` for the rows kept exactly
+    (:attr:`LinearConstraints.exact`), 0 for the others."""
+    mag = np.maximum(np.abs(ylo), np.abs(yhi))
+    worst = 0.0
+    for dj in output:
+        if dj.exact is not None and dj.k:
+            worst = max(worst, float((2 * np.finfo(np.float64).eps * (np.abs(dj.C) @ mag + np.abs(dj.d))).max()))
+    return worst
+
+
 def _float_error(ctx: ModelContext, nb: NetBounds, C: np.ndarray) -> float:
     """The most the float error model took off the bound of a row (CROWN pass at ``nb``)."""
     from robustkit.bounds.crown import float_charge
@@ -244,11 +275,12 @@ def _box_digest(box: InputBox) -> str:
     return "box" + digest.hexdigest()[:12]
 
 
-def _branch_and_bound(ctx: ModelContext, box: InputBox, output: OutputSpec, open_k: list[int], nb: NetBounds,
-                      cfg: VerifyConfig, deadline: float, strict_label: int | None, details: dict[str, Any],
-                      t0: float) -> Verdict:
+def _branch_and_bound(ctx: ModelContext, box: InputBox, hull: InputBox, output: OutputSpec, open_k: list[int],
+                      nb: NetBounds, cfg: VerifyConfig, deadline: float, strict_label: int | None,
+                      details: dict[str, Any], t0: float) -> Verdict:
     """Stage 3 for ``method="bab"``: branch and bound (over ReLU splits, or the input box with
-    ``bab_split="input"``) over the disjuncts the bounds left open."""
+    ``bab_split="input"``) over the disjuncts the bounds left open, searching ``hull`` (the box as
+    the network's input type sees it) and checking witnesses against ``box``."""
     from robustkit.verification.bab import BabConfig, BabResult, branch_and_bound
 
     sub = OutputSpec(tuple(output[k] for k in open_k))
@@ -260,12 +292,12 @@ def _branch_and_bound(ctx: ModelContext, box: InputBox, output: OutputSpec, open
     from robustkit.verification.input_split import AUTO_MAX_DIM, InputSplitConfig, input_split
 
     def relu_split() -> BabResult:
-        return branch_and_bound(ctx.net, box.lower, box.upper, C, d, owner, nb, deadline, check, cfg.safety_margin,
+        return branch_and_bound(ctx.net, hull.lower, hull.upper, C, d, owner, nb, deadline, check, cfg.safety_margin,
                                 BabConfig(intermediate=cfg.bab_intermediate, depth_weight=cfg.bab_depth_weight))
 
     auto_input = cfg.bab_split == "auto" and ctx.net.in_dim <= AUTO_MAX_DIM
     if cfg.bab_split == "input" or auto_input:
-        res = input_split(ctx.net, box.lower, box.upper, C, d, owner, nb, deadline, check, cfg.safety_margin,
+        res = input_split(ctx.net, hull.lower, hull.upper, C, d, owner, nb, deadline, check, cfg.safety_margin,
                           InputSplitConfig(stop_when_stuck=auto_input))
         if auto_input and res.status == "unknown" and time.perf_counter() < deadline:
             # boxes too narrow to halve were left open (a violation, or a margin inside the safety

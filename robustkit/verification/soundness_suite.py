@@ -19,11 +19,18 @@ whose truth is unknown but whose violating points, when found by sampling, expos
   below the least margin found by sampling (truth unknown; any sampled or attack violation
   refutes an ``unsat``).
 
-:func:`run_suite` first collects known float32 violations (planted points, dense sampling in
-onnxruntime, and one attack run), then decides every instance with each method *without the
-attack*, so that the bounds, the MILP and branch and bound must settle it themselves, and counts
-wrong answers: an ``unsat`` where a float32 violating point is known (every ``sat`` carries a
-witness the pipeline has already re-run in onnxruntime).
+The families of :mod:`robustkit.verification.soundness_families` add the arithmetic onnxruntime
+really does: constants folded into a bias, float16 models, subnormal results, overflow, strict
+comparisons, nets without ReLUs, unusual input shapes; :func:`~robustkit.verification.soundness_families.refusals`
+lists what must be refused with a clear error (quantized, integer and bfloat16 tensors, float16
+Sigmoid, a property that no output can violate).
+
+:func:`run_suite` first collects known violations of the model as onnxruntime runs it (planted
+points, dense sampling in onnxruntime, and one attack run), then decides every instance with each
+method, with the attack off (the bounds, the MILP and branch and bound must settle it themselves)
+and on, and counts wrong answers: an ``unsat`` where a violating point is known, and a ``sat``
+whose witness does not violate the property as written (strict comparisons strictly) when re-run
+in fresh onnxruntime sessions, with the graph optimizations on and off, inside the box.
 """
 
 from __future__ import annotations
@@ -35,10 +42,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from robustkit.errors import InputError, ModelFormatError, UnsupportedOperatorError
 from robustkit.spec import InputBox, LinearConstraints, Specification
 from robustkit.verification.config import VerifyConfig
 from robustkit.verification.model import ModelContext
 from robustkit.verification.pipeline import verify_spec
+from robustkit.verification.soundness_families import Refusal, all_families, refusals
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +99,15 @@ def _sample_violations(ctx: ModelContext, spec: Specification, n: int, seed: int
     """Points of the box (uniform, corners, and float32 neighbours of the centre) violating the
     specification when run in onnxruntime."""
     rng = np.random.default_rng(seed)
+    fmt = ctx.net.input_fmt
     found = []
     for box, out in spec:
-        lo, hi = box.lower, box.upper
+        lo, hi = box.representable(fmt)
         pts = [rng.uniform(lo, hi, size=(n, lo.size)), np.where(rng.random((n // 4, lo.size)) < 0.5, lo, hi)]
-        pts = np.concatenate(pts).astype(np.float32).astype(np.float64)
-        pts = np.clip(pts, lo, hi)
+        pts = np.clip(fmt.round_nearest(np.concatenate(pts)), lo, hi)
         ys = ctx.ort(pts)
         for x, y in zip(pts, ys):
-            if out.satisfied_by(y):
+            if out.satisfied_by(y) and box.admits(x, fmt):
                 found.append(x)
                 if len(found) >= 3:
                     return found
@@ -190,63 +199,112 @@ def default_instances() -> list[Instance]:
     insts += [planted_instance(n, r, seed) for seed, (n, r) in
               enumerate([(2, 0.01), (6, 0.02), (12, 0.05), (4, 0.002), (20, 0.1)])]
     insts += [wide_instance(seed) for seed in range(8)]
+    insts += [Instance(b.name, b.model, b.spec, b.witnesses, b.note) for b in all_families()]
     return insts
 
 
 @dataclass
 class Outcome:
     instance: str
-    method: str
+    method: str  # the column: the suite method, with "+attack" when the attack ran first
     result: str
     wrong: bool
     known_violation: bool
     time: float
+    why: str = ""  # what made it wrong
 
 
 SUITE_METHODS = ("crown", "alpha-crown", "milp", "bab", "bab-relu", "bab-input")
+SUITE_ATTACKS = (0, 50)  # PGD steps before the bounds: off, and the default
 
 
-def suite_config(method: str, timeout: float) -> VerifyConfig:
+def suite_config(method: str, timeout: float, attack_steps: int = 0) -> VerifyConfig:
     """The configuration of a suite method: a :data:`~robustkit.verification.config.METHODS` name,
     or ``bab-relu`` / ``bab-input`` (branch and bound with that ``bab_split``; ``bab`` is ``auto``)."""
     split = "auto"
     if method.startswith("bab-"):
         method, split = "bab", method.removeprefix("bab-")
-    return VerifyConfig(method=method, timeout=timeout, tighten="crown", attack_steps=0,  # type: ignore[arg-type]
+    return VerifyConfig(method=method, timeout=timeout, tighten="crown", attack_steps=attack_steps,  # type: ignore[arg-type]
                         bab_split=split)
 
 
+def witness_holds(inst: Instance, ctx: ModelContext, x: np.ndarray) -> bool:
+    """Whether ``x`` is a counterexample of ``inst`` as written: a point of the network's input type
+    that some region's box admits, whose outputs in fresh onnxruntime sessions (graph optimizations
+    on and off) satisfy that region's violation, strict comparisons strictly."""
+    from robustkit.network.ort import OrtModel
+
+    fmt = ctx.net.input_fmt
+    fresh = OrtModel(inst.model, ctx.net.onnx_input_shape, fmt.dtype)
+    y, y_plain = fresh.both(x)
+    if not (np.all(np.isfinite(y)) and np.all(np.isfinite(y_plain))):
+        return False
+    return any(box.admits(x, fmt) and out.satisfied_by(y) and out.satisfied_by(y_plain) for box, out in inst.spec)
+
+
 def run_suite(instances: list[Instance], methods: tuple[str, ...] = SUITE_METHODS,
-              timeout: float = 10.0, samples: int = 4000) -> list[Outcome]:
-    """Decide every instance with every method (no attack); an answer is wrong if ``unsat``
-    while a float32 violating point is known (given, found by sampling or by an attack run, or
-    the witness of another method). ``methods``: :func:`suite_config` names."""
+              timeout: float = 10.0, samples: int = 4000, attacks: tuple[int, ...] = SUITE_ATTACKS,
+              refused: list[Refusal] | None = None) -> list[Outcome]:
+    """Decide every instance with every method, with each number of attack steps in ``attacks``;
+    an answer is wrong if ``unsat`` while a violating point is known (given, found by sampling or by
+    an attack run, or the witness of another method), or ``sat`` with a witness that does not hold
+    (:func:`witness_holds`). ``methods``: :func:`suite_config` names. ``refused`` (default:
+    :func:`~robustkit.verification.soundness_families.refusals`): models and properties that must
+    be refused with a clear error; one that loads, or fails otherwise, is wrong."""
     outcomes = []
     for inst in instances:
         ctx = ModelContext.from_bytes(inst.model, inst.name)
-        violators = [x for x in inst.witnesses if inst.spec.is_violated_by(x, ctx.ort(x)[0])]
+        violators = [x for x in inst.witnesses if witness_holds(inst, ctx, x)]
         violators += _sample_violations(ctx, inst.spec, samples, seed=len(inst.name))
         probe = verify_spec(ctx, inst.spec, VerifyConfig(method="crown", timeout=timeout))
         if probe.result == "sat" and probe.witness is not None:
             violators.append(np.asarray(probe.witness.x, dtype=np.float64))
         rows = []
         for method in methods:
-            v = verify_spec(ctx, inst.spec, suite_config(method, timeout))
-            if v.result == "sat":
-                assert v.witness is not None
-                violators.append(np.asarray(v.witness.x, dtype=np.float64))
-            rows.append((method, v))
+            for steps in attacks:
+                v = verify_spec(ctx, inst.spec, suite_config(method, timeout, steps))
+                why = ""
+                if v.result == "sat":
+                    assert v.witness is not None
+                    if witness_holds(inst, ctx, v.witness.x):
+                        violators.append(np.asarray(v.witness.x, dtype=np.float64))
+                    else:
+                        why = f"false witness {np.asarray(v.witness.x).tolist()[:4]}"
+                rows.append((method + ("+attack" if steps else ""), v, why))
         known = bool(violators)
-        for method, v in rows:
-            wrong = v.result == "unsat" and known
-            if wrong:
-                log.error("soundness suite: %s says unsat on %s, which has a float32 violation", method, inst.name)
-            outcomes.append(Outcome(inst.name, method, v.result, wrong, known, v.time))
+        for label, v, why in rows:
+            if v.result == "unsat" and known:
+                why = "unsat, but a violation is known"
+            if why:
+                log.error("soundness suite: %s on %s: %s", label, inst.name, why)
+            outcomes.append(Outcome(inst.name, label, v.result, bool(why), known, v.time, why))
+    for r in refusals() if refused is None else refused:
+        outcomes.append(_refusal_outcome(r))
     return outcomes
 
 
+def _refusal_outcome(r: Refusal) -> Outcome:
+    """``refused`` if loading the model (and parsing its property) fails with a clear error naming
+    ``r.expect``; anything else is wrong."""
+    from robustkit.vnnlib.parser import parse_vnnlib_text
+
+    try:
+        ctx = ModelContext.from_bytes(r.model, r.name)
+        if r.vnnlib is not None:
+            parse_vnnlib_text(r.vnnlib, r.name, ctx.net.in_dim, ctx.net.out_dim)
+    except (InputError, ModelFormatError, UnsupportedOperatorError) as exc:
+        ok = r.expect in str(exc)
+        return Outcome(r.name, "load", "refused", not ok, False, 0.0, "" if ok else f"unclear error: {exc}")
+    except Exception as exc:  # a crash is not a clear refusal
+        return Outcome(r.name, "load", "error", True, False, 0.0, f"{type(exc).__name__}: {exc}")
+    return Outcome(r.name, "load", "accepted", True, False, 0.0, "loaded, but has no sound model")
+
+
 def outcome_table(outcomes: list[Outcome]) -> str:
-    """Markdown: one row per instance, one column per method, and the count of wrong answers."""
+    """Markdown: one row per instance, one column per method, and the count of wrong answers; then
+    the refusals."""
+    refused = [o for o in outcomes if o.method == "load"]
+    outcomes = [o for o in outcomes if o.method != "load"]
     methods = list(dict.fromkeys(o.method for o in outcomes))
     names = list(dict.fromkeys(o.instance for o in outcomes))
     lines = ["| instance | float32 violation known | " + " | ".join(methods) + " |",
@@ -259,4 +317,8 @@ def outcome_table(outcomes: list[Outcome]) -> str:
     wrong = sum(o.wrong for o in outcomes)
     lines.append("")
     lines.append(f"{len(names)} instances x {len(methods)} methods = {len(outcomes)} answers; wrong: {wrong}")
+    if refused:
+        lines += ["", "| must be refused | result |", "|---|---|"]
+        lines += [f"| {o.instance} | {o.result}{' **WRONG**: ' + o.why if o.wrong else ''} |" for o in refused]
+        lines += ["", f"{len(refused)} refusals; wrong: {sum(o.wrong for o in refused)}"]
     return "\n".join(lines)

@@ -158,7 +158,7 @@ def replay_counterexample(onnx_path: str | os.PathLike[str], spec: Specification
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
-    dtype = np.float64 if inp.type == "tensor(double)" else np.float32
+    dtype = {"tensor(double)": np.float64, "tensor(float16)": np.float16}.get(inp.type, np.float32)
     flat = np.asarray(x, dtype=np.float64).reshape(-1)
     fed = flat.astype(dtype)
     y = np.asarray(session.run(None, {inp.name: fed.reshape(_ort_feed_shape(list(inp.shape), flat.size))})[0],

@@ -16,10 +16,15 @@ Supported:
   ``-0.5``), ``(- t)``, ``(+ t ...)``, ``(- t u ...)``, ``(* c t)`` (at most one non-constant
   factor), ``(/ t c)`` with constant ``c``, and declared variables.
 
-Strict comparisons (``<``, ``>``) are read as their non-strict versions: the violation region
-becomes its topological closure. A sound verifier that proves the closure empty has proven the
-strict region empty; a counterexample on the boundary of a strict inequality is a limit of true
-counterexamples, which is what VNN-COMP's tolerance-based checker accepts anyway.
+Numbers are read exactly (as fractions). Strict comparisons (``<``, ``>``) keep their
+strictness: bounds and proofs use the closure (a proof that the closure is empty covers the strict
+region), while a counterexample must satisfy them strictly (``LinearConstraints.strict``,
+``InputBox.lower_strict``/``upper_strict``). A bound the file gives exactly but float64 cannot hold
+(``0.1``) is stored as its float64 neighbour outside the region, made strict: for every float
+input the two say the same (``x >= 0.1`` iff ``x > 0.09999999999999999``), and the closed box
+contains the file's. An output row whose coefficients or bound float64 cannot hold keeps its exact
+value (``LinearConstraints.exact``) for the counterexample check; proofs charge the float64
+rounding of such rows (:mod:`robustkit.verification.pipeline`).
 
 Each atom must mention only inputs or only outputs. Input atoms must bound single variables
 (the input set is a union of boxes); input atoms inside a disjunct give that disjunct its own
@@ -37,6 +42,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Union
 
@@ -200,28 +206,33 @@ _Var = tuple[str, int]  # ("X", i) or ("Y", i)
 
 @dataclass(slots=True)
 class _Linear:
-    """``sum(coefs[v] * v) + const``."""
+    """``sum(coefs[v] * v) + const``, exactly (fractions)."""
 
-    coefs: dict[_Var, float]
-    const: float
+    coefs: dict[_Var, Fraction]
+    const: Fraction
 
-    def scaled(self, factor: float) -> _Linear:
+    def scaled(self, factor: Fraction) -> _Linear:
         return _Linear({v: c * factor for v, c in self.coefs.items()}, self.const * factor)
 
-    def add(self, other: _Linear, sign: float = 1.0) -> None:
+    def add(self, other: _Linear, sign: int = 1) -> None:
         for v, c in other.coefs.items():
-            self.coefs[v] = self.coefs.get(v, 0.0) + sign * c
+            self.coefs[v] = self.coefs.get(v, _ZERO) + sign * c
         self.const += sign * other.const
+
+
+_ZERO, _ONE = Fraction(0), Fraction(1)
 
 
 @dataclass(frozen=True, slots=True)
 class _Atom:
-    """``sum(coefs[v] * v) + const <= 0`` with all variables of one kind (or none)."""
+    """``sum(coefs[v] * v) + const <= 0`` (``< 0`` if ``strict``) with all variables of one kind
+    (or none)."""
 
-    coefs: dict[_Var, float]
-    const: float
+    coefs: dict[_Var, Fraction]
+    const: Fraction
     kind: str | None  # "X", "Y", or None for a constant comparison
     pos: int
+    strict: bool = False
 
 
 class _Translator:
@@ -230,6 +241,7 @@ class _Translator:
     def __init__(self, src: SourceText) -> None:
         self.src = src
         self.decl_pos: dict[_Var, int] = {}
+        self.numbers: dict[str, Fraction] = {}  # each number's text read once
 
     # -- declarations -------------------------------------------------------------------------
     def declare(self, node: SList) -> None:
@@ -269,16 +281,17 @@ class _Translator:
         if isinstance(node, Sym):
             text = node.text
             if _NUMBER.match(text):
-                value = float(text)
-                if not math.isfinite(value):
-                    raise self.src.error(node.pos, f"number {text} is out of the float64 range")
+                value = self.numbers.get(text)
+                if value is None:
+                    value = self.numbers[text] = Fraction(text)
+                    self.to_float(value, node.pos, f"number {text}")
                 return _Linear({}, value)
             m = _VAR.match(text)
             if m:
                 var = (m.group(1), int(m.group(2)))
                 if var not in self.decl_pos:
                     raise self.src.error(node.pos, f"undeclared variable {text} (add (declare-const {text} Real))")
-                return _Linear({var: 1.0}, 0.0)
+                return _Linear({var: _ONE}, _ZERO)
             raise self.src.error(node.pos, f"unknown symbol {text!r}: expected a number or a declared X_i/Y_i")
         op = node.head
         if op is None:
@@ -292,42 +305,60 @@ class _Translator:
             raise self.src.error(node.pos, f"operator {op!r} needs at least one argument")
         terms = [self.linear(a) for a in args]
         if op == "+":
-            result = _Linear({}, 0.0)
+            result = _Linear({}, _ZERO)
             for t in terms:
                 result.add(t)
             return result
         if op == "-":
             if len(terms) == 1:
-                return terms[0].scaled(-1.0)
+                return terms[0].scaled(-_ONE)
             result = _Linear(dict(terms[0].coefs), terms[0].const)
             for t in terms[1:]:
-                result.add(t, -1.0)
+                result.add(t, -1)
             return result
         if op == "*":
             variable = [t for t in terms if t.coefs]
             if len(variable) > 1:
                 raise self.src.error(node.pos, "nonlinear term: '*' may have at most one non-constant factor")
-            factor = math.prod(t.const for t in terms if not t.coefs)
+            factor = math.prod((t.const for t in terms if not t.coefs), start=_ONE)
             return variable[0].scaled(factor) if variable else _Linear({}, factor)
         # "/"
         if len(terms) < 2 or any(t.coefs for t in terms[1:]):
             raise self.src.error(node.pos, "'/' needs a term divided by non-zero constants, e.g. (/ X_0 2)")
-        divisor = math.prod(t.const for t in terms[1:])
-        if divisor == 0.0:
+        divisor = math.prod((t.const for t in terms[1:]), start=_ONE)
+        if divisor == 0:
             raise self.src.error(node.pos, "division by zero")
-        return terms[0].scaled(1.0 / divisor)
+        return terms[0].scaled(1 / divisor)
 
-    def atom(self, left: Node, right: Node, pos: int) -> _Atom:
-        """``left <= right`` as ``left - right <= 0``."""
-        lin = self.linear(left)
-        lin.add(self.linear(right), -1.0)
-        coefs = {v: c for v, c in lin.coefs.items() if c != 0.0}
+    def to_float(self, value: Fraction, pos: int, what: str = "a constant of this constraint") -> float:
+        """``value`` as float64 (round to nearest), or an error where it is beyond float64's range."""
+        try:
+            f = float(value)
+        except OverflowError:
+            f = math.inf
+        if not math.isfinite(f):
+            raise self.src.error(pos, f"{what} is out of the float64 range")
+        return f
+
+    def atom(self, left: Node, right: Node, pos: int, strict: bool = False) -> _Atom:
+        """``left <= right`` as ``left - right <= 0`` (``<`` if ``strict``)."""
+        if isinstance(left, Sym) and isinstance(right, Sym):  # the common (<= X_3 0.5): no term algebra
+            lin = self.linear(left)
+            other = self.linear(right)
+            for v, c in other.coefs.items():
+                lin.coefs[v] = lin.coefs[v] - c if v in lin.coefs else -c
+            if other.const:
+                lin.const = -other.const if not lin.const else lin.const - other.const
+        else:
+            lin = self.linear(left)
+            lin.add(self.linear(right), -1)
+        coefs = {v: c for v, c in lin.coefs.items() if c != 0}
         kinds = {k for k, _ in coefs}
         if len(kinds) > 1:
             raise self.src.error(
                 pos, "constraint mixes input (X) and output (Y) variables; each atom must use only one kind"
             )
-        return _Atom(coefs, lin.const, kinds.pop() if kinds else None, pos)
+        return _Atom(coefs, lin.const, kinds.pop() if kinds else None, pos, strict)
 
     # -- formulas -----------------------------------------------------------------------------
     def dnf(self, node: Node) -> list[list[_Atom]]:
@@ -352,11 +383,12 @@ class _Translator:
             if len(args) < 2:
                 raise self.src.error(node.pos, f"comparison {op!r} needs at least two arguments")
             atoms: list[_Atom] = []
+            strict = op in ("<", ">")
             for a, b in zip(args, args[1:]):
                 if op in ("<=", "<", "="):
-                    atoms.append(self.atom(a, b, node.pos))
+                    atoms.append(self.atom(a, b, node.pos, strict))
                 if op in (">=", ">", "="):
-                    atoms.append(self.atom(b, a, node.pos))
+                    atoms.append(self.atom(b, a, node.pos, strict))
             return [atoms]
         if op is None:
             raise self.src.error(node.pos, "expected a formula: (and ...), (or ...) or a comparison")
@@ -430,7 +462,8 @@ class _Translator:
                 first_empty = first_empty or part.infeasible
                 continue
             box = self.box(part)
-            key = part.lower.tobytes() + part.upper.tobytes()
+            key = (part.lower.tobytes() + part.upper.tobytes() + part.lower_strict.tobytes()
+                   + part.upper_strict.tobytes())
             if key not in groups:
                 groups[key] = (box, [])
             groups[key][1].append(part.constraints())
@@ -450,9 +483,14 @@ class _Translator:
             if atom.kind == "Y":
                 row = np.zeros(part.n_out)
                 for (_, j), c in atom.coefs.items():
-                    row[j] = c
+                    row[j] = self.to_float(c, atom.pos)
                 part.rows.append(row)
-                part.bounds.append(-atom.const)
+                part.bounds.append(self.to_float(-atom.const, atom.pos))
+                part.strict.append(atom.strict)
+                exact_row = [_ZERO] * part.n_out
+                for (_, j), c in atom.coefs.items():
+                    exact_row[j] = c
+                part.exact.append((tuple(exact_row), -atom.const))
             elif atom.kind == "X":
                 if len(atom.coefs) != 1:
                     raise self.src.error(
@@ -461,20 +499,23 @@ class _Translator:
                         " general linear input constraints are not supported",
                     )
                 ((_, i), a), = atom.coefs.items()
-                value = -atom.const / a
-                if a > 0.0 and value < upper[i]:
-                    upper[i], part.upper_pos[i] = value, atom.pos
-                elif a < 0.0 and value > lower[i]:
-                    lower[i], part.lower_pos[i] = value, atom.pos
-            elif atom.const > 0.0 and part.infeasible is None:  # a false constant comparison
-                part.infeasible = (atom.pos, "a constant comparison is false")
+                exact = -atom.const if a == 1 else (atom.const if a == -1 else -atom.const / a)
+                self.to_float(exact, atom.pos)
+                value, strict = _float_bound(exact, atom.strict, upper=a > 0)
+                if a > 0 and (value < upper[i] or (value == upper[i] and strict and not part.upper_strict[i])):
+                    upper[i], part.upper_strict[i], part.upper_pos[i] = value, strict, atom.pos
+                elif a < 0 and (value > lower[i] or (value == lower[i] and strict and not part.lower_strict[i])):
+                    lower[i], part.lower_strict[i], part.lower_pos[i] = value, strict, atom.pos
+            elif (atom.const >= 0 if atom.strict else atom.const > 0) and part.infeasible is None:
+                part.infeasible = (atom.pos, "a constant comparison is false")  # e.g. (< Y_0 Y_0)
         if part.infeasible is None:
-            empty = np.flatnonzero(lower > upper)
+            empty = np.flatnonzero((lower > upper) | ((lower == upper) & (part.lower_strict | part.upper_strict)))
             if empty.size:
                 i = int(empty[0])
                 part.infeasible = (
                     int(max(part.lower_pos[i], part.upper_pos[i])),
-                    f"X_{i} has lower bound {lower[i]!r} > upper bound {upper[i]!r}",
+                    f"X_{i} has lower bound {lower[i]!r} > upper bound {upper[i]!r}" if lower[i] > upper[i]
+                    else f"X_{i} must be strictly above or below {lower[i]!r} and at most and at least it",
                 )
 
     def box(self, part: _Partial) -> InputBox:
@@ -488,7 +529,7 @@ class _Translator:
                     f"input X_{i} has no {side} bound ({missing.size} input(s) lack one); every input"
                     f" needs (>= X_i lo) and (<= X_i hi), e.g. (assert ({op} X_{i} 0.0))",
                 )
-        return InputBox(part.lower, part.upper)
+        return InputBox(part.lower, part.upper, part.lower_strict, part.upper_strict)
 
 
 @dataclass(slots=True)
@@ -502,6 +543,10 @@ class _Partial:
     upper_pos: np.ndarray
     rows: list[np.ndarray]
     bounds: list[float]
+    lower_strict: np.ndarray
+    upper_strict: np.ndarray
+    strict: list[bool]
+    exact: list[tuple[tuple[Fraction, ...], Fraction]]
     infeasible: tuple[int, str] | None = None
 
     @classmethod
@@ -512,6 +557,10 @@ class _Partial:
             np.full(n_in, np.inf),
             np.full(n_in, -1, dtype=np.int64),
             np.full(n_in, -1, dtype=np.int64),
+            [],
+            [],
+            np.zeros(n_in, dtype=bool),
+            np.zeros(n_in, dtype=bool),
             [],
             [],
         )
@@ -525,12 +574,41 @@ class _Partial:
             self.upper_pos.copy(),
             list(self.rows),
             list(self.bounds),
+            self.lower_strict.copy(),
+            self.upper_strict.copy(),
+            list(self.strict),
+            list(self.exact),
             self.infeasible,
         )
 
     def constraints(self) -> LinearConstraints:
         C = np.array(self.rows) if self.rows else np.zeros((0, self.n_out))
-        return LinearConstraints(C, np.array(self.bounds, dtype=np.float64))
+        d = np.array(self.bounds, dtype=np.float64)
+        inexact = any(not _exact_float(b) or not all(_exact_float(c) for c in row) for row, b in self.exact)
+        return LinearConstraints(C, d, np.array(self.strict, dtype=bool), tuple(self.exact) if inexact else None)
+
+
+def _exact_float(value: Fraction) -> bool:
+    """Whether float64 holds ``value`` exactly."""
+    if value.denominator & (value.denominator - 1):  # not a power of two
+        return False
+    n, d = float(value).as_integer_ratio()
+    return n * value.denominator == value.numerator * d
+
+
+def _float_bound(value: Fraction, strict: bool, upper: bool) -> tuple[float, bool]:
+    """An input bound as (float64, strict) saying the same of every float: exact values as they are;
+    others as their float64 neighbour outside the bound, made strict."""
+    f = float(value)
+    n, d = f.as_integer_ratio()
+    left, right = n * value.denominator, value.numerator * d  # f vs value, exactly (d > 0)
+    if left == right:
+        return f, strict
+    if upper and left < right:
+        f = math.nextafter(f, math.inf)
+    elif not upper and left > right:
+        f = math.nextafter(f, -math.inf)
+    return f, True
 
 
 def parse_vnnlib_text(
