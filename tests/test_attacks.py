@@ -290,9 +290,21 @@ def test_attack_command_on_an_exported_model(tmp_path, capsys):
     assert summary.n == 30
     assert summary.clean_accuracy == pytest.approx(float((logits.argmax(1) == ds.labels.numpy()).mean()))
     assert summary.pgd_accuracy <= summary.clean_accuracy
+    # eps is printed as the fraction it was given (issue 38); --steps/--restarts are the old,
+    # deprecated spellings of --attack-steps/--attack-restarts
     assert main(["attack", str(path), "--eps", "8/255", "--steps", "2", "--restarts", "1",
                  "--n", "10", "--device", "cpu"]) == 0
-    assert "| tiny.onnx | mnist | 10 | 0.0313725 | linf |" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "| tiny.onnx | mnist | 10 | 8/255 | linf |" in captured.out
+    assert "--steps is deprecated; use --attack-steps" in captured.err
+    assert main(["attack", str(path), "--eps", "8/255", "--attack-steps", "2", "--attack-restarts", "1",
+                 "--n", "10", "--device", "cpu"]) == 0
+    again = capsys.readouterr()
+    def cells(out: str) -> list[str]:  # the row without its time column
+        return out.splitlines()[-1].split("|")[1:-2]
+
+    assert cells(again.out) == cells(captured.out)  # the alias means the same option
+    assert "deprecated" not in again.err
     assert main(["attack", str(path), "--eps", "lots", "--n", "10"]) == 1
     assert main(["attack", str(tmp_path / "missing.onnx"), "--eps", "0.1"]) == 1
     assert main(["attack", str(path), "--eps", "0.1", "--norm", "l1", "--n", "5"]) == 1

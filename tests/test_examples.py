@@ -31,7 +31,7 @@ def test_every_example_is_tested() -> None:
 
 
 def test_stats_plot_example(tmp_path: Path) -> None:
-    model = REPO / "models" / "mnist_small_pgd_rs.onnx"
+    model = REPO / "models" / "mnist" / "mnist_small_pgd_rs.onnx"
     if not model.is_file():
         pytest.skip(f"{model} is absent")
     out = run_example("stats_plot.py", "--models", str(model), "--n", "3", "--method", "interval",

@@ -5,7 +5,7 @@ Each model is written by torch.onnx.export (or onnx.helper) and loaded; the chai
 what onnxruntime computes on random inputs (float64 forward, and the float32 torch module), and
 interval bounds over a box must contain dense samples and the box corners. A lowering that mixes
 up segments, drops the skip term, clamps a carried (negative) tensor at 0 or misorders a concat
-changes the function, and the onnxruntime comparison fails. Chains (models/*.onnx) must load
+changes the function, and the onnxruntime comparison fails. Chains (models/*/*.onnx) must load
 with no ``Blocks``, no ``SparseLinear`` and no identity masks.
 """
 
@@ -399,7 +399,7 @@ def test_crown_bounds_contain_samples(make, shape, method: str) -> None:  # type
 GRAPH_MODELS = {"mnist_resnet_pgd"}  # residual graphs among models/ (the rest are chains)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "models").glob("*.onnx")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((ROOT / "models").glob("*/*.onnx")), ids=lambda p: p.stem)
 def test_chain_models_load_without_graph_layers(path: Path) -> None:
     model = onnx.load(str(path))
     net = network_from_onnx(model)

@@ -228,7 +228,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=15, help="boxes per model")
     parser.add_argument("--lp-budget", type=float, default=20.0, help="LP seconds per sample")
     parser.add_argument("--models", default="mnist_small_pgd_rs.onnx,mnist_small_plain.onnx",
-                        help="comma-separated file names under models/ (robustkit-trained MNIST nets)")
+                        help="comma-separated file names under models/mnist/ (robustkit-trained MNIST nets)")
     parser.add_argument("--skip-lirpa", action="store_true")
     parser.add_argument("--lirpa-alpha-conv", type=int, default=0,
                         help="boxes for the auto_LiRPA alpha-CROWN comparison on conv nets (slow: minutes per box)")
@@ -257,7 +257,7 @@ def main() -> None:
         if ok and not args.skip_lirpa:
             lines += lirpa_section(net, cases, "mnist-net_256x2", len(cases))
     for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        path = ROOT / "models" / model_name
+        path = ROOT / "models" / "mnist" / model_name
         if not path.exists():
             print(f"{path} absent: skipped", flush=True)
             continue

@@ -168,6 +168,7 @@ class RunOptions:
 
     out: Path | None = None  # a .jsonl file, or None for <results_root>/<settings hash>/records.jsonl
     results_root: Path = Path("robustkit-results")
+    run_dir: Path | None = None  # a folder for run.json + records.jsonl (instead of out / results_root)
     workers: int = 1
     rerun: tuple[str, ...] = ()
     quiet: bool = False
@@ -199,6 +200,8 @@ def open_store(ctx: ModelContext, settings: dict[str, Any], opts: RunOptions):  
     ``FILE.jsonl.run.json`` and refuses to mix results of other settings into the file."""
     from robustkit.runner.store import ResultStore, RunDir, settings_hash
 
+    if opts.run_dir is not None:
+        return RunDir.at(opts.run_dir, settings_hash(ctx.model_bytes, settings), settings).store()
     if opts.out is None:
         return RunDir.for_settings(opts.results_root, ctx.model_bytes, settings).store()
     out = Path(opts.out)
