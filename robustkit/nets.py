@@ -14,16 +14,14 @@ MaxPool 2x2/2, Conv 16 3x3/1 pad 1, ReLU, MaxPool 2x2/2, FC 100, FC 10.
 ``resnet`` (2 residual blocks): Conv 8 3x3/2 pad 1, ReLU, then twice
 ``relu(x + conv(relu(conv(x))))`` (Conv 8 3x3/1 pad 1), FC 100, FC 10.
 
-The regularizers that walk the Sequential themselves (``relu-stability``'s and ``ibp``'s interval
-bounds, ``contractive``'s closed-form Jacobians) handle only the plain layers and raise an
-:class:`InputError` on ``MaxPool2d`` / ``Residual``; the ones that use
-:func:`forward_with_activations` (``jin-rinard``, ``mrnet``, ``mat``) and ``pgd`` / ``advprop``
-work on every net.
+The regularizers do not walk these modules: training captures the model into the verifier's
+operator classes (:mod:`robustkit.network.torch_capture`), so every regularizer works on every
+net here, and on a user's own module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -158,48 +156,9 @@ def build_net(cfg: NetConfig) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@dataclass
-class Activations:
-    """One forward pass with its hidden quantities.
+def forward_with_activations(model: nn.Module, x: torch.Tensor):  # type: ignore[no-untyped-def]
+    """The model's forward pass with every nonlinear operator's input and output, through its
+    captured layers (:func:`robustkit.network.torch_capture.activations`)."""
+    from robustkit.network.torch_capture import activations
 
-    ``preacts[k]`` is the input of the k-th ReLU (pre-activation), ``posts[k]`` its output;
-    ``linear_inputs[k]`` is the input of the k-th Linear/Conv layer (for layer-wise Jacobians).
-    ReLUs and Linear/Conv layers inside a :class:`Residual` body count too, in the order they
-    run (a block's body before the ReLU that follows the block).
-    """
-
-    logits: torch.Tensor
-    preacts: list[torch.Tensor] = field(default_factory=list)
-    posts: list[torch.Tensor] = field(default_factory=list)
-    linear_inputs: list[torch.Tensor] = field(default_factory=list)
-
-    @property
-    def last_hidden(self) -> torch.Tensor:
-        """Activations of the last hidden layer, flattened (the embedding used by MRnet/MAT)."""
-        if not self.posts:
-            raise ValueError("the net has no hidden layer")
-        return self.posts[-1].flatten(1)
-
-
-def forward_with_activations(model: nn.Sequential, x: torch.Tensor) -> Activations:
-    """Run a robustkit ``nn.Sequential`` and keep every pre-/post-activation (differentiable),
-    including those inside :class:`Residual` blocks."""
-    acts = Activations(logits=x)
-    acts.logits = _forward_recording(model, x, acts)
-    return acts
-
-
-def _forward_recording(model: nn.Sequential, x: torch.Tensor, acts: Activations) -> torch.Tensor:
-    h = x
-    for layer in model:
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
-            acts.linear_inputs.append(h)
-        if isinstance(layer, nn.ReLU):
-            acts.preacts.append(h)
-            h = layer(h)
-            acts.posts.append(h)
-        elif isinstance(layer, Residual):
-            h = h + _forward_recording(layer.body, h, acts)
-        else:
-            h = layer(h)
-    return h
+    return activations(model, x)

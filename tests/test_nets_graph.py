@@ -81,16 +81,16 @@ def test_activations_include_residual_relus(name: str) -> None:
     acts = forward_with_activations(model, x)
     torch.testing.assert_close(acts.logits, model(x))
     n_relu = sum(isinstance(m, nn.ReLU) for m in model.modules())
-    n_lin = sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules())
-    assert len(acts.preacts) == len(acts.posts) == n_relu and len(acts.linear_inputs) == n_lin
+    assert len(acts.preacts) == len(acts.posts) == n_relu  # a MaxPool's own ReLUs are not the model's
+    assert len(acts.inputs) == len(acts.network.layers)
     for z, h in zip(acts.preacts, acts.posts):
         torch.testing.assert_close(h, z.clamp_min(0))
     if name == "resnet":
         assert n_relu == 6  # stem, 2 x (inside the body, after the Add), FC
         blk = model[2]
         stem = F.relu(model[0](x))
-        torch.testing.assert_close(acts.preacts[1], blk.body[0](stem))  # the ReLU inside block 1
-        torch.testing.assert_close(acts.preacts[2], blk(stem))  # the ReLU after block 1's Add
+        torch.testing.assert_close(acts.preacts[1], blk.body[0](stem).flatten(1))  # the ReLU inside block 1
+        torch.testing.assert_close(acts.preacts[2], blk(stem).flatten(1))  # the ReLU after block 1's Add
     assert acts.last_hidden.shape == (4, 100)
 
 
@@ -176,18 +176,70 @@ def test_train_tiny_and_export(tmp_path: Path, name: str, reg: str) -> None:
 
 
 @pytest.mark.parametrize("name", GRAPH_NETS)
-def test_sequential_walking_regularizers_refuse_graph_nets_clearly(name: str) -> None:
-    """relu-stability and ibp (interval bounds) and contractive walk the Sequential themselves
-    and know only plain layers: on these nets they raise an InputError naming themselves and the
-    layer (this is the error `robustkit train` reports at the first batch)."""
-    from robustkit.regularizers.contractive import Contractive
-    from robustkit.regularizers.ibp import IBPTraining
-    from robustkit.regularizers.relu_stability import ReluStability
+def test_bound_regularizers_work_on_graph_nets(name: str) -> None:
+    """relu-stability and ibp bound the captured network (the MaxPool's tournament ReLUs and the
+    residual sums included): every sampled pre-activation and margin lies in its bounds, and the
+    terms have gradients."""
+    from robustkit.network.passes import forward_with_activations as net_forward
+    from robustkit.regularizers.ibp import IBPTraining, worst_case_margins
+    from robustkit.regularizers.relu_stability import ReluStability, interval_preactivations
 
     model = _net(name).train()
+    torch.manual_seed(1)
     x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    lo, hi = (x - 0.02).clamp(0, 1), (x + 0.02).clamp(0, 1)
     clean = forward_with_activations(model, x)
-    state = ScheduleState(epoch=0, step=0, eps=0.1, total_epochs=1)
-    for reg in (ReluStability(), Contractive(), IBPTraining()):
-        with pytest.raises(InputError, match=f"{reg.name}.*(MaxPool2d|Residual)"):
-            reg(model, x, y, state, clean)
+    net = clean.network
+    bounds = interval_preactivations(net, lo, hi)
+    kinds = [layer for layer in net.layers if layer.nonlinear]
+    assert len(bounds) == len(kinds) > len(clean.preacts) or name == "resnet"
+    margins = worst_case_margins(net, lo, hi, y)
+    for _ in range(20):
+        pt = torch.where(torch.rand_like(x) < 0.5, lo, hi) if _ % 2 else lo + (hi - lo) * torch.rand_like(x)
+        h = pt.reshape(4, -1)
+        k = 0
+        for layer in net.layers:
+            if layer.nonlinear:
+                own = h if layer.identity is None else h[:, ~layer.identity]
+                assert bool((bounds[k][0] <= own + 1e-5).all() and (own <= bounds[k][1] + 1e-5).all())
+                k += 1
+            h = layer.forward(h)
+        with torch.no_grad():
+            z = model(pt)
+        assert bool((z - z.gather(1, y[:, None]) <= margins + 1e-5).all())
+        torch.testing.assert_close(net_forward(net, pt).logits, z)
+    state = ScheduleState(epoch=0, step=0, eps=0.02, total_epochs=1)
+    for reg in (ReluStability(), IBPTraining()):
+        out = reg(model, x, y, state, clean)
+        model.zero_grad(set_to_none=True)
+        sum(out.terms.values()).backward(retain_graph=True)
+        grads = [p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters()]
+        # relu-stability bounds the hidden operators' inputs: the last layer plays no part
+        assert (all(grads) if reg.name == "ibp" else grads[0] and not any(grads[-2:])), reg.name
+
+
+@pytest.mark.parametrize("name", GRAPH_NETS)
+def test_contractive_on_graph_nets_equals_autograd_jacobians(name: str) -> None:
+    """The closed-form stage norms of the contractive penalty are ``||d h_k / d h_(k-1)||_F^2``
+    between consecutive nonlinear operators of the captured network (carried coordinates of a
+    residual block and a MaxPool's tournament included), as autograd computes them."""
+    from robustkit.regularizers.contractive import layer_frobenius_norms
+
+    model = _net(name).double().eval()
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    clean = forward_with_activations(model, x)
+    net = clean.network
+    norms = layer_frobenius_norms(net, clean, output="logits")
+    cuts = [-1] + [i for i, layer in enumerate(net.layers) if layer.nonlinear] + [len(net.layers) - 1]
+    assert len(norms) == len(cuts) - 1
+    for b in range(2):
+        for s, (start, stop) in enumerate(zip(cuts[:-1], cuts[1:])):
+            h0 = clean.inputs[start + 1][b:b + 1]
+
+            def stage(h: torch.Tensor, start: int = start, stop: int = stop) -> torch.Tensor:
+                for layer in net.layers[start + 1:stop + 1]:
+                    h = layer.forward(h)
+                return h
+
+            jac = torch.autograd.functional.jacobian(stage, h0)
+            assert float(norms[s][b].detach()) == pytest.approx(float(jac.pow(2).sum()), rel=1e-9)

@@ -127,14 +127,13 @@ def test_dcn_closed_form_matches_autograd_conv_padding_stride() -> None:
     _check_dcn(net, x)
 
 
-def test_dcn_conv_tap_energy_counts_padding() -> None:
-    """A 3x3 all-ones kernel with padding 1: corners see 4 taps, edges 6, the interior 9."""
-    from robustkit.regularizers.contractive import conv_tap_energy
+def test_dcn_conv_row_energy_counts_padding() -> None:
+    """A 3x3 all-ones kernel with padding 1: corners see 4 taps, edges 6, the interior 9 (the rows'
+    squared norms the contractive penalty reads from the operator, ``Conv2d.row_energy``)."""
+    from robustkit.network import Conv2d
 
-    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
-    with torch.no_grad():
-        conv.weight.fill_(1.0)
-    tap = conv_tap_energy(conv, (4, 4))[0]
+    conv = Conv2d(torch.ones(1, 1, 3, 3), torch.zeros(1), (1, 4, 4), (1, 1), (1, 1, 1, 1))
+    tap = conv.row_energy(torch.ones(1, 16)).reshape(4, 4)
     expected = torch.tensor([[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]], dtype=tap.dtype)
     assert torch.equal(tap, expected)
 
@@ -442,7 +441,8 @@ def test_ibp_bounds_contain_sampled_preactivations_and_rs_loss_value() -> None:
 def test_ibp_worst_case_margins_bound_every_sampled_margin() -> None:
     """Gowal et al.'s elided worst-case margins: an upper bound of ``z_j - z_y`` at samples and
     box corners, exact at eps = 0, and no looser than the naive ``u_j - l_y`` of the logits."""
-    from robustkit.regularizers.relu_stability import interval_forward
+    from robustkit.network.passes import interval_pass
+    from robustkit.network.torch_capture import network_of
 
     torch.manual_seed(3)
     net = build_net(NetConfig("small", (1, 12, 12), mean=(0.3,), std=(0.4,)))
@@ -459,7 +459,7 @@ def test_ibp_worst_case_margins_bound_every_sampled_margin() -> None:
             z = net(pt)
         worst = torch.maximum(worst, z - z.gather(1, y[:, None]))
     assert bool((worst <= bound + 1e-5).all())
-    _, c, r = interval_forward(net, lo, hi)
+    _, c, r = interval_pass(network_of(net, x), lo, hi)
     naive = (c + r) - (c - r).gather(1, y[:, None])
     naive = naive.scatter(1, y[:, None], 0.0)
     assert bool((bound <= naive + 1e-5).all()) and float((naive - bound).detach().sum()) > 0

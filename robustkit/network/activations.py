@@ -48,6 +48,11 @@ class Activation(Layer):
 
     dim: int
     identity: torch.Tensor | None = None
+    # the larger operator this one lowers (``"MaxPool"``: a tournament's ReLUs); ``None`` for an
+    # activation of the model itself. Bound methods treat both alike; the training quantities
+    # that speak of "the net's activations" (Jin & Rinard's Hamming distance, MRnet's and MAT's
+    # last hidden layer) use the model's own only.
+    part_of: str | None = None
 
     piecewise_linear: ClassVar[bool] = True
     kinks: ClassVar[int] = 1  # breakpoints per neuron (0: smooth)
@@ -131,6 +136,10 @@ class Activation(Layer):
         on ``[lower, upper]``, where no kink is undecided (elsewhere: some value; identity
         coordinates: 1, 0)."""
         raise NotImplementedError(f"{type(self).__name__} is not piecewise linear")
+
+    def derivative(self, z: torch.Tensor) -> torch.Tensor:
+        """``f'(z)`` (identity coordinates: 1), the slope of the piece ``z`` lies in."""
+        return self.piece(z, z)[0]
 
     def phases(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(active, inactive, unstable)`` masks for stability statistics and encodings: active

@@ -23,6 +23,8 @@ This module also builds the exact piecewise-linear lowerings of MaxPool (a tourn
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -276,6 +278,15 @@ def _selection(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tupl
 
 def maxpool_layers(in_shape: tuple[int, int, int], kernel: tuple[int, int], stride: tuple[int, int],
                    pads: tuple[int, int, int, int]) -> tuple[list[Layer], tuple[int, int, int]]:
+    """:func:`_maxpool_layers`, built once per shape (the layers are immutable constants: a
+    captured module's network is rebuilt at every training step)."""
+    layers, out = _maxpool_layers(tuple(in_shape), tuple(kernel), tuple(stride), tuple(pads))
+    return list(layers), out
+
+
+@functools.lru_cache(maxsize=64)
+def _maxpool_layers(in_shape: tuple[int, int, int], kernel: tuple[int, int], stride: tuple[int, int],
+                    pads: tuple[int, int, int, int]) -> tuple[tuple[Layer, ...], tuple[int, int, int]]:
     """MaxPool (pad cells excluded from the windows) as exact linear and ReLU layers.
 
     Each window's maximum is a knockout tournament with ``max(a, b) = relu(a - b) + b``. The
@@ -336,7 +347,7 @@ def maxpool_layers(in_shape: tuple[int, int, int], kernel: tuple[int, int], stri
         layers.append(SparseLinear.from_scipy(diff, name="MaxPoolDiff"))
         mask = torch.zeros(r, dtype=torch.bool)
         mask[carried] = True
-        layers.append(ReLU(r, identity=mask))
+        layers.append(ReLU(r, identity=mask, part_of="MaxPool"))
         srows = [q for q, rs in enumerate(sums) for _ in rs]
         scols = [x for rs in sums for x in rs]
         pending = sp.csr_matrix((np.ones(len(scols)), (srows, scols)), shape=(len(sums), r))
@@ -346,7 +357,7 @@ def maxpool_layers(in_shape: tuple[int, int, int], kernel: tuple[int, int], stri
     if pending is not None:
         final = final @ pending
     layers.append(SparseLinear.from_scipy(final, name="MaxPool"))
-    return layers, (c, ho, wo)
+    return tuple(layers), (c, ho, wo)
 
 
 def clip_layers(dim: int, lo: float | None, hi: float | None) -> list[Layer]:

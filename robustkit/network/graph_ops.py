@@ -76,6 +76,17 @@ class Identity(LinearLayer):
     def copies(self) -> np.ndarray:
         return np.arange(self.dim, dtype=np.int64)
 
+    @property
+    def mixes(self) -> bool:
+        return False
+
+    @property
+    def feeds_once(self) -> bool:
+        return True
+
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma
+
 
 @dataclass(frozen=True, eq=False)
 class SparseLinear(LinearLayer):
@@ -117,6 +128,11 @@ class SparseLinear(LinearLayer):
     @property
     def rounding_ops(self) -> int:
         return self.ops
+
+    @cached_property
+    def feeds_once(self) -> bool:
+        cols = self.weight.coalesce().indices()[1]
+        return bool(cols.unique().numel() == cols.numel())
 
     @cached_property
     def coef_bound(self) -> float:
@@ -278,6 +294,17 @@ class Blocks(LinearLayer):
 
     def bias_vector(self) -> np.ndarray:
         return self.bias_tensor(torch.float64).detach().cpu().numpy()
+
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        outs: list[torch.Tensor | None] = [None] * len(self.out_sizes)
+        for i, j, p in self.blocks:
+            v = p.row_energy(self._seg(sigma, self._in_off, j))
+            outs[i] = v if outs[i] is None else outs[i] + v
+        return torch.cat(outs, dim=-1)  # type: ignore[arg-type]
+
+    @property
+    def mixes(self) -> bool:
+        return any(p.mixes for _, _, p in self.blocks) or len(self.blocks) > len(self.out_sizes)
 
     def copies(self) -> np.ndarray:
         """An output segment made of one block copies what that block copies (carried tensors)."""

@@ -102,8 +102,8 @@ class LinearLayer(Layer):
         raise NotImplementedError
 
     def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        center = (upper + lower) / 2
-        radius = (upper - lower) / 2
+        center = (upper + lower) * 0.5  # (x * 0.5 is x / 2 exactly, and cheaper)
+        radius = (upper - lower) * 0.5
         c = self.forward(center)
         r = self.abs_forward(radius)
         return c - r, c + r
@@ -129,6 +129,28 @@ class LinearLayer(Layer):
         """``(out_dim,)``: for each output, the input it copies exactly (no arithmetic, no bias),
         or -1 (an encoder then needs no column and no row for it)."""
         return np.full(self.out_dim, -1, dtype=np.int64)
+
+    @property
+    def mixes(self) -> bool:
+        """Whether an output depends on more than one input (not a diagonal map or a selection)."""
+        return True
+
+    @property
+    def feeds_once(self) -> bool:
+        """Whether each input reaches at most one output (a column of the matrix has at most one
+        nonzero): the rows then have disjoint supports, so a layer after this one has row norms
+        ``sum_j W_ij^2 ||row_j||^2`` (:meth:`row_energy` composes). False when unknown."""
+        return False
+
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        """``(B or 1, out_dim)``: ``sum_j W_ij^2 sigma_j`` (``sigma``: ``(B or 1, in_dim)`` weights of
+        the inputs, e.g. 1, or the squared scales of a diagonal map before): the squared norms of the
+        Jacobian's rows (the contractive penalty). Differentiable in the layer's parameters where it
+        has them; from :meth:`matrix` for the others."""
+        m = self.matrix()
+        sq = torch.from_numpy(m.multiply(m).toarray() if self.in_dim * self.out_dim <= 4_000_000
+                              else m.multiply(m).tocsr().toarray()).to(sigma.dtype)
+        return sigma @ sq.T
 
     def encode(self, builder: RowBuilder, z: np.ndarray, lower: np.ndarray, upper: np.ndarray, acc: np.ndarray,
                error: np.ndarray, needed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -323,6 +345,9 @@ class Dense(LinearLayer):
     def row_slice(self, rows: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
         return self.weight.to(dtype)[rows], self.bias.to(dtype)[rows]
 
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma @ _cast(self.weight, sigma.dtype).pow(2).T
+
     def torch_modules(self, dtype: torch.dtype = torch.float32) -> list["torch.nn.Module"]:
         from robustkit.network.torch_modules import linear
 
@@ -350,20 +375,26 @@ class SpatialDims:
 
 @dataclass(frozen=True, eq=False)
 class Conv2d(SpatialDims, LinearLayer):
-    """2-D convolution (ONNX Conv, group 1, dilation 1) on flat ``(C, H, W)`` activations."""
+    """2-D convolution (ONNX Conv, with groups and dilation) on flat ``(C, H, W)`` activations."""
 
-    weight: torch.Tensor  # (C_out, C_in, kh, kw)
+    weight: torch.Tensor  # (C_out, C_in / groups, kh, kw)
     bias: torch.Tensor  # (C_out,)
     in_shape: tuple[int, int, int]  # (C_in, H, W)
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right (ONNX pads order: t, l, b, r)
     fmt: FloatFormat = FLOAT32
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
 
     def __post_init__(self) -> None:
-        if self.weight.dim() != 4 or self.weight.shape[1] != self.in_shape[0]:
-            raise ValueError(f"Conv2d: weight {tuple(self.weight.shape)} does not match input {self.in_shape}")
+        if self.weight.dim() != 4 or self.weight.shape[1] * self.groups != self.in_shape[0] \
+                or self.weight.shape[0] % self.groups:
+            raise ValueError(f"Conv2d: weight {tuple(self.weight.shape)} does not match input {self.in_shape} "
+                             f"in {self.groups} group(s)")
         if self.bias.shape != (self.weight.shape[0],):
             raise ValueError("Conv2d: bias length differs from output channels")
+        if min(self.dilation) < 1 or min(self.stride) < 1:
+            raise ValueError(f"Conv2d: stride {self.stride} and dilation {self.dilation} must be >= 1")
 
     @property
     def rounding_ops(self) -> int:
@@ -378,7 +409,7 @@ class Conv2d(SpatialDims, LinearLayer):
     @cached_property
     def out_shape(self) -> tuple[int, int, int]:
         c_in, h, w = self.in_shape
-        kh, kw = self.weight.shape[2:]
+        kh, kw = self._reach
         pt, pl, pb, pr = self.padding
         ho = (h + pt + pb - kh) // self.stride[0] + 1
         wo = (w + pl + pr - kw) // self.stride[1] + 1
@@ -386,14 +417,22 @@ class Conv2d(SpatialDims, LinearLayer):
             raise ValueError(f"Conv2d: empty output for input {self.in_shape}")
         return (int(self.weight.shape[0]), int(ho), int(wo))
 
+    @property
+    def _reach(self) -> tuple[int, int]:
+        """The kernel's extent on the input: ``dilation (k - 1) + 1`` per axis."""
+        kh, kw = self.weight.shape[2:]
+        return self.dilation[0] * (int(kh) - 1) + 1, self.dilation[1] * (int(kw) - 1) + 1
+
     def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         b = x.shape[0]
         x = x.reshape(b, *self.in_shape)
         pt, pl, pb, pr = self.padding
         if pt == pb and pl == pr:
-            y = F.conv2d(x, weight, bias, stride=self.stride, padding=(pt, pl))
+            y = F.conv2d(x, weight, bias, stride=self.stride, padding=(pt, pl), dilation=self.dilation,
+                         groups=self.groups)
         else:
-            y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), weight, bias, stride=self.stride)
+            y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), weight, bias, stride=self.stride, dilation=self.dilation,
+                         groups=self.groups)
         return y.reshape(b, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -406,7 +445,7 @@ class Conv2d(SpatialDims, LinearLayer):
         lead = a.shape[:-1]
         a = a.reshape(-1, *self.out_shape)
         _, h, w = self.in_shape
-        kh, kw = weight.shape[2:]
+        kh, kw = self._reach
         pt, pl, pb, pr = self.padding
         # conv_transpose2d computes the adjoint of conv2d on the padded input; crop the padding.
         hp, wp = h + pt + pb, w + pl + pr
@@ -419,13 +458,14 @@ class Conv2d(SpatialDims, LinearLayer):
             # conv_transpose2d (whose float64 kernel is the unvectorised fallback), with no autograd
             # graph needed (with one, conv_transpose2d's backward is the faster):
             # verify/results/bab_speed.md
-            full = torch.nn.grad.conv2d_input((a.shape[0], self.in_shape[0], hp, wp), weight, a, stride=self.stride)
+            full = torch.nn.grad.conv2d_input((a.shape[0], self.in_shape[0], hp, wp), weight, a, stride=self.stride,
+                                              dilation=self.dilation, groups=self.groups)
         else:
             # channels-last: oneDNN's CPU kernel for this layout is 2-3x faster on the coefficient
             # batches of the bound passes (verify/results/bab_speed_channels_last.md)
             a = a.contiguous(memory_format=torch.channels_last)
             full = F.conv_transpose2d(a, weight.contiguous(memory_format=torch.channels_last), stride=self.stride,
-                                      output_padding=out_pad)
+                                      output_padding=out_pad, groups=self.groups, dilation=self.dilation)
         full = full[:, :, pt : pt + h, pl : pl + w]
         return full.reshape(*lead, self.in_dim)
 
@@ -438,6 +478,9 @@ class Conv2d(SpatialDims, LinearLayer):
     def bias_tensor(self, dtype: torch.dtype) -> torch.Tensor:
         return _cast(self.bias, dtype).repeat_interleave(self.out_shape[1] * self.out_shape[2])
 
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self._conv(sigma, _cast(self.weight, sigma.dtype).pow(2), None)
+
     def torch_modules(self, dtype: torch.dtype = torch.float32) -> list["torch.nn.Module"]:
         from torch import nn
 
@@ -446,7 +489,8 @@ class Conv2d(SpatialDims, LinearLayer):
         pt, pl, pb, pr = self.padding
         sym = pt == pb and pl == pr
         conv = nn.Conv2d(self.in_shape[0], self.out_shape[0], tuple(self.weight.shape[2:]),  # type: ignore[arg-type]
-                         stride=self.stride, padding=(pt, pl) if sym else 0)
+                         stride=self.stride, padding=(pt, pl) if sym else 0, dilation=self.dilation,
+                         groups=self.groups)
         conv.weight.data = self.weight.detach().to(dtype).clone()
         conv.bias.data = self.bias.detach().to(dtype).clone()
         pad = [] if sym else [nn.ZeroPad2d((pl, pr, pt, pb))]
@@ -456,17 +500,19 @@ class Conv2d(SpatialDims, LinearLayer):
         """The convolution as a sparse matrix, built from index arithmetic (no dense identity)."""
         c_out, ho, wo = self.out_shape
         c_in, h, w = self.in_shape
+        cg = int(self.weight.shape[1])  # input channels per group
         kh, kw = self.weight.shape[2:]
         pt, pl = self.padding[0], self.padding[1]
         wt = self.weight.detach().double().cpu().numpy()
         co, ci, ki, kj, oi, oj = np.meshgrid(
-            np.arange(c_out), np.arange(c_in), np.arange(kh), np.arange(kw), np.arange(ho), np.arange(wo), indexing="ij"
+            np.arange(c_out), np.arange(cg), np.arange(kh), np.arange(kw), np.arange(ho), np.arange(wo), indexing="ij"
         )
-        ii = oi * self.stride[0] - pt + ki
-        jj = oj * self.stride[1] - pl + kj
+        ii = oi * self.stride[0] - pt + ki * self.dilation[0]
+        jj = oj * self.stride[1] - pl + kj * self.dilation[1]
+        channel = (co // (c_out // self.groups)) * cg + ci  # the input channel of (co, ci) in its group
         valid = (ii >= 0) & (ii < h) & (jj >= 0) & (jj < w)
         rows = ((co * ho + oi) * wo + oj)[valid]
-        cols = ((ci * h + ii) * w + jj)[valid]
+        cols = ((channel * h + ii) * w + jj)[valid]
         vals = wt[co[valid], ci[valid], ki[valid], kj[valid]]
         keep = vals != 0
         return sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(self.out_dim, self.in_dim))
@@ -580,6 +626,17 @@ class Elementwise(LinearLayer):
 
     def matrix(self) -> sp.csr_matrix:
         return sp.diags(self.scale.detach().double().cpu().numpy()).tocsr()
+
+    @property
+    def mixes(self) -> bool:
+        return False
+
+    @property
+    def feeds_once(self) -> bool:
+        return True
+
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma * _cast(self.scale, sigma.dtype).pow(2)
 
     def torch_modules(self, dtype: torch.dtype = torch.float32) -> list["torch.nn.Module"]:
         from robustkit.network.torch_modules import Affine

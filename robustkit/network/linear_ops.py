@@ -186,6 +186,13 @@ class Permute(SpatialDims, _NoBias):
     def copies(self) -> np.ndarray:
         return self._index.astype(np.int64)
 
+    @property
+    def mixes(self) -> bool:
+        return False
+
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self.forward(sigma)
+
     def describe(self) -> str:
         return f"Permute({self.in_shape} by {self.perm}: {self.in_dim})"
 
@@ -236,6 +243,13 @@ class ZeroPad2d(SpatialDims, _NoBias):
         pt, pl = self.padding[0], self.padding[1]
         dst = np.arange(self.out_dim).reshape(c, hp, wp)[:, pt : pt + h, pl : pl + w].reshape(-1)
         return sp.csr_matrix((np.ones(self.in_dim), (dst, np.arange(self.in_dim))), shape=(self.out_dim, self.in_dim))
+
+    @property
+    def mixes(self) -> bool:
+        return False
+
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self.forward(sigma)
 
     def copies(self) -> np.ndarray:
         c, h, w = self.in_shape

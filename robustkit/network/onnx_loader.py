@@ -435,10 +435,8 @@ class _GraphReader:
         if pos != 0:
             raise self._fail(node, "the activation must be the first input")
         attrs = self._attrs(node)
-        if int(attrs.get("group", 1)) != 1:
-            raise self._fail(node, "grouped convolution is not supported")
-        if any(int(d) != 1 for d in attrs.get("dilations", [1, 1])):
-            raise self._fail(node, "dilated convolution is not supported")
+        groups = int(attrs.get("group", 1))
+        dilations = tuple(int(d) for d in attrs.get("dilations", [1, 1]))
         if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
             raise self._fail(node, "auto_pad SAME_* is not supported; give explicit pads")
         w = vals[1]
@@ -451,13 +449,18 @@ class _GraphReader:
         pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
         strides = tuple(int(s) for s in attrs.get("strides", [1, 1]))
         wdt = np.float64 if w.dtype == np.float64 else np.float32  # float16 weights widen exactly
-        layer = Conv2d(
-            weight=torch.from_numpy(np.array(w, dtype=wdt)),
-            bias=torch.from_numpy(np.array(b, dtype=wdt)),
-            in_shape=tuple(int(d) for d in self.shape[1:]),  # type: ignore[arg-type]
-            stride=strides,  # type: ignore[arg-type]
-            padding=(pads[0], pads[1], pads[2], pads[3]),
-        )
+        try:
+            layer = Conv2d(
+                weight=torch.from_numpy(np.array(w, dtype=wdt)),
+                bias=torch.from_numpy(np.array(b, dtype=wdt)),
+                in_shape=tuple(int(d) for d in self.shape[1:]),  # type: ignore[arg-type]
+                stride=strides,  # type: ignore[arg-type]
+                padding=(pads[0], pads[1], pads[2], pads[3]),
+                dilation=(dilations[0], dilations[1]),
+                groups=groups,
+            )
+        except ValueError as exc:
+            raise self._fail(node, str(exc)) from exc
         self._push(layer)
         self.shape = (1,) + layer.out_shape
 

@@ -66,6 +66,10 @@ class ReLU(Activation):
     def unstable(self, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
         return self.phases(lower, upper)[2]
 
+    def derivative(self, z: torch.Tensor) -> torch.Tensor:
+        d = (z > 0).to(z.dtype)  # 0 at the kink, as torch's relu
+        return d if self.identity is None else torch.where(self.identity.to(z.device), torch.ones_like(d), d)
+
     def undecided(self, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
         return self.unstable(lower, upper).unsqueeze(-1)
 

@@ -60,6 +60,11 @@ class SCurve(Activation):
         lo, hi = self.f(lower) - ACT_ERROR, self.f(upper) + ACT_ERROR
         return self._carry(lower, lo), self._carry(upper, hi)
 
+    def derivative(self, z: torch.Tensor) -> torch.Tensor:
+        d = self.df(z)
+        ident = self._ident(z)
+        return d if ident is None else torch.where(ident, torch.ones_like(d), d)
+
     @property
     def optimisable(self) -> bool:
         return False

@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from robustkit.nets import Activations
+from robustkit.network.passes import Activations
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Regularizer(ABC):
     @abstractmethod
     def __call__(
         self,
-        model: nn.Sequential,
+        model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from robustkit.nets import Activations, forward_with_activations
+from robustkit.network.passes import Activations, forward_with_activations
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 from robustkit.regularizers.options import require_choice, require_nonneg
 from robustkit.regularizers.perturb import input_gradient, l2_step, sign_step
@@ -76,7 +76,7 @@ class MRnet(Regularizer):
 
     def __call__(
         self,
-        model: nn.Sequential,
+        model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,
@@ -88,7 +88,7 @@ class MRnet(Regularizer):
             out.metrics["mrnet_active"] = 0.0
             return out
         x_adv = mrnet_adversarial(model, x, y, cfg.eps, cfg.norm, state.input_range)
-        phi_adv = forward_with_activations(model, x_adv).last_hidden
+        phi_adv = forward_with_activations(clean.network, x_adv).last_hidden
         dist = manifold_loss(clean.last_hidden, phi_adv).mean()
         out.terms["mrnet"] = cfg.weight * dist
         out.metrics["mrnet_active"] = 1.0

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustkit.errors import InputError
-from robustkit.nets import Activations
+from robustkit.network.passes import Activations
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 from robustkit.regularizers.options import require_nonneg
 from robustkit.regularizers.perturb import clip_to_range, input_gradient
@@ -78,7 +78,7 @@ class PGDTraining(Regularizer):
 
     def __call__(
         self,
-        model: nn.Sequential,
+        model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,
