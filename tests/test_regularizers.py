@@ -586,6 +586,53 @@ def test_describe_and_cli_list_every_regularizer() -> None:
     assert main(["regularizers", "nope"]) == 1
 
 
+def test_a_regularizer_is_declared_once_by_its_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry reads name, paper, terms, config and weight option from the class; a user's
+    subclass registers with one call and is then a spec name like the built-in ones; a class
+    that declares too little is refused when registered."""
+    from dataclasses import dataclass
+
+    from robustkit.regularizers import Regularizer, register
+    from robustkit.regularizers import registry as reg_mod
+
+    for info in describe_regularizers():
+        entry = reg_mod.REGULARIZERS[info.name]
+        assert info.paper.startswith(entry.cls.paper) and entry.config_cls is entry.cls.config_cls
+    monkeypatch.setattr(reg_mod, "_REGISTRY", dict(reg_mod._REGISTRY))
+    monkeypatch.setattr(reg_mod, "REGULARIZERS", reg_mod.MappingProxyType(reg_mod._REGISTRY))
+
+    @dataclass(frozen=True)
+    class L2Config:
+        weight: float = 1e-4
+
+    @register
+    class L2(Regularizer):
+        name = "l2-logits"
+        paper = "a user's own term"
+        summary = "weight * ||z||^2"
+        terms = ("l2_logits",)
+        config_cls = L2Config
+
+        def __call__(self, model, x, y, state, clean):  # type: ignore[no-untyped-def]
+            from robustkit.regularizers import RegOutput
+
+            return RegOutput(terms={"l2_logits": self.config.weight * clean.logits.pow(2).sum(1).mean()})
+
+    (built,) = build_regularizers(["l2-logits=0.5"])
+    assert isinstance(built, L2) and built.config.weight == 0.5
+    assert "l2-logits" in regularizer_names()
+    with pytest.raises(InputError, match="option"):
+        build_regularizers(["l2-logits:nope=1"])
+    with pytest.raises(ValueError, match="taken"):
+        register(type("Other", (L2,), {"name": "mrnet"}))
+    with pytest.raises(TypeError, match="config_cls"):
+        register(type("NoConfig", (Regularizer,), {"name": "x", "__call__": lambda *a: None}))
+    mutable = dataclass(type("C", (), {"__annotations__": {"weight": float}, "weight": 0.0}))
+    with pytest.raises(TypeError, match="frozen"):
+        register(type("Mutable", (Regularizer,), {"name": "x", "config_cls": mutable, "__call__": lambda *a: None}))
+    assert "x" not in regularizer_names()
+
+
 # ----------------------------------------------------------------------------------------------
 # Short-budget training on real MNIST
 # ----------------------------------------------------------------------------------------------

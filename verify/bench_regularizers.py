@@ -12,7 +12,8 @@ Run from the repository root:  python verify/bench_regularizers.py [--rounds 7] 
 Writes the table to verify/results/regularizer_step_time.md and prints it.
 
 Two source trees side by side (this script drives both; the trees' robustkit packages are
-imported in turn by subprocesses, rounds alternating A B, B A, ...):
+imported in turn by subprocesses: per round, each regularizer in one tree then the other, the
+order alternating):
     python verify/bench_regularizers.py --tree before=/path/old --tree after=. --rounds 6 --steps 5
 writes verify/results/regularizer_step_paired.md: ms per step in each tree and the median over
 rounds of the per-round ratio after/before.
@@ -188,26 +189,27 @@ def paired(args: argparse.Namespace) -> None:
     if len(trees) != 2:
         raise SystemExit("--tree NAME=PATH twice")
     times: dict[str, dict[str, list[float]]] = {name: {} for name, _ in trees}
+    labels = [label for label, _, _ in SPECS if not args.only or label in args.only.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for name, path in trees if r % 2 == 0 else trees[::-1]:
-                out = Path(tmp) / f"{name}{r}.json"
-                env = dict(os.environ, PYTHONPATH=str(Path(path).resolve()), OMP_NUM_THREADS="1")
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--rounds", "1", "--steps", str(args.steps),
-                       "--batch", str(args.batch), "--net", args.net, "--json", str(out)]
-                if args.only:
-                    cmd += ["--only", args.only]
-                subprocess.run(cmd, check=True, env=env, cwd=Path(path).resolve())
-                for label, ts in json.loads(out.read_text()).items():
-                    times[name].setdefault(label, []).extend(ts)
+            for k, label in enumerate(labels):  # one regularizer at a time, both trees back to back
+                order = trees if (r + k) % 2 == 0 else trees[::-1]
+                for name, path in order:
+                    out = Path(tmp) / f"{name}{r}_{k}.json"
+                    env = dict(os.environ, PYTHONPATH=str(Path(path).resolve()), OMP_NUM_THREADS="1")
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "--rounds", "1", "--steps", str(args.steps),
+                           "--batch", str(args.batch), "--net", args.net, "--json", str(out), "--only", label]
+                    subprocess.run(cmd, check=True, env=env, cwd=Path(path).resolve())
+                    for got, ts in json.loads(out.read_text()).items():
+                        times[name].setdefault(got, []).extend(ts)
     (a, _), (b, _) = trees
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
         f"# Per-step training time, {a} vs {b}, side by side",
         "",
-        f"Net `{args.net}`, batch {args.batch}, CPU, 1 thread, Adam; {args.rounds} rounds alternating the trees "
-        f"(A B, B A, ...), {args.steps} steps per regularizer per round; the ratio is the median over rounds of "
-        f"{b}/{a} within the round. Trees: " + ", ".join(f"{n} = `{p}`" for n, p in trees)
+        f"Net `{args.net}`, batch {args.batch}, CPU, 1 thread, Adam; {args.rounds} rounds; in a round each "
+        f"regularizer runs {args.steps} steps in one tree and then the other (a fresh process each, the order "
+        f"alternating), and the ratio is the median over rounds of {b}/{a} of those back-to-back pairs. Trees: " + ", ".join(f"{n} = `{p}`" for n, p in trees)
         + f". torch {torch.__version__}, {os.cpu_count()} cores, load {load:.1f} at the end. "
         "Produced by `python verify/bench_regularizers.py --tree ... --tree ...`.",
         "",

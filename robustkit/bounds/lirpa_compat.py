@@ -39,13 +39,14 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from robustkit.bounds.methods import BoundMethod
 from robustkit.network import Network
 from robustkit.network.torch_modules import Flat, Unflat
 
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install --no-deps auto-lirpa==0.3 tqdm"
-LIRPA_METHODS = {"interval": "IBP", "ibp": "IBP", "crown": "backward", "alpha-crown": "CROWN-Optimized"}
+LIRPA_METHODS = {name: m.lirpa for m in BoundMethod if m.lirpa for name in (m.value, *m.aliases)}
 
 
 def _node_getitem(node: Any, name: str) -> Any:

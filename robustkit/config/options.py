@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from robustkit.milp.solvers import SOLVER_NAMES
 from robustkit.report.tables import COLUMN_KEYS, DEFAULT_COLUMNS, TABLE_FORMATS
+from robustkit.bounds.methods import BOUND_METHODS, INCOMPLETE, describe_methods
 from robustkit.verification.config import BAB_INTERMEDIATE, BAB_SPLIT, FORMULATIONS, METHODS, TIGHTEN
 from robustkit.verification.schedule import ORDERS
 
@@ -97,7 +98,7 @@ def _o(name: str, section: str, flags: tuple[str, ...], kind: Kind, default: Any
     return Option(name=name, section=section, key=key, flags=flags, kind=kind, default=default, help=help, **kw)
 
 
-_BOUNDS_HELP = ("Bound propagation: interval, crown, alpha-crown or lp (each includes the ones before it); "
+_BOUNDS_HELP = (f"Bound propagation: {describe_methods(TIGHTEN)} (each includes the ones before it); "
                 "in verify, vnnlib, bench and table the bounds that decide stable ReLUs and start the complete method.")
 
 #: Every option, declared once.
@@ -135,7 +136,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
        choices=("ce", "margin")),
     # -- how a property is decided --------------------------------------------------------------
     _o("method", "verify", ("--method",), "choice", "bab", "Complete: bab (branch and bound) or milp; "
-       "incomplete (bounds alone, fast): interval, crown, alpha-crown.", choices=METHODS, noun="method"),
+       f"incomplete (bounds alone, fast): {', '.join(INCOMPLETE)}.", choices=METHODS, noun="method"),
     _o("bounds", "verify", ("--bounds",), "choice", "crown", _BOUNDS_HELP, choices=TIGHTEN,
        noun="tightening (bound method)"),
     _o("timeout", "verify", ("--timeout",), "number", "60", "Time limit per sample (verify, table), per "
@@ -288,8 +289,8 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
     ),
     "bounds": (
         _u("model"), _u("eps"), _u("n"), _u("dataset"), _u("data_dir"),
-        _u("bounds", choices=(*TIGHTEN, "milp"), help="Bound method: interval (alias ibp), crown, alpha-crown, "
-           "lp or milp (each includes the ones before it)."),
+        _u("bounds", choices=BOUND_METHODS, help=f"Bound method: {describe_methods(BOUND_METHODS)} "
+           "(each includes the ones before it)."),
         _u("timeout", default=None, help="Time limit per batch for alpha-CROWN, LP and MILP.",
            default_text="no limit"),
         _u("batch_size"), _u("refine_stable"), _u("format", choices=("md", "json")),

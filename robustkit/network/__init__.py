@@ -1,6 +1,7 @@
 """robustkit's network representation: ONNX in, a sequence of flat layers out."""
 
-from robustkit.network.layers import Conv2d, Dense, Elementwise, Layer, LinearLayer
+from robustkit.network.conv import Conv2d
+from robustkit.network.layers import Dense, Elementwise, Layer, LinearLayer
 from robustkit.network.activations import Activation
 from robustkit.network.relu import LeakyReLU, ReLU
 from robustkit.network.hardtanh import HardTanh

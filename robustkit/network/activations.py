@@ -58,6 +58,7 @@ class Activation(Layer):
     kinks: ClassVar[int] = 1  # breakpoints per neuron (0: smooth)
     rounds: ClassVar[bool] = False  # the bound methods charge its own float error (errs.rounding)
     nonlinear: ClassVar[bool] = True
+    is_relu: ClassVar[bool] = False  # max(z, 0) exactly (fused kernels elsewhere may rely on it)
 
     def __post_init__(self) -> None:
         if self.identity is not None:

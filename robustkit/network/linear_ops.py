@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from robustkit.network.floatfmt import FLOAT32, FloatFormat
-from robustkit.network.layers import LinearLayer, SpatialDims
+from robustkit.network.conv import SpatialDims
+from robustkit.network.layers import LinearLayer
 
 
 class _NoBias(LinearLayer):

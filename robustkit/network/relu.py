@@ -31,6 +31,8 @@ from robustkit.network.floatfmt import FLOAT32, FloatFormat
 class ReLU(Activation):
     """Elementwise ``max(x, 0)``; where ``identity`` (bool, ``(dim,)``) is set, ``x`` itself."""
 
+    is_relu: ClassVar[bool] = True
+
     def f(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x)
 

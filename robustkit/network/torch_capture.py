@@ -38,7 +38,8 @@ from robustkit.errors import InputError
 from robustkit.network.floatfmt import FLOAT32
 from robustkit.network.graph_lowering import GraphLowering, maxpool_layers
 from robustkit.network.hardtanh import HardTanh
-from robustkit.network.layers import Conv2d, Dense, Elementwise, Layer
+from robustkit.network.conv import Conv2d
+from robustkit.network.layers import Dense, Elementwise, Layer
 from robustkit.network.linear_ops import AvgPool2d
 from robustkit.network.network import Network
 from robustkit.network.passes import Activations, forward_with_activations

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustkit.errors import InputError
-from robustkit.network import Dense, Network
+from robustkit.network import Network
 from robustkit.network.passes import Activations
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 from robustkit.regularizers.options import require_choice, require_nonneg
@@ -108,12 +108,13 @@ def layer_frobenius_norms(net: Network | nn.Module, clean: Activations, output: 
         last = net.layers[mixing] if mixing is not None else None
         if output == "logits":
             norms.append(energy.sum(1).expand(clean.logits.shape[0]))
-        elif isinstance(last, Dense) and mixing == len(net.layers) - 1:
-            weight = last.weight * sigma.sqrt()
+        elif last is not None and mixing == len(net.layers) - 1:
+            eye = torch.eye(last.out_dim, dtype=dtype)
+            weight = last.backward(eye) * sigma.sqrt()  # W itself (any linear layer), differentiable
             norms.append(softmax_frobenius(weight, clean.logits))
         else:
-            raise InputError("contractive: the softmax Jacobian needs the net to end in a fully connected layer "
-                             "(use output=logits or none)")
+            raise InputError("contractive: the softmax Jacobian needs the net to end in a linear layer that mixes "
+                             "its inputs (use output=logits or none)")
     return norms
 
 
@@ -122,9 +123,10 @@ class Contractive(Regularizer):
 
     name = "contractive"
     paper = "Gu & Rigazio 2015, Towards Deep Neural Network Architectures Robust to Adversarial Examples, Sec. 4.2 Eq. (6)"
-
-    def __init__(self, config: ContractiveConfig | None = None) -> None:
-        self.config = config or ContractiveConfig()
+    summary = "sum_j lambda_j ||dh_j/dh_{j-1}||_F^2 layer-wise, closed form (operator derivatives, row norms, softmax Jacobian)"
+    terms = ("contractive",)
+    config_cls = ContractiveConfig
+    config: ContractiveConfig
 
     def __call__(
         self,

@@ -70,10 +70,11 @@ class IBPTraining(Regularizer):
     """weight * CE(z_hat, y) on the IBP worst-case logits over the eps box (Gowal et al. 2018)."""
 
     name = "ibp"
-    paper = "Gowal et al. 2018, On the Effectiveness of Interval Bound Propagation for Training Verifiably Robust Models, Sec. 3, Eq. (6)-(8)"
-
-    def __init__(self, config: IBPConfig | None = None) -> None:
-        self.config = config or IBPConfig()
+    paper = "Gowal et al. 2018, On the Effectiveness of Interval Bound Propagation for Training Verifiably Robust Models, Sec. 3, Eq. (6)-(8); certified-training baseline of Jin & Rinard 2020 Table 1"
+    summary = "weight * CE of the interval worst-case logits over the eps-box (last layer merged into the margins)"
+    terms = ("ibp",)
+    config_cls = IBPConfig
+    config: IBPConfig
 
     def __call__(
         self,

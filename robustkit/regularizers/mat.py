@@ -157,9 +157,13 @@ class MAT(Regularizer):
 
     name = "mat"
     paper = "Zhang, Huang, Zhu, Liu, Manifold Adversarial Learning, Sec. III-D (Eq. 2, Prop. III.1), III-F, III-G, III-H (Thm. III.4)"
+    summary = "class-GMM information term + KL smoothness of mixture posteriors and outputs at the power-iteration perturbation"
+    terms = ("mat_info", "mat_smooth")
+    config_cls = MATConfig
+    config: MATConfig
 
     def __init__(self, config: MATConfig | None = None) -> None:
-        self.config = config or MATConfig()
+        super().__init__(config)
         self.gmm: ClassGaussianMixture | None = None
 
     def _mixture(self, num_classes: int) -> ClassGaussianMixture:

@@ -69,10 +69,11 @@ class MRnet(Regularizer):
     """lambda * mean_i ||phi(x_i) - phi(x_i^adv)||^2 on the last hidden layer, after a warm-up."""
 
     name = "mrnet"
-    paper = "Lee, Choi, Yoon 2015, Manifold Regularized Deep Neural Networks using Adversarial Examples, Sec. 3 Eq. (3)-(5),(10); Appendix"
-
-    def __init__(self, config: MRnetConfig | None = None) -> None:
-        self.config = config or MRnetConfig()
+    paper = "Lee, Choi, Yoon 2015, Manifold Regularized Deep Neural Networks using Adversarial Examples, Sec. 3 Eq. (3)-(5),(10); Appendix (MNIST eps = 2)"
+    summary = "lambda * ||phi(x) - phi(x + eps g/||g||)||^2 on the last hidden layer, after a warm-up"
+    terms = ("mrnet",)
+    config_cls = MRnetConfig
+    config: MRnetConfig
 
     def __call__(
         self,

@@ -23,9 +23,10 @@ class NoRegularizer(Regularizer):
 
     name = "none"
     paper = "baseline: standard back-propagation on the clean cross-entropy"
-
-    def __init__(self, config: NoneConfig | None = None) -> None:
-        self.config = config or NoneConfig()
+    summary = "plain cross-entropy, no extra term"
+    terms = ()
+    config_cls = NoneConfig
+    config: NoneConfig
 
     def __call__(
         self,

@@ -71,10 +71,12 @@ class PGDTraining(Regularizer):
     """Replace the clean CE by the CE at a k-step PGD point (Madry et al. 2018)."""
 
     name = "pgd"
-    paper = "Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks, Eq. (2.1), Sec. 4"
-
-    def __init__(self, config: PGDConfig | None = None) -> None:
-        self.config = config or PGDConfig()
+    paper = "Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks, Eq. (2.1), Sec. 4; baseline of Xiao et al. 2019 / Jin & Rinard 2020 Table 1"
+    summary = "train on a k-step L-inf PGD point with random start (eps = trainer's eps)"
+    terms = ("pgd",)
+    config_cls = PGDConfig
+    replaces_clean_loss = True
+    config: PGDConfig
 
     def __call__(
         self,

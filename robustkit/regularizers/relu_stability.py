@@ -101,10 +101,11 @@ class ReluStability(Regularizer):
     """weight * mean_i sum_ReLU -tanh(1 + l u) with IBP bounds on the eps ball."""
 
     name = "relu-stability"
-    paper = "Xiao et al. 2019, Training for Faster Adversarial Robustness Verification via Inducing ReLU Stability, Sec. 4.2 (RS loss)"
-
-    def __init__(self, config: ReluStabilityConfig | None = None) -> None:
-        self.config = config or ReluStabilityConfig()
+    paper = "Xiao et al. 2019, Training for Faster Adversarial Robustness Verification via Inducing ReLU Stability, Sec. 4.2 (RS loss); interval bounds"
+    summary = "sum over the kinks of every piecewise-linear operator of -tanh(1 + l*u) with interval bounds on the eps-box"
+    terms = ("relu_stability",)
+    config_cls = ReluStabilityConfig
+    config: ReluStabilityConfig
 
     def __call__(
         self,
