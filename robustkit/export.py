@@ -1,42 +1,47 @@
-"""Export a robustkit net (or a training run) to one self-contained ONNX file.
+"""Export a PyTorch model (or a ``robustkit train`` run) to one self-contained ONNX file.
 
-The graph is written directly with ``onnx.helper`` from the ``nn.Sequential`` (robustkit nets
-contain only ``Normalize``, ``Conv2d``, ``Linear``, ``ReLU``, ``Flatten``, ``MaxPool2d`` and
-:class:`~robustkit.nets.Residual`), which gives a predictable operator set for robustkit's own
-ONNX loader: Sub/Div (normalization), Conv, Gemm (``transB=1``), Relu, Flatten, MaxPool
-(``kernel_shape``, ``strides``, ``pads``), and for a residual block the body's nodes followed by
-``Add(block input, body output)``. Nodes and weights of a block's body are named by their path,
-e.g. ``Conv_3.0`` / ``layer3.0.weight`` for the first layer of the body at position 3. Input ``input`` is ``[N, C, H, W]`` with a symbolic batch
-``N``; output ``output`` is ``[N, classes]``; opset 13; weights are stored inside the file.
+The graph is written by PyTorch's TorchScript-based exporter (``torch.onnx.export(...,
+dynamo=False)``: it needs no ``onnxscript``, which the default dynamo exporter of torch >= 2.9
+does), at opset :data:`OPSET`, with input ``input`` ``[N, *input_shape]`` (symbolic batch ``N``)
+and output ``output`` ``[N, classes]``; weights are stored inside the file. Any ``nn.Module`` that
+robustkit can capture exports (:mod:`robustkit.network.torch_capture`: Linear, Conv2d, BatchNorm,
+ReLU and the other supported activations, pooling, Flatten, residual sums and ``torch.cat``
+written in ``forward()``); anything else is refused before exporting, naming the module and its
+path in the model. In eval mode the exporter folds a BatchNorm into the Conv before it.
+
+Every export is checked three ways before it is written: onnx's checker, robustkit's own ONNX
+loader (the graph the verifier will read), and onnxruntime against torch on random inputs and the
+corners of the input box (:func:`check_onnx_matches`).
 
 Metadata (``metadata_props``, all strings, JSON where structured): ``robustkit.dataset``,
 ``robustkit.input_shape``, ``robustkit.value_range``, ``robustkit.normalization``,
 ``robustkit.net``, ``robustkit.net_config``, ``robustkit.train_config``, ``robustkit.metrics``,
-``robustkit.version``. After writing, the file is run with onnxruntime and compared with torch.
+``robustkit.version``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 from torch import nn
 
 from robustkit import __version__
 from robustkit.errors import InputError, ModelFormatError, RobustkitError
-from robustkit.nets import Normalize, Residual
+from robustkit.nets import Normalize
 
 logger = logging.getLogger(__name__)
 
-OPSET = 13
-IR_VERSION = 8  # readable by every onnxruntime robustkit supports (>= 1.17)
+OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 META_PREFIX = "robustkit."
@@ -54,143 +59,80 @@ class ExportMismatchError(RobustkitError):
     """onnxruntime's outputs for the exported file differ from torch's (an exporter bug)."""
 
 
-class _GraphBuilder:
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-
-    def const(self, name: str, value: torch.Tensor) -> str:
-        arr = value.detach().cpu().to(torch.float32).numpy()
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], name: str, **attrs: Any) -> str:
-        out = f"{name}_out"
-        self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
-        return out
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def _add_conv(b: _GraphBuilder, layer: nn.Conv2d, x: str, i: int | str) -> str:
-    if layer.padding_mode != "zeros":
-        raise InputError(f"layer {i}: Conv2d padding_mode {layer.padding_mode!r} cannot be exported (only 'zeros')")
-    if isinstance(layer.padding, str):
-        if layer.padding != "valid":
-            raise InputError(f"layer {i}: Conv2d padding {layer.padding!r} cannot be exported; use explicit numbers")
-        ph, pw = 0, 0
+def example_batch(model: nn.Module, example: "torch.Tensor | np.ndarray | Sequence[int]") -> torch.Tensor:
+    """One input of ``model``'s input shape: ``example`` is a batch (its first sample is used), or
+    the shape of one sample (``(C, H, W)`` or ``(features,)``), filled with zeros."""
+    if isinstance(example, np.ndarray):
+        example = torch.from_numpy(example)
+    if isinstance(example, torch.Tensor):
+        if example.dim() < 2 or example.shape[0] < 1:
+            raise InputError(f"the example input must be a batch (N, ...) with N >= 1, got shape "
+                             f"{tuple(example.shape)} (give a shape tuple for one sample)")
+        x = example[:1].detach()
     else:
-        ph, pw = _pair(layer.padding)
-    kh, kw = _pair(layer.kernel_size)
-    inputs = [x, b.const(f"layer{i}.weight", layer.weight)]
-    if layer.bias is not None:
-        inputs.append(b.const(f"layer{i}.bias", layer.bias))
-    return b.node(
-        "Conv",
-        inputs,
-        f"Conv_{i}",
-        kernel_shape=[kh, kw],
-        strides=list(_pair(layer.stride)),
-        pads=[ph, pw, ph, pw],
-        dilations=list(_pair(layer.dilation)),
-        group=int(layer.groups),
-    )
+        try:
+            shape = tuple(int(d) for d in example)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"the example input must be a tensor, an array or a shape tuple, got "
+                             f"{type(example).__name__}") from exc
+        if not shape or min(shape) <= 0:
+            raise InputError(f"an input shape needs positive sizes, got {shape}")
+        x = torch.zeros(1, *shape)
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    return x.to(device=device, dtype=dtype)
 
 
-def _add_maxpool(b: _GraphBuilder, layer: nn.MaxPool2d, x: str, i: int | str) -> str:
-    if layer.return_indices:
-        raise InputError(f"layer {i}: MaxPool2d(return_indices=True) cannot be exported")
-    if _pair(layer.dilation) != (1, 1):
-        raise InputError(f"layer {i}: MaxPool2d with dilation {layer.dilation} cannot be exported (only 1)")
-    kh, kw = _pair(layer.kernel_size)
-    stride = layer.stride if layer.stride is not None else layer.kernel_size
-    ph, pw = _pair(layer.padding)
-    attrs: dict[str, Any] = {"kernel_shape": [kh, kw], "strides": list(_pair(stride)), "pads": [ph, pw, ph, pw]}
-    if layer.ceil_mode:
-        attrs["ceil_mode"] = 1
-    return b.node("MaxPool", [x], f"MaxPool_{i}", **attrs)
+def module_to_onnx(model: nn.Module, example: "torch.Tensor | np.ndarray | Sequence[int]") -> onnx.ModelProto:
+    """The ONNX graph of ``model`` (in eval mode) for inputs shaped like ``example``
+    (:func:`example_batch`), refused with a :class:`~robustkit.network.torch_capture.CaptureError`
+    naming the module if robustkit cannot read it. The model's train/eval mode is restored."""
+    from robustkit.network.onnx_loader import network_from_onnx
+    from robustkit.network.torch_capture import CaptureError, capture
 
-
-def _add_layers(b: _GraphBuilder, model: nn.Sequential, x: str, rank: int, prefix: str = "") -> tuple[str, int]:
-    """Append the nodes of ``model``'s layers to ``b``; returns the output name and its rank."""
-    for j, layer in enumerate(model):
-        i: int | str = f"{prefix}{j}" if prefix else j
-        if isinstance(layer, Normalize):
-            x = b.node("Sub", [x, b.const(f"layer{i}.mean", layer.mean)], f"Sub_{i}")
-            x = b.node("Div", [x, b.const(f"layer{i}.std", layer.std)], f"Div_{i}")
-        elif isinstance(layer, nn.Conv2d):
-            if rank != 4:
-                raise InputError(f"layer {i}: Conv2d after Flatten cannot be exported")
-            x = _add_conv(b, layer, x, i)
-        elif isinstance(layer, nn.MaxPool2d):
-            if rank != 4:
-                raise InputError(f"layer {i}: MaxPool2d after Flatten cannot be exported")
-            x = _add_maxpool(b, layer, x, i)
-        elif isinstance(layer, Residual):
-            out, out_rank = _add_layers(b, layer.body, x, rank, prefix=f"{i}.")
-            if out_rank != rank:
-                raise InputError(f"layer {i}: a Residual body must keep the rank of its input (no Flatten)")
-            x = b.node("Add", [x, out], f"Add_{i}")
-        elif isinstance(layer, nn.Linear):
-            if rank != 2:
-                raise InputError(f"layer {i}: Linear needs a flat (N, features) input; add nn.Flatten() before it")
-            inputs = [x, b.const(f"layer{i}.weight", layer.weight)]
-            if layer.bias is not None:
-                inputs.append(b.const(f"layer{i}.bias", layer.bias))
-            x = b.node("Gemm", inputs, f"Gemm_{i}", transB=1)
-        elif isinstance(layer, nn.ReLU):
-            x = b.node("Relu", [x], f"Relu_{i}")
-        elif isinstance(layer, nn.Flatten):
-            if layer.start_dim != 1 or layer.end_dim != -1:
-                raise InputError(f"layer {i}: only Flatten(start_dim=1, end_dim=-1) can be exported")
-            x, rank = b.node("Flatten", [x], f"Flatten_{i}", axis=1), 2
-        else:
-            raise InputError(
-                f"layer {i}: {type(layer).__name__} cannot be exported "
-                "(supported: Normalize, Conv2d, Linear, ReLU, Flatten, MaxPool2d, Residual)"
-            )
-    return x, rank
-
-
-def sequential_to_onnx(model: nn.Sequential, input_shape: tuple[int, int, int]) -> onnx.ModelProto:
-    """The ONNX graph of a robustkit ``nn.Sequential`` taking ``(N, *input_shape)``."""
-    if not isinstance(model, nn.Sequential):
-        raise InputError(f"only nn.Sequential models can be exported, got {type(model).__name__}")
-    b = _GraphBuilder()
-    x, rank = _add_layers(b, model, INPUT_NAME, 4)
-    if rank != 2:
-        raise InputError("the model must end in a Linear layer giving (N, classes) logits")
-    with torch.no_grad():
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        n_out = int(model(torch.zeros(1, *input_shape, device=device)).shape[1])
-    b.nodes.append(helper.make_node("Identity", [x], [OUTPUT_NAME], name="Identity_output"))
-    graph = helper.make_graph(
-        b.nodes,
-        "robustkit",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", *input_shape])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", n_out])],
-        initializer=b.initializers,
-    )
-    proto = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="robustkit",
-        producer_version=__version__,
-        ir_version=IR_VERSION,
-    )
+    if not isinstance(model, nn.Module):
+        raise InputError(f"expected a torch nn.Module, got {type(model).__name__}")
+    x = example_batch(model, example)
+    was_training = model.training
+    model.eval()
+    try:
+        capture(model, x)  # names an unsupported module (and its path) before torch sees it
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            # the TorchScript exporter announces its deprecation; it is the one that needs no onnxscript
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            try:
+                torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
+                                  output_names=[OUTPUT_NAME], do_constant_folding=True,
+                                  dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}})
+            except Exception as exc:  # the exporter raises many kinds; the model is the user's
+                raise CaptureError(f"torch.onnx.export failed on {type(model).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)
+    proto = onnx.load_model_from_string(buf.getvalue())
+    proto.producer_name, proto.producer_version = "robustkit", __version__
+    if len(proto.graph.output) != 1:
+        raise InputError(f"{type(model).__name__}.forward() must return one tensor of logits, "
+                         f"returns {len(proto.graph.output)}")
     onnx.checker.check_model(proto, full_check=True)
+    network_from_onnx(proto, source=f"the export of {type(model).__name__}")  # the verifier reads it
     return proto
+
+
+def sequential_to_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> onnx.ModelProto:
+    """The ONNX graph of ``model`` taking ``(N, *input_shape)`` (:func:`module_to_onnx`)."""
+    return module_to_onnx(model, tuple(input_shape))
 
 
 def _meta_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _normalization_of(model: nn.Sequential) -> dict[str, Any] | None:
-    first = model[0] if len(model) else None
+def _normalization_of(model: nn.Module) -> dict[str, Any] | None:
+    """The model's leading :class:`~robustkit.nets.Normalize` (a Sequential's first layer)."""
+    first = model[0] if isinstance(model, nn.Sequential) and len(model) else None
     if isinstance(first, Normalize):
         return {
             "mean": [float(v) for v in first.mean.flatten()],
@@ -200,7 +142,7 @@ def _normalization_of(model: nn.Sequential) -> dict[str, Any] | None:
     return None
 
 
-def _run_metadata(run_dir: Path) -> tuple[nn.Sequential, tuple[int, int, int], dict[str, str]]:
+def _run_metadata(run_dir: Path) -> tuple[nn.Module, tuple[int, ...], dict[str, str]]:
     from robustkit.training.artifacts import load_trained, net_config_to_json
 
     trained = load_trained(run_dir)
@@ -216,20 +158,49 @@ def _run_metadata(run_dir: Path) -> tuple[nn.Sequential, tuple[int, int, int], d
     return trained.model, net.input_shape, meta
 
 
+def model_bytes(
+    model: nn.Module,
+    example: "torch.Tensor | np.ndarray | Sequence[int]",
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    value_range: tuple[float, float] | None = None,
+    check: bool = True,
+) -> bytes:
+    """``model`` as the bytes of one ONNX file with robustkit's metadata plus ``metadata``
+    (non-string values JSON-encoded); with ``check`` onnxruntime must match torch
+    (:func:`check_onnx_matches`), else :class:`ExportMismatchError`."""
+    x = example_batch(model, example)
+    shape = tuple(int(d) for d in x.shape[1:])
+    meta: dict[str, str] = {str(k): _meta_value(v) for k, v in (metadata or {}).items()}
+    if value_range is not None:
+        meta["robustkit.value_range"] = json.dumps([float(value_range[0]), float(value_range[1])])
+    meta.setdefault("robustkit.value_range", json.dumps([0.0, 1.0]))
+    meta["robustkit.input_shape"] = json.dumps(list(shape))
+    meta.setdefault("robustkit.normalization", json.dumps(_normalization_of(model)))
+    meta["robustkit.version"] = __version__
+    proto = module_to_onnx(model, x)
+    helper.set_model_props(proto, meta)
+    data = proto.SerializeToString()
+    if check:
+        lo, hi = json.loads(meta["robustkit.value_range"])
+        check_onnx_matches(model, data, shape, value_range=(float(lo), float(hi)))
+    return data
+
+
 def export_onnx(
-    source: Path | str | nn.Sequential,
+    source: Path | str | nn.Module,
     out_path: Path | str,
     metadata: Mapping[str, Any] | None = None,
     *,
-    input_shape: tuple[int, int, int] | None = None,
+    input_shape: tuple[int, ...] | None = None,
     check: bool = True,
 ) -> Path:
-    """Write ``source`` (a run directory of ``robustkit train`` or an ``nn.Sequential``) to
+    """Write ``source`` (a run directory of ``robustkit train`` or an ``nn.Module``) to
     ``out_path`` as one ONNX file, with robustkit metadata plus ``metadata`` (non-string values
-    are JSON-encoded). For a bare model give ``input_shape`` (C, H, W) or put it in
-    ``metadata["robustkit.input_shape"]``. With ``check`` the written file is run with
-    onnxruntime and must match torch (atol = rtol = 1e-5), else :class:`ExportMismatchError`."""
-    meta: dict[str, str] = {}
+    are JSON-encoded). For a bare model give ``input_shape`` (one sample's shape, e.g. (C, H, W))
+    or put it in ``metadata["robustkit.input_shape"]``. With ``check`` the written file is run
+    with onnxruntime and must match torch (atol = rtol = 1e-5), else :class:`ExportMismatchError`."""
+    meta: dict[str, Any] = {}
     if isinstance(source, nn.Module):
         model = source
         shape = input_shape
@@ -237,7 +208,7 @@ def export_onnx(
             raw = metadata["robustkit.input_shape"]
             shape = tuple(json.loads(raw) if isinstance(raw, str) else raw)
         if shape is None:
-            raise InputError("exporting a bare model needs input_shape=(C, H, W)")
+            raise InputError("exporting a bare model needs input_shape, e.g. (C, H, W)")
     else:
         run_dir = Path(source)
         if not run_dir.is_dir():
@@ -246,45 +217,36 @@ def export_onnx(
         if input_shape is not None and tuple(input_shape) != tuple(shape):
             raise InputError(f"input_shape {input_shape} differs from the run's {shape}")
     shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or min(shape) <= 0:
-        raise InputError(f"input_shape must be (C, H, W) with positive sizes, got {shape}")
-    model = model.eval()
-    meta.setdefault("robustkit.value_range", json.dumps([0.0, 1.0]))
-    meta["robustkit.input_shape"] = json.dumps(list(shape))
-    meta["robustkit.normalization"] = json.dumps(_normalization_of(model))
-    meta["robustkit.version"] = __version__
-    for key, value in (metadata or {}).items():
-        meta[str(key)] = _meta_value(value)
-
-    proto = sequential_to_onnx(model, shape)  # type: ignore[arg-type]
-    helper.set_model_props(proto, meta)
+    if not shape or min(shape) <= 0:
+        raise InputError(f"input_shape must have positive sizes, got {shape}")
+    meta.update(metadata or {})
+    data = model_bytes(model, shape, meta, check=check)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    onnx.save_model(proto, str(tmp), save_as_external_data=False)
+    tmp.write_bytes(data)
     os.replace(tmp, out)
-    if check:
-        value_range = tuple(json.loads(meta["robustkit.value_range"]))
-        check_onnx_matches(model, out, shape, value_range=value_range)  # type: ignore[arg-type]
     logger.info("wrote %s (%d bytes)", out, out.stat().st_size)
     return out
 
 
 def check_onnx_matches(
     model: nn.Module,
-    path: Path | str,
-    input_shape: tuple[int, int, int],
+    path: "Path | str | bytes",
+    input_shape: tuple[int, ...],
     *,
     value_range: tuple[float, float] = (0.0, 1.0),
     atol: float = 1e-5,
     rtol: float = 1e-5,
     seed: int = 0,
 ) -> float:
-    """Run ``path`` with onnxruntime on random inputs (batches of 1 and 7) and on the corners
-    of the input box; raise :class:`ExportMismatchError` unless it equals ``model``'s output
-    within ``atol + rtol * |torch|``. Returns the largest absolute difference."""
+    """Run ``path`` (a file or the model's bytes) with onnxruntime on random inputs (batches of 1
+    and 7) and on the corners of the input box; raise :class:`ExportMismatchError` unless it equals
+    ``model``'s output (eval mode) within ``atol + rtol * |torch|``. Returns the largest absolute
+    difference."""
     import onnxruntime as ort
 
+    where = "the exported model" if isinstance(path, bytes) else str(path)
     lo, hi = value_range
     g = torch.Generator().manual_seed(seed)
     batches = [
@@ -292,22 +254,28 @@ def check_onnx_matches(
         lo + (hi - lo) * torch.rand(7, *input_shape, generator=g),
         torch.stack([torch.full(input_shape, float(lo)), torch.full(input_shape, float(hi))]),
     ]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    device = next(model.parameters()).device
+    session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), providers=["CPUExecutionProvider"])
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
     worst = 0.0
-    for x in batches:
-        with torch.no_grad():
-            ref = model(x.to(device)).cpu().numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-        if got.shape != ref.shape:
-            raise ExportMismatchError(f"{path}: onnxruntime output shape {got.shape}, torch {ref.shape}")
-        diff = np.abs(got - ref)
-        worst = max(worst, float(diff.max()))
-        if not np.all(diff <= atol + rtol * np.abs(ref)):
-            raise ExportMismatchError(
-                f"{path}: onnxruntime and torch disagree by up to {float(diff.max()):.3g} "
-                f"(allowed {atol:g} + {rtol:g}*|y|) on a batch of {len(x)}"
-            )
+    try:
+        for x in batches:
+            with torch.no_grad():
+                ref = model(x.to(device)).float().cpu().numpy()
+            got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+            if got.shape != ref.shape:
+                raise ExportMismatchError(f"{where}: onnxruntime output shape {got.shape}, torch {ref.shape}")
+            diff = np.abs(got - ref)
+            worst = max(worst, float(diff.max()))
+            if not np.all(diff <= atol + rtol * np.abs(ref)):
+                raise ExportMismatchError(
+                    f"{where}: onnxruntime and torch disagree by up to {float(diff.max()):.3g} "
+                    f"(allowed {atol:g} + {rtol:g}*|y|) on a batch of {len(x)}"
+                )
+    finally:
+        model.train(was_training)
     return worst
 
 

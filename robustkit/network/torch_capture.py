@@ -47,6 +47,12 @@ from robustkit.network.relu import LeakyReLU, ReLU
 from robustkit.network.smooth import SCurve
 
 
+#: What :func:`capture` reads, as error messages list it.
+SUPPORTED = ("Linear, Conv2d, BatchNorm1d/2d, ReLU, LeakyReLU, Hardtanh, ReLU6, Sigmoid, Tanh (modules or "
+             "functions), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), Flatten/view/reshape, Identity, Dropout, "
+             "sums and differences of tensors, torch.cat, a tensor +-*/ a constant")
+
+
 class CaptureError(InputError):
     """A module robustkit cannot read (names the module path or function and why)."""
 
@@ -88,7 +94,8 @@ class _Reader:
         return int(np.prod(self.shape))
 
     def _fail(self, node: _Node, detail: str) -> CaptureError:
-        return CaptureError(f"cannot read {node.name!r} ({node.op_type}): {detail}")
+        return CaptureError(f"{type(self.module).__name__}: cannot read {_describe(self.gm, node.fx)} at node "
+                            f"{node.name!r}: {detail}")
 
     def _push(self, layer: Layer) -> None:
         self.layers.append(layer)
@@ -254,8 +261,8 @@ class _Capture:
             if node.op in ("placeholder", "output", "get_attr") or node.name not in self.shapes:
                 continue  # (a node computing no tensor, e.g. x.size(0), only feeds shapes)
             if _handler(self.gm, node) is None:
-                raise CaptureError(f"unsupported {_describe(self.gm, node)} at node {node.name!r}; "
-                                   f"supported: see robustkit.network.torch_capture")
+                raise CaptureError(f"{type(self.module).__name__}: unsupported {_describe(self.gm, node)} at node "
+                                   f"{node.name!r}; supported: {SUPPORTED}")
 
     def network(self) -> Network:
         """The module as a :class:`Network`, built from the parameters' current values."""
