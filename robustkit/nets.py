@@ -3,7 +3,7 @@
 Every robustkit net is a ``torch.nn.Sequential`` built only from ``Normalize``,
 ``nn.Conv2d``, ``nn.Linear``, ``nn.ReLU``, ``nn.Flatten``, ``nn.MaxPool2d`` and
 :class:`Residual` (``x + body(x)``, its body again such a Sequential), so that it exports to plain
-ONNX (Sub/Div, Conv, Gemm, Relu, Flatten, MaxPool, Add; :mod:`robustkit.export`).
+ONNX (Sub/Div, Conv, Gemm, Relu, Flatten, MaxPool, Add; :mod:`robustkit.onnx_export`).
 
 ``small`` and ``large`` are the architectures of Wong & Kolter (2018) used by Xiao et al.
 (2019) and Jin & Rinard (2020): small = Conv 16 4x4/2, Conv 32 4x4/2, FC 100, FC 10;

@@ -16,7 +16,7 @@ from torch import nn
 from robustkit.cli.main import main as cli_main
 from robustkit.data import DATA_ENV
 from robustkit.errors import InputError, ModelFormatError
-from robustkit.export import ExportMismatchError, check_onnx_matches, export_onnx, read_metadata
+from robustkit.onnx_export import ExportMismatchError, check_onnx_matches, export_onnx, read_metadata
 from robustkit.nets import NetConfig, build_net
 from robustkit.training import TrainConfig, train
 

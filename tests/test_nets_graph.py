@@ -16,7 +16,7 @@ from torch import nn
 
 from robustkit.data import DATA_ENV
 from robustkit.errors import InputError
-from robustkit.export import check_onnx_matches, export_onnx, sequential_to_onnx
+from robustkit.onnx_export import check_onnx_matches, export_onnx, sequential_to_onnx
 from robustkit.nets import NetConfig, Residual, build_net, forward_with_activations
 from robustkit.regularizers.base import ScheduleState
 from robustkit.training import TrainConfig, train

@@ -248,7 +248,7 @@ def row_from_records(model: str, regularizer: str, eps: float, records: Sequence
 
 def build_table(cfg: TableConfig) -> list[TableRow]:
     """Verify (or resume) every model at every eps; rows in the order models x eps."""
-    from robustkit.export import read_metadata
+    from robustkit.onnx_export import read_metadata
     from robustkit.metadata import dataset_of
     from robustkit.verification.run import DatasetChoice, RunOptions, verify_dataset
 
