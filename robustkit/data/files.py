@@ -132,20 +132,29 @@ def _folder_root(root: Path, split: str) -> Path:
     return root
 
 
-@lru_cache(maxsize=4)
 def _read_folder(root: str, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    try:
-        from PIL import Image
-    except ImportError as exc:  # Pillow comes with matplotlib
-        raise InputError("reading an image folder needs Pillow (pip install pillow)") from exc
     base = _folder_root(Path(root), split)
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise InputError(f"{base} holds no class folders (ImageFolder layout: {base}/<class>/<image>.png)")
-    files = [(f, k) for k, c in enumerate(classes) for f in sorted((base / c).iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]
+    files = tuple((f, k) for k, c in enumerate(classes) for f in sorted((base / c).iterdir())
+                  if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"{base}: the class folders {classes[:5]} hold no images ({', '.join(IMAGE_SUFFIXES)})")
+    signature = tuple((str(f), k, f.stat().st_mtime_ns) for f, k in files)
+    return _decode_folder(str(base), tuple(classes), signature)
+
+
+@lru_cache(maxsize=4)
+def _decode_folder(base_text: str, classes: tuple[str, ...], signature: tuple[tuple[str, int, int], ...]
+                   ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """The images of one folder split (cached while no file changes)."""
+    try:
+        from PIL import Image
+    except ImportError as exc:  # Pillow comes with matplotlib
+        raise InputError("reading an image folder needs Pillow (pip install pillow)") from exc
+    base = Path(base_text)
+    files = [(Path(f), k) for f, k, _ in signature]
     images = []
     for f, _ in files:
         try:
