@@ -236,3 +236,18 @@ def test_bad_input_errors_name_the_thing() -> None:
         rk.verify(MODEL, torch.full((1, 1, 28, 28), 2.0), [0], 0.1)
     with pytest.raises(InputError, match="unknown verify option"):
         rk.verify(MODEL, torch.rand(1, 1, 28, 28), [0], 0.1, nonsense=1)
+
+
+@pytest.mark.parametrize("name", ["mlp", "small", "large", "maxpool", "resnet"])
+def test_every_zoo_net_exports_and_loads(tmp_path: Path, name: str) -> None:
+    from robustkit.nets import NetConfig, build_net
+    from robustkit.network import load_onnx
+
+    torch.manual_seed(0)
+    net = build_net(NetConfig(name, (1, 28, 28))).eval()
+    path = rk.export(net, (1, 28, 28), tmp_path / f"{name}.onnx")
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        ref = net(x).double()
+    loaded = load_onnx(path).forward(x.reshape(3, -1).double())
+    torch.testing.assert_close(loaded, ref, atol=1e-5, rtol=1e-5)

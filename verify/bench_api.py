@@ -40,7 +40,7 @@ def part_a(out: Path, n: int, workers: int) -> list[str]:
     example = [sys.executable, "examples/custom_resnet.py", "--out", str(out), "--n", str(n), "--workers",
                str(workers), "--timeout", "10"]
     text, t_example = _run(example)
-    ex_statuses = text.split("statuses: ")[1].split()
+    ex_statuses = text.split("statuses: ")[1].splitlines()[0].split()
     ex_row = next(ln for ln in text.splitlines() if ln.startswith("| SmallResNet"))
     trained = re.search(r"test acc ([\d.]+) \(([\d.]+) s\)", text)
     assert trained is not None
@@ -160,11 +160,15 @@ def main() -> int:
     lines = ["# The public API against the command line", "",
              f"`OMP_NUM_THREADS=1 python verify/bench_api.py` ({os.cpu_count()} cores shared with other runs; "
              "times are wall-clock).", ""]
-    if args.part in ("all", "example"):
-        lines += part_a(args.out.resolve(), args.n_example, args.workers)
-    if args.part in ("all", "module"):
-        lines += part_b(args.n_module, args.workers)
-    args.result.write_text("\n".join(lines) + "\n")
+    old = args.result.read_text() if args.result.is_file() else ""
+    sections = {k: ("## " + part).rstrip("\n").split("\n") for part in old.split("\n## ")[1:] for k in "AB"
+                if part.startswith(f"{k}. ")}
+    sections["A"] = part_a(args.out.resolve(), args.n_example, args.workers) if args.part in ("all", "example") \
+        else sections.get("A", []) + [""]
+    sections["B"] = part_b(args.n_module, args.workers) if args.part in ("all", "module") \
+        else sections.get("B", []) + [""]
+    lines += sections["A"] + sections["B"]  # a part not run keeps its section of the existing file
+    args.result.write_text("\n".join(lines).rstrip("\n") + "\n")
     print("\n".join(lines))
     return 0
 
