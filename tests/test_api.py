@@ -251,3 +251,14 @@ def test_every_zoo_net_exports_and_loads(tmp_path: Path, name: str) -> None:
         ref = net(x).double()
     loaded = load_onnx(path).forward(x.reshape(3, -1).double())
     torch.testing.assert_close(loaded, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_drop_in_with_the_users_logits_runs_batchnorm_once() -> None:
+    net = _user_net().train()
+    reg = rk.regularizer("relu-stability", eps=0.05)
+    x, y = torch.rand(6, 1, 12, 12), torch.tensor([0, 1, 2, 0, 1, 2])
+    before = int(net.block.bn.num_batches_tracked)
+    out = reg(net, x, y, logits=net(x))
+    assert int(net.block.bn.num_batches_tracked) == before + 1 and torch.isfinite(out.loss)
+    reg(net, x, y)  # without logits the captured forward runs the module (training statistics) itself
+    assert int(net.block.bn.num_batches_tracked) == before + 2

@@ -68,7 +68,7 @@ def part_a(out: Path, n: int, workers: int) -> list[str]:
     return [
         "## A. The example end to end, and the same model through the command line",
         "",
-        f"`OMP_NUM_THREADS=1 python {' '.join(example[1:])}` (6000 training images, 2 epochs, eps 0.1 "
+        f"`OMP_NUM_THREADS=1 python {' '.join(example[1:]).replace(str(out), str(rel))}` (6000 training images, 2 epochs, eps 0.1 "
         f"training, `intrinsic` + `relu-stability=0.001`; verify at eps 0.05, {n} test images, 10 s per sample, "
         f"{workers} workers): {t_example:.1f} s in all, training {float(trained.group(2)):.1f} s, test accuracy "
         f"{float(trained.group(1)):.3f}.",

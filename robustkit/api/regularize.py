@@ -61,6 +61,7 @@ class DropInRegularizer:
                  epoch: float | None = None, eps: float | None = None) -> RegularizerTerms:
         """The regularizers' terms for the batch ``(x, y)``. ``logits``: the model's own output on
         ``x`` if already computed (else the captured forward's). Advances ``step``."""
+        from robustkit.network.passes import forward_with_activations
         from robustkit.network.torch_capture import captured
         from robustkit.regularizers.base import ScheduleState
 
@@ -70,11 +71,14 @@ class DropInRegularizer:
             raise InputError("x and y must be tensors (the batch and its labels)")
         if epoch is not None:
             self.epoch = float(epoch)
-        clean = captured(model, x).forward_with_activations(x)
+        cap = captured(model, x)
+        if logits is None:
+            clean = cap.forward_with_activations(x)
+        else:  # the user's own forward already ran (and updated any BatchNorm statistics): not again
+            clean = forward_with_activations(cap.network(), x)
+            clean.logits = logits
         if clean.logits.shape[0] != y.shape[0] or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= clean.logits.shape[1])):
             raise InputError(f"labels must be {x.shape[0]} class indices in 0..{clean.logits.shape[1] - 1}")
-        if logits is not None:
-            clean.logits = logits
         state = ScheduleState(epoch=self.epoch, step=self.step, eps=self.eps if eps is None else float(eps),
                               total_epochs=self.epochs, input_range=self.value_range)
         out = RegularizerTerms(torch.zeros((), device=x.device), logits=clean.logits)
