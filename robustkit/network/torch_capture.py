@@ -22,6 +22,8 @@ or divided by a constant. Anything else is refused with the module's path (or th
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 import weakref
 from collections.abc import Callable
@@ -236,12 +238,28 @@ class _Capture:
             dtype = dtype if dtype.is_floating_point else torch.float32
         example = example.detach().to(dtype)
         example = example.reshape(1, *example.shape[1:]) if example.dim() > 1 else example
+        class _Prop(ShapeProp):  # remembers the node it runs, to name it when the input does not fit
+            current: fx.Node | None = None
+
+            def run_node(self, n: fx.Node) -> Any:
+                self.current = n
+                return super().run_node(n)
+
+        prop = _Prop(gm)
+        was_training = module.training
+        module.eval()  # shapes only: no BatchNorm statistics updated, no batch-of-one BatchNorm error
         try:
-            with torch.no_grad():
-                ShapeProp(gm).propagate(example)
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints its traceback
+                prop.propagate(example)
         except Exception as exc:
-            raise CaptureError(f"{type(module).__name__} fails on an input of shape {tuple(example.shape)}: "
-                               f"{exc}") from exc
+            root: BaseException = exc
+            while root.__cause__ is not None:
+                root = root.__cause__
+            where = f" at {_describe(gm, prop.current)}" if prop.current is not None else ""
+            raise CaptureError(f"{type(module).__name__} fails on an input of shape {tuple(example.shape)}{where}: "
+                               f"{root}") from exc
+        finally:
+            module.train(was_training)
         self.module, self.gm, self.example_shape = module, gm, tuple(example.shape)
         self.shapes = {n.name: tuple(int(d) for d in n.meta["tensor_meta"].shape) for n in gm.graph.nodes
                        if "tensor_meta" in n.meta and hasattr(n.meta["tensor_meta"], "shape")}
