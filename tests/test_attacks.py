@@ -276,7 +276,7 @@ def test_attack_command_on_an_exported_model(tmp_path, capsys):
     from robustkit.cli.attack import evaluate_attack
     from robustkit.cli.main import main
     from robustkit.data import embedded_subset
-    from robustkit.export import export_onnx
+    from robustkit.onnx_export import export_onnx
     from robustkit.nets import NetConfig, build_net
 
     torch.manual_seed(0)

@@ -251,7 +251,7 @@ def test_regularizer_from_metadata() -> None:
         == "pgd:steps=5+relu-stability=0.002"
     zoo = REPO / "models" / "mnist" / "mnist_small_mrnet.onnx"
     if zoo.is_file():
-        from robustkit.export import read_metadata
+        from robustkit.onnx_export import read_metadata
 
         assert regularizer_of(read_metadata(zoo)) == "mrnet"
     assert regularizer_of({"robustkit.train_config": json.dumps({"regularizers": ["jin-rinard"], "weight_decay": 5e-4})}) \

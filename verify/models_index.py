@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from robustkit.export import read_metadata  # noqa: E402
+from robustkit.onnx_export import read_metadata  # noqa: E402
 from robustkit.numbers import format_eps  # noqa: E402
 
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}

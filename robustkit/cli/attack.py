@@ -54,10 +54,12 @@ def evaluate_attack(
     device: str = "cpu",
     seed: int = 0,
     batch_size: int = 100,
+    inputs: Path | None = None,
 ) -> AttackSummary:
-    """Load the model and the first ``n`` test images; return clean and PGD accuracy."""
+    """Load the model and the first ``n`` test images (or samples of ``inputs``, an .npz with x and y);
+    return clean and PGD accuracy."""
     from robustkit.attacks import PGD
-    from robustkit.data import load_dataset
+    from robustkit.data import load_dataset, load_inputs
     from robustkit.network import load_onnx
 
     if n <= 0:
@@ -65,8 +67,11 @@ def evaluate_attack(
     attack = PGD(norm=norm, steps=steps, restarts=restarts, loss=loss, seed=seed,  # type: ignore[arg-type]
                  device=device, batch_size=batch_size)
     net = load_onnx(model_path)
-    name = dataset_of(net.metadata, dataset, model_path)
-    ds = load_dataset(name, "test", data_dir).head(n)
+    if inputs is not None:
+        name, ds = Path(inputs).name, load_inputs(inputs).head(n)
+    else:
+        name = dataset_of(net.metadata, dataset, model_path)
+        ds = load_dataset(name, "test", data_dir).head(n)
     images = ds.images
     if images[0].numel() != net.in_dim:
         raise InputError(f"{model_path} takes {net.in_dim} inputs {net.sample_shape}, but {name} "
@@ -111,6 +116,7 @@ def attack(
     n: int = opt(C, "n"),
     dataset: Optional[str] = opt(C, "dataset"),
     data_dir: Optional[Path] = opt(C, "data_dir"),
+    inputs: Optional[Path] = opt(C, "inputs"),
     attack_steps: int = opt(C, "attack_steps"),
     attack_restarts: int = opt(C, "attack_restarts"),
     norm: str = opt(C, "norm"),
@@ -125,5 +131,6 @@ def attack(
     s = settings(ctx, C)
     summary = evaluate_attack(s["model"], parse_eps(s["eps"]), norm=s["norm"], steps=s["attack_steps"],
                               restarts=s["attack_restarts"], loss=s["loss"], n=s["n"], dataset=s["dataset"],
-                              data_dir=s["data_dir"], device=s["device"], seed=s["seed"])
+                              data_dir=s["data_dir"], device=s["device"], seed=s["seed"],
+                              inputs=s["inputs"])
     typer.echo(format_summary(summary, s["format"]))

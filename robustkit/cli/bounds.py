@@ -36,20 +36,25 @@ def model_bound_statistics(
     time_budget: float | None = None,
     batch_size: int = 32,
     refine_stable: bool = False,
+    inputs: Path | None = None,
 ) -> BoundStatistics:
     """Load ``model`` and the first ``n`` test images of its dataset; bound every eps-box.
     ``refine_stable``: CROWN bounds also for neurons interval arithmetic proves stable (slower;
     only their widths change)."""
-    from robustkit.data import dataset_info, load_dataset
+    from robustkit.data import dataset_info, load_dataset, load_inputs
     from robustkit.network import load_onnx
 
     if n <= 0:
         raise InputError(f"--n must be positive, got {n}")
     bound_method = BoundMethod.parse(method)
     net = load_onnx(model)
-    name = dataset_of(net.metadata, dataset, model)
-    info = dataset_info(name)
-    ds = load_dataset(name, "test", data_dir).head(n)
+    if inputs is not None:
+        ds = load_inputs(inputs).head(n)
+        info = ds.info
+    else:
+        name = dataset_of(net.metadata, dataset, model)
+        info = dataset_info(name)
+        ds = load_dataset(name, "test", data_dir).head(n)
     crown = CrownConfig(refine_stable=refine_stable)
     config = BoundsConfig(crown=crown, alpha=AlphaCrownConfig(crown=crown), lp=LpConfig(crown=crown))
     return dataset_bound_statistics(
@@ -104,6 +109,7 @@ def bounds(
     n: int = opt(C, "n"),
     dataset: Optional[str] = opt(C, "dataset"),
     data_dir: Optional[Path] = opt(C, "data_dir"),
+    inputs: Optional[Path] = opt(C, "inputs"),
     bounds: str = opt(C, "bounds"),
     timeout: Optional[str] = opt(C, "timeout"),
     batch_size: int = opt(C, "batch_size"),
@@ -115,5 +121,5 @@ def bounds(
     """Per ReLU layer: stably active / inactive / unstable counts and mean bound width; margin lower bounds."""
     s = settings(ctx, C)
     stats = model_bound_statistics(s["model"], parse_eps(s["eps"]), s["bounds"], s["n"], s["dataset"], s["data_dir"],
-                                   s["timeout"], s["batch_size"], s["refine_stable"])
+                                   s["timeout"], s["batch_size"], s["refine_stable"], s["inputs"])
     typer.echo(format_statistics(stats, s["format"]))

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from robustkit.cli.common import EXAMPLES
-from robustkit.export import export_onnx
+from robustkit.onnx_export import export_onnx
 
 
 def register(app: typer.Typer) -> None:

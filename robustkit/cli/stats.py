@@ -26,6 +26,7 @@ def stats(
     n: int = opt(C, "n"),
     dataset: Optional[str] = opt(C, "dataset"),
     data_dir: Optional[Path] = opt(C, "data_dir"),
+    inputs: Optional[Path] = opt(C, "inputs"),
     bounds: str = opt(C, "bounds"),
     corner_pairs: int = opt(C, "corner_pairs"),
     region_samples: int = opt(C, "region_samples"),
@@ -49,7 +50,7 @@ def stats(
     cfg = StatsConfig(eps=parse_eps(s["eps"]), n=s["n"], method=s["bounds"], corner_pairs=s["corner_pairs"],
                       region_samples=s["region_samples"], pgd_steps=s["attack_steps"],
                       pgd_restarts=s["attack_restarts"], seed=s["seed"], batch_size=s["batch_size"])
-    report = model_stability_report(s["model"], cfg, s["dataset"], s["data_dir"])
+    report = model_stability_report(s["model"], cfg, s["dataset"], s["data_dir"], s["inputs"])
     typer.echo(format_stats(report, s["format"]))
     if s["plot"] is not None:
         from robustkit.report.plots import plot_stability

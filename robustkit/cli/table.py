@@ -35,6 +35,7 @@ def table(
     start: int = opt(C, "start"),
     dataset: Optional[str] = opt(C, "dataset"),
     data_dir: Optional[Path] = opt(C, "data_dir"),
+    inputs: Optional[Path] = opt(C, "inputs"),
     method: str = opt(C, "method"),
     bounds: str = opt(C, "bounds"),
     timeout: str = opt(C, "timeout"),

@@ -1,4 +1,5 @@
-"""``robustkit train``: train a net on MNIST or CIFAR-10 with optional regularizers."""
+"""``robustkit train``: train a net (robustkit's or the user's ``MODULE:FUNCTION``) on MNIST, CIFAR-10 or
+the user's data (``.npz``, ImageFolder) with optional regularizers."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ def _hidden(text: str) -> tuple[int, ...]:
         raise InputError(f"--hidden {text!r} must be comma-separated integers, e.g. 100,100") from exc
 
 
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        values = tuple(parse_number(v, flag) for v in text.split(",") if v.strip())
+    except InputError as exc:
+        raise InputError(f"{flag} {text!r} must be comma-separated numbers, e.g. 0.4914,0.4822,0.4465") from exc
+    if not values:
+        raise InputError(f"{flag} needs at least one number")
+    return values
+
+
 def build_config(
     base: TrainConfig,
     *,
@@ -47,6 +58,8 @@ def build_config(
     n_eval: int | None = None,
     data_dir: Path | None = None,
     device: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
 ) -> TrainConfig:
     """``base`` with every option the user gave (not None) replaced."""
     changes: dict[str, Any] = {
@@ -68,6 +81,8 @@ def build_config(
         "n_eval": n_eval,
         "data_dir": str(data_dir) if data_dir is not None else None,
         "device": device,
+        "mean": _floats(mean, "--mean") if mean is not None else None,
+        "std": _floats(std, "--std") if std is not None else None,
     }
     return replace(base, **{k: v for k, v in changes.items() if v is not None})
 
@@ -87,7 +102,7 @@ def config_from_settings(base: TrainConfig, s: Settings) -> TrainConfig:
         eps_start=given("eps_start"), eps_ramp=given("eps_ramp"),
         regularizers=list(s["regularizer"]) if s.given("regularizer") and s["regularizer"] else None,
         seed=given("seed"), n_train=given("n_train"), n_eval=given("n_eval"), data_dir=given("data_dir"),
-        device=given("device"),
+        device=given("device"), mean=given("mean"), std=given("std"),
     )
 
 
@@ -103,6 +118,8 @@ def settings_of(config: TrainConfig, s: Settings) -> Settings:
         eps_start=format_eps(config.eps_start), eps_ramp=ramp, regularizer=tuple(config.regularizers),
         seed=config.seed, n_train=config.n_train, n_eval=config.n_eval,
         data_dir=Path(config.data_dir) if config.data_dir else None, device=config.device,
+        mean=None if config.mean is None else ",".join(repr(v) for v in config.mean),
+        std=None if config.std is None else ",".join(repr(v) for v in config.std),
     )
 
 
@@ -116,6 +133,8 @@ def train_cmd(
     dataset: str = opt(C, "dataset"),
     net: str = opt(C, "net"),
     hidden: Optional[str] = opt(C, "hidden"),
+    mean: Optional[str] = opt(C, "mean"),
+    std: Optional[str] = opt(C, "std"),
     epochs: int = opt(C, "epochs"),
     train_batch_size: int = opt(C, "train_batch_size"),
     optimizer: str = opt(C, "optimizer"),

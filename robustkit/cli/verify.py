@@ -25,6 +25,7 @@ def verify(
     start: int = opt(C, "start"),
     dataset: Optional[str] = opt(C, "dataset"),
     data_dir: Optional[Path] = opt(C, "data_dir"),
+    inputs: Optional[Path] = opt(C, "inputs"),
     method: str = opt(C, "method"),
     bounds: str = opt(C, "bounds"),
     timeout: str = opt(C, "timeout"),
@@ -56,7 +57,7 @@ def verify(
     from robustkit.numbers import format_eps
     from robustkit.report.summary import format_rows
     from robustkit.verification.model import ModelContext
-    from robustkit.verification.run import DatasetChoice, RunOptions, model_dataset, verify_dataset
+    from robustkit.verification.run import DatasetChoice, RunOptions, input_tag, verify_dataset
 
     s = settings(ctx, C)
     check_solver(s["solver"])  # an unavailable solver fails here, naming what to install
@@ -68,7 +69,8 @@ def verify(
         typer.echo(f"note: {model_path.name} has Sigmoid/Tanh layers; {cfg.method} (complete) does not apply to "
                    "them: 'verified' comes from alpha-CROWN bounds, and every other sample is 'unknown' (never "
                    "falsified except by a replayed attack)", err=True)
-    choice = DatasetChoice(model_dataset(ctx_model, s["dataset"]), s["n"], s["start"], s["data_dir"])
+    choice = DatasetChoice(input_tag(ctx_model, s["dataset"], s["inputs"]), s["n"], s["start"], s["data_dir"],
+                           s["inputs"])
     records_file = legacy_file_out(s["out"], (".jsonl",), "the per-sample records file")
     opts = RunOptions(out=records_file, run_dir=None if records_file else s["out"], workers=s["workers"],
                       rerun=tuple(s["rerun"]), quiet=s["quiet"], cluster=s["cluster"], scheduler=s["scheduler"],

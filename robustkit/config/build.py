@@ -36,7 +36,7 @@ def table_config(s: Settings, results_root: Path, quiet: bool) -> TableConfig:
         attack_restarts=s["attack_restarts"], workers=s["workers"], results_root=results_root,
         dataset=s["dataset"], data_dir=s["data_dir"], quiet=quiet, formulation=s["formulation"],
         solver=s["solver"], bab_intermediate=s["bab_intermediate"], bab_depth_weight=float(s["bab_depth_weight"]),
-        bab_split=s["bab_split"], seed=s["seed"], order=s["order"],
+        bab_split=s["bab_split"], seed=s["seed"], order=s["order"], inputs=s.values.get("inputs"),
     )
 
 

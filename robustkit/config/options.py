@@ -115,8 +115,11 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
        unit="input units", required=True),
     _o("n", "", ("--n",), "int", 100, "Number of test images (the first N of the test set).", minimum=1),
     _o("start", "", ("--start",), "int", 0, "Index of the first test image (then N images from there).", minimum=0),
-    _o("dataset", "", ("--dataset",), "choice", None, "mnist or cifar10.", choices=("mnist", "cifar10"),
+    _o("dataset", "", ("--dataset",), "str", None, "mnist, cifar10, an .npz file with x and y arrays (x_test, "
+       "y_test: its test split), or a folder in the ImageFolder layout (<class>/<image>, or train/ and test/).",
        default_text="the model's metadata"),
+    _o("inputs", "", ("--inputs",), "path", None, "An .npz file whose x and y arrays are the samples to evaluate "
+       "(instead of the dataset's test split; the first N of them are used).", default_text="the dataset's test split"),
     _o("data_dir", "", ("--data-dir",), "path", None, "Dataset folder with mnist/ or cifar10/ (or the torchvision "
        "layouts).", default_text="$ROBUSTKIT_DATA, else the embedded test subset"),
     _o("filter", "", ("--filter",), "str", None, "Only instances whose 'onnx vnnlib' contains this text.",
@@ -167,8 +170,13 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     _o("region_samples", "verify", ("--region-samples",), "int", 64, "Uniform points per box for counting "
        "distinct activation patterns.", minimum=1),
     # -- training -------------------------------------------------------------------------------------
-    _o("net", "train", ("--net",), "choice", "small", "mlp, small, large, maxpool (LeNet-like with MaxPool) "
-       "or resnet (2 residual blocks).", choices=("mlp", "small", "large", "maxpool", "resnet"), noun="net"),
+    _o("net", "train", ("--net",), "str", "small", "mlp, small, large, maxpool (LeNet-like with MaxPool), "
+       "resnet (2 residual blocks), or your own model: MODULE:FUNCTION or FILE.py:FUNCTION, a function returning "
+       "an nn.Module (given input_shape and num_classes if it takes them).", noun="net"),
+    _o("mean", "train", ("--mean",), "str", None, "Per-channel mean for input normalization inside the model, "
+       "comma-separated (one value: every channel); with --std.", default_text="the dataset's"),
+    _o("std", "train", ("--std",), "str", None, "Per-channel standard deviation for input normalization, "
+       "comma-separated; with --mean.", default_text="the dataset's"),
     _o("hidden", "train", ("--hidden",), "str", None, "mlp hidden widths, e.g. 100,100.", default_text="none"),
     _o("epochs", "train", ("--epochs",), "int", 20, "Number of epochs.", minimum=1),
     _o("train_batch_size", "train", ("--batch-size",), "int", 50, "Training batch size.", key="batch_size",
@@ -242,14 +250,15 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
     "train": (
         _u("out", required=True, help="Run folder (config, metrics, checkpoint, model, run.json, the effective "
            "config.toml)."),
-        _u("dataset", default="mnist", default_text=None), _u("net"), _u("hidden"), _u("epochs"),
+        _u("dataset", default="mnist", default_text=None), _u("net"), _u("hidden"), _u("mean"), _u("std"),
+        _u("epochs"),
         _u("train_batch_size"), _u("optimizer"), _u("lr"), _u("momentum"), _u("weight_decay"), _u("train_eps"),
         _u("eps_start"), _u("eps_ramp"), _u("regularizer"), _u("seed"), _u("n_train"), _u("n_eval"),
         _u("data_dir", default_text="$ROBUSTKIT_DATA"), _u("device"), _u("threads"), _u("resume"),
         _u("quiet", help="No progress bar or per-epoch lines."), _u("config"),
     ),
     "verify": (
-        _u("model"), _u("eps"), _u("n"), _u("start"), _u("dataset"), _u("data_dir"),
+        _u("model"), _u("eps"), _u("n"), _u("start"), _u("dataset"), _u("data_dir"), _u("inputs"),
         *(_u(n) for n in _DECIDE), _u("workers"), _u("order"), _u("cluster"), _u("scheduler"),
         _u("out"), _u("format", choices=("md", "csv", "json")), _u("rerun"), _u("quiet"), _u("config"),
     ),
@@ -276,19 +285,19 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
     ),
     "table": (
         _u("models"), _u("eps", multiple=True, help="L-inf radius, repeatable: --eps 0.1 --eps 8/255."),
-        _u("n"), _u("start"), _u("dataset", default_text="each model's metadata"), _u("data_dir"),
+        _u("n"), _u("start"), _u("dataset", default_text="each model's metadata"), _u("data_dir"), _u("inputs"),
         *(_u(n) for n in _DECIDE if n != "write_milp"), _u("workers"), _u("order"),
         _u("out", help="Folder of the results: per-sample records (resumable), <name>.md, <name>.config.toml, "
                        "<name>.run.json.", default_text="robustkit-results"),
         _u("name"), _u("format"), _u("columns"), _u("table_file"), _u("plot"), _u("quiet"), _u("config"),
     ),
     "attack": (
-        _u("model"), _u("eps"), _u("n"), _u("dataset"), _u("data_dir"), _u("attack_steps", minimum=1),
+        _u("model"), _u("eps"), _u("n"), _u("dataset"), _u("data_dir"), _u("inputs"), _u("attack_steps", minimum=1),
         _u("attack_restarts"), _u("norm"), _u("loss"), _u("device"), _u("seed"),
         _u("format", choices=("md", "json")),
     ),
     "bounds": (
-        _u("model"), _u("eps"), _u("n"), _u("dataset"), _u("data_dir"),
+        _u("model"), _u("eps"), _u("n"), _u("dataset"), _u("data_dir"), _u("inputs"),
         _u("bounds", choices=BOUND_METHODS, help=f"Bound method: {describe_methods(BOUND_METHODS)} "
            "(each includes the ones before it)."),
         _u("timeout", default=None, help="Time limit per batch for alpha-CROWN, LP and MILP.",
@@ -296,7 +305,7 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
         _u("batch_size"), _u("refine_stable"), _u("format", choices=("md", "json")),
     ),
     "stats": (
-        _u("model"), _u("eps"), _u("n"), _u("dataset"), _u("data_dir"),
+        _u("model"), _u("eps"), _u("n"), _u("dataset"), _u("data_dir"), _u("inputs"),
         _u("bounds", help="Bounds for the stability counts: interval, crown, alpha-crown or lp."),
         _u("corner_pairs"), _u("region_samples"), _u("attack_steps", minimum=1, help="PGD steps for the "
            "clean-vs-PGD Hamming distance."), _u("attack_restarts"), _u("seed"), _u("batch_size"), _u("plot"),

@@ -22,6 +22,8 @@ or divided by a constant. Anything else is refused with the module's path (or th
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 import weakref
 from collections.abc import Callable
@@ -45,6 +47,12 @@ from robustkit.network.network import Network
 from robustkit.network.passes import Activations, forward_with_activations
 from robustkit.network.relu import LeakyReLU, ReLU
 from robustkit.network.smooth import SCurve
+
+
+#: What :func:`capture` reads, as error messages list it.
+SUPPORTED = ("Linear, Conv2d, BatchNorm1d/2d, ReLU, LeakyReLU, Hardtanh, ReLU6, Sigmoid, Tanh (modules or "
+             "functions), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d(1), Flatten/view/reshape, Identity, Dropout, "
+             "sums and differences of tensors, torch.cat, a tensor +-*/ a constant")
 
 
 class CaptureError(InputError):
@@ -88,7 +96,8 @@ class _Reader:
         return int(np.prod(self.shape))
 
     def _fail(self, node: _Node, detail: str) -> CaptureError:
-        return CaptureError(f"cannot read {node.name!r} ({node.op_type}): {detail}")
+        return CaptureError(f"{type(self.module).__name__}: cannot read {_describe(self.gm, node.fx)} at node "
+                            f"{node.name!r}: {detail}")
 
     def _push(self, layer: Layer) -> None:
         self.layers.append(layer)
@@ -229,12 +238,28 @@ class _Capture:
             dtype = dtype if dtype.is_floating_point else torch.float32
         example = example.detach().to(dtype)
         example = example.reshape(1, *example.shape[1:]) if example.dim() > 1 else example
+        class _Prop(ShapeProp):  # remembers the node it runs, to name it when the input does not fit
+            current: fx.Node | None = None
+
+            def run_node(self, n: fx.Node) -> Any:
+                self.current = n
+                return super().run_node(n)
+
+        prop = _Prop(gm)
+        was_training = module.training
+        module.eval()  # shapes only: no BatchNorm statistics updated, no batch-of-one BatchNorm error
         try:
-            with torch.no_grad():
-                ShapeProp(gm).propagate(example)
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints its traceback
+                prop.propagate(example)
         except Exception as exc:
-            raise CaptureError(f"{type(module).__name__} fails on an input of shape {tuple(example.shape)}: "
-                               f"{exc}") from exc
+            root: BaseException = exc
+            while root.__cause__ is not None:
+                root = root.__cause__
+            where = f" at {_describe(gm, prop.current)}" if prop.current is not None else ""
+            raise CaptureError(f"{type(module).__name__} fails on an input of shape {tuple(example.shape)}{where}: "
+                               f"{root}") from exc
+        finally:
+            module.train(was_training)
         self.module, self.gm, self.example_shape = module, gm, tuple(example.shape)
         self.shapes = {n.name: tuple(int(d) for d in n.meta["tensor_meta"].shape) for n in gm.graph.nodes
                        if "tensor_meta" in n.meta and hasattr(n.meta["tensor_meta"], "shape")}
@@ -254,8 +279,8 @@ class _Capture:
             if node.op in ("placeholder", "output", "get_attr") or node.name not in self.shapes:
                 continue  # (a node computing no tensor, e.g. x.size(0), only feeds shapes)
             if _handler(self.gm, node) is None:
-                raise CaptureError(f"unsupported {_describe(self.gm, node)} at node {node.name!r}; "
-                                   f"supported: see robustkit.network.torch_capture")
+                raise CaptureError(f"{type(self.module).__name__}: unsupported {_describe(self.gm, node)} at node "
+                                   f"{node.name!r}; supported: {SUPPORTED}")
 
     def network(self) -> Network:
         """The module as a :class:`Network`, built from the parameters' current values."""

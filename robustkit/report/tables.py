@@ -132,6 +132,7 @@ class TableConfig:
     bab_split: str = "auto"
     seed: int = 0
     order: str = "hardest-first"
+    inputs: Path | None = None  # an .npz with x and y: the samples instead of each model's test split
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(Path(m) for m in self.models))
@@ -247,7 +248,7 @@ def row_from_records(model: str, regularizer: str, eps: float, records: Sequence
 
 def build_table(cfg: TableConfig) -> list[TableRow]:
     """Verify (or resume) every model at every eps; rows in the order models x eps."""
-    from robustkit.export import read_metadata
+    from robustkit.onnx_export import read_metadata
     from robustkit.metadata import dataset_of
     from robustkit.verification.run import DatasetChoice, RunOptions, verify_dataset
 
@@ -255,11 +256,11 @@ def build_table(cfg: TableConfig) -> list[TableRow]:
     rows = []
     for model in cfg.models:
         meta = read_metadata(model)
-        dataset = dataset_of(meta, cfg.dataset, model)
+        dataset = Path(cfg.inputs).name if cfg.inputs is not None else dataset_of(meta, cfg.dataset, model)
         regularizer = regularizer_of(meta)
         for eps in cfg.eps:
             outcome = verify_dataset(model, cfg.verify_config(eps), DatasetChoice(dataset, cfg.n, cfg.start,
-                                                                                  cfg.data_dir), opts)
+                                                                                  cfg.data_dir, cfg.inputs), opts)
             logger.info("%s eps=%g: %d samples (%d resumed) in %s", model.name, eps, len(outcome.records),
                         outcome.skipped, outcome.records_path)
             rows.append(row_from_records(model.name, regularizer, eps, outcome.records, cfg.tighten,

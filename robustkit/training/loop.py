@@ -53,7 +53,7 @@ class TrainResult:
     """The trained model (eval mode, CPU or ``config.device``) and the run's record."""
 
     run_dir: Path
-    model: nn.Sequential
+    model: nn.Module
     net_config: NetConfig
     config: TrainConfig
     epochs_done: int
