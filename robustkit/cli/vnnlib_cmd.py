@@ -29,6 +29,7 @@ def vnnlib(
     bab_depth_weight: str = typer.Option("3", "--bab-depth-weight", help="With --method bab: branching weights a neuron's score by (1 + ReLU layers after it) to this power while recomputing the children's intermediate bounds decides ReLUs (0.5 or more per child so far; 0: the intercept score alone)."),
     bab_split: str = typer.Option("auto", "--bab-split", help="With --method bab: what a domain splits: relu (one unstable ReLU), input (the input box, halved along one dimension), or auto (input for inputs of at most 10 dimensions, else relu)."),
     check: bool = typer.Option(False, "--check", help="Only load and check the instance (sizes, operators); no solving."),
+    cores: int = typer.Option(1, "--cores", help="With --method bab on a network of at most 10 inputs: search the input box in this many parts, one worker process each (the first sat ends the others)."),
     started_at: Optional[float] = typer.Option(
         None, "--started-at", envvar="ROBUSTKIT_STARTED_AT", hidden=True,
         help="Wall-clock time (Unix seconds) the timeout counts from (set by vnncomp/run_instance.sh)."),
@@ -51,7 +52,9 @@ def vnnlib(
 
     check_solver(cfg.solver)  # an unavailable solver fails here, naming what to install
     milp_dir(write_milp)  # a folder that cannot be made fails here, before any sample runs
-    res = verify_instance(model, prop, cfg, result_path=result, started_at=started_at)
+    if cores < 1:
+        raise typer.BadParameter(f"--cores must be >= 1, got {cores}")
+    res = verify_instance(model, prop, cfg, result_path=result, started_at=started_at, cores=cores)
     typer.echo(res.status)
     typer.echo(f"{res.status} in {res.time:.2f} s (stage {res.record.get('stage', '-')})"
                + (f"; result file {res.result_path}" if res.result_path else ""), err=True)
