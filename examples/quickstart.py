@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    from robustkit.export import export_onnx
+    from robustkit.onnx_export import export_onnx
     from robustkit.report.summary import format_rows
     from robustkit.report.tables import TableConfig, build_table, format_table
     from robustkit.training import TrainConfig, train

@@ -1,7 +1,7 @@
 """ReLU stability of two zoo models side by side, with a figure each.
 
     python examples/stats_plot.py                               # plain vs PGD + ReLU-stability
-    python examples/stats_plot.py --models models/mnist_small_mrnet.onnx --n 100 --eps 0.1
+    python examples/stats_plot.py --models models/mnist/mnist_small_mrnet.onnx --n 100 --eps 0.1
 
 For each model: per ReLU layer, the mean numbers of stably active / stably inactive / unstable
 neurons under CROWN bounds over eps-boxes around the first ``--n`` test images, the Hamming
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = [REPO / "models" / "mnist_small_none.onnx", REPO / "models" / "mnist_small_pgd_rs.onnx"]
+DEFAULT_MODELS = [REPO / "models" / "mnist" / "mnist_small_none.onnx", REPO / "models" / "mnist" / "mnist_small_pgd_rs.onnx"]
 
 
 def main(argv: list[str] | None = None) -> int:

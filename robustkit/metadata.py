@@ -28,7 +28,7 @@ def dataset_of(meta: dict[str, str], override: str | None, source: str | Path) -
     name = override or metadata_text(meta, "robustkit.dataset")
     if not name:
         raise InputError(f"{source} carries no robustkit metadata naming its dataset (models written by "
-                         "`robustkit export` do; VNN-COMP models do not): pass --dataset mnist|cifar10")
+                         "`robustkit export` do; VNN-COMP models do not): pass --dataset (mnist, cifar10, a .npz file or a folder) or --inputs FILE.npz")
     return name
 
 

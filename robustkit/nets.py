@@ -3,7 +3,7 @@
 Every robustkit net is a ``torch.nn.Sequential`` built only from ``Normalize``,
 ``nn.Conv2d``, ``nn.Linear``, ``nn.ReLU``, ``nn.Flatten``, ``nn.MaxPool2d`` and
 :class:`Residual` (``x + body(x)``, its body again such a Sequential), so that it exports to plain
-ONNX (Sub/Div, Conv, Gemm, Relu, Flatten, MaxPool, Add; :mod:`robustkit.export`).
+ONNX (Sub/Div, Conv, Gemm, Relu, Flatten, MaxPool, Add; :mod:`robustkit.onnx_export`).
 
 ``small`` and ``large`` are the architectures of Wong & Kolter (2018) used by Xiao et al.
 (2019) and Jin & Rinard (2020): small = Conv 16 4x4/2, Conv 32 4x4/2, FC 100, FC 10;
@@ -14,16 +14,14 @@ MaxPool 2x2/2, Conv 16 3x3/1 pad 1, ReLU, MaxPool 2x2/2, FC 100, FC 10.
 ``resnet`` (2 residual blocks): Conv 8 3x3/2 pad 1, ReLU, then twice
 ``relu(x + conv(relu(conv(x))))`` (Conv 8 3x3/1 pad 1), FC 100, FC 10.
 
-The regularizers that walk the Sequential themselves (``relu-stability``'s and ``ibp``'s interval
-bounds, ``contractive``'s closed-form Jacobians) handle only the plain layers and raise an
-:class:`InputError` on ``MaxPool2d`` / ``Residual``; the ones that use
-:func:`forward_with_activations` (``jin-rinard``, ``mrnet``, ``mat``) and ``pgd`` / ``advprop``
-work on every net.
+The regularizers do not walk these modules: training captures the model into the verifier's
+operator classes (:mod:`robustkit.network.torch_capture`), so every regularizer works on every
+net here, and on a user's own module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -58,10 +56,11 @@ class NetConfig:
     std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.name not in NETS:
-            raise InputError(f"unknown net {self.name!r}; choose one of {sorted(NETS)}")
-        if len(self.input_shape) != 3 or min(self.input_shape) <= 0:
-            raise InputError(f"input_shape must be (C, H, W) with positive sizes, got {self.input_shape}")
+        check_net_name(self.name)
+        if not self.input_shape or min(self.input_shape) <= 0:
+            raise InputError(f"input_shape must have positive sizes, got {self.input_shape}")
+        if len(self.input_shape) != 3 and not is_factory(self.name):
+            raise InputError(f"the {self.name} net takes images (C, H, W), got input shape {self.input_shape}")
         if self.num_classes < 2:
             raise InputError("num_classes must be at least 2")
         if any(h <= 0 for h in self.hidden):
@@ -150,56 +149,104 @@ NETS: dict[str, Callable[[NetConfig], list[nn.Module]]] = {
 }
 
 
-def build_net(cfg: NetConfig) -> nn.Sequential:
-    """Build the registered architecture ``cfg.name`` (input ``(B, C, H, W)``, logits out)."""
+def is_factory(name: str) -> bool:
+    """Whether ``name`` names a user's model factory (``pkg.module:function`` or
+    ``path/to/file.py:function``) rather than a registered net."""
+    return ":" in name and name not in NETS
+
+
+def check_net_name(name: str) -> None:
+    """A registered net or a well-formed factory reference, else :class:`InputError`."""
+    if is_factory(name):
+        where, _, fn = name.rpartition(":")
+        if not where or not fn.isidentifier():
+            raise InputError(f"--net {name!r}: a model factory is MODULE:FUNCTION or FILE.py:FUNCTION, "
+                             "e.g. mypkg.models:make_net")
+    elif name not in NETS:
+        raise InputError(f"unknown net {name!r}; choose one of {sorted(NETS)}, or name a function returning an "
+                         "nn.Module as MODULE:FUNCTION or FILE.py:FUNCTION")
+
+
+def load_factory(name: str) -> Callable[..., nn.Module]:
+    """The function ``name`` refers to (``pkg.module:function``, imported with the current directory on
+    the path the way ``python -m`` does, or ``path/to/file.py:function``)."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    check_net_name(name)
+    where, _, fn_name = name.rpartition(":")
+    try:
+        if where.endswith(".py") or os.sep in where or "/" in where:
+            path = Path(where).expanduser()
+            if not path.is_file():
+                raise InputError(f"--net {name!r}: file {path} not found")
+            mod_name = f"robustkit_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+            module = sys.modules.get(mod_name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(mod_name, path)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[mod_name] = module
+                spec.loader.exec_module(module)
+        else:
+            cwd = os.getcwd()
+            added = cwd not in sys.path
+            if added:
+                sys.path.insert(0, cwd)
+            try:
+                module = importlib.import_module(where)
+            finally:
+                if added:
+                    sys.path.remove(cwd)
+    except InputError:
+        raise
+    except Exception as exc:  # the user's module: any import error is theirs to fix
+        raise InputError(f"--net {name!r}: cannot import {where}: {type(exc).__name__}: {exc}") from exc
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise InputError(f"--net {name!r}: {where} has no function {fn_name!r}")
+    return fn  # type: ignore[no-any-return]
+
+
+def _call_factory(cfg: NetConfig) -> nn.Module:
+    """Call the user's factory with the keyword arguments it takes among ``input_shape`` and ``num_classes``."""
+    import inspect
+
+    fn = load_factory(cfg.name)
+    offered = {"input_shape": tuple(cfg.input_shape), "num_classes": cfg.num_classes}
+    try:
+        params = inspect.signature(fn).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in offered.items() if takes_all or k in params}
+    except (TypeError, ValueError):
+        kwargs = {}
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise InputError(f"--net {cfg.name!r} returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def build_net(cfg: NetConfig) -> nn.Module:
+    """Build the registered architecture ``cfg.name`` (an ``nn.Sequential``, input ``(B, C, H, W)``,
+    logits out), or call the user's factory ``cfg.name`` (``MODULE:FUNCTION``; with
+    normalization it becomes ``Sequential(Normalize, model)``)."""
+    if is_factory(cfg.name):
+        model = _call_factory(cfg)
+        if cfg.mean is not None and cfg.std is not None:
+            return nn.Sequential(Normalize(cfg.mean, cfg.std), model)
+        return model
     layers = NETS[cfg.name](cfg)
     if cfg.mean is not None and cfg.std is not None:
         layers.insert(0, Normalize(cfg.mean, cfg.std))
     return nn.Sequential(*layers)
 
 
-@dataclass
-class Activations:
-    """One forward pass with its hidden quantities.
+def forward_with_activations(model: nn.Module, x: torch.Tensor):  # type: ignore[no-untyped-def]
+    """The model's forward pass with every nonlinear operator's input and output, through its
+    captured layers (:func:`robustkit.network.torch_capture.activations`)."""
+    from robustkit.network.torch_capture import activations
 
-    ``preacts[k]`` is the input of the k-th ReLU (pre-activation), ``posts[k]`` its output;
-    ``linear_inputs[k]`` is the input of the k-th Linear/Conv layer (for layer-wise Jacobians).
-    ReLUs and Linear/Conv layers inside a :class:`Residual` body count too, in the order they
-    run (a block's body before the ReLU that follows the block).
-    """
-
-    logits: torch.Tensor
-    preacts: list[torch.Tensor] = field(default_factory=list)
-    posts: list[torch.Tensor] = field(default_factory=list)
-    linear_inputs: list[torch.Tensor] = field(default_factory=list)
-
-    @property
-    def last_hidden(self) -> torch.Tensor:
-        """Activations of the last hidden layer, flattened (the embedding used by MRnet/MAT)."""
-        if not self.posts:
-            raise ValueError("the net has no hidden layer")
-        return self.posts[-1].flatten(1)
-
-
-def forward_with_activations(model: nn.Sequential, x: torch.Tensor) -> Activations:
-    """Run a robustkit ``nn.Sequential`` and keep every pre-/post-activation (differentiable),
-    including those inside :class:`Residual` blocks."""
-    acts = Activations(logits=x)
-    acts.logits = _forward_recording(model, x, acts)
-    return acts
-
-
-def _forward_recording(model: nn.Sequential, x: torch.Tensor, acts: Activations) -> torch.Tensor:
-    h = x
-    for layer in model:
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
-            acts.linear_inputs.append(h)
-        if isinstance(layer, nn.ReLU):
-            acts.preacts.append(h)
-            h = layer(h)
-            acts.posts.append(h)
-        elif isinstance(layer, Residual):
-            h = h + _forward_recording(layer.body, h, acts)
-        else:
-            h = layer(h)
-    return h
+    return activations(model, x)

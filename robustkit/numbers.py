@@ -42,3 +42,20 @@ def parse_eps(text: str) -> float:
     if value < 0:
         raise InputError(f"eps {text!r} is negative; it must be >= 0")
     return value
+
+
+def format_eps(value: float, max_denominator: int = 1024) -> str:
+    """``value`` as it was most likely written: a short decimal as such (``0.1``), a fraction
+    ``k/d`` with ``d <= max_denominator`` whose float is exactly ``value`` as that fraction
+    (``8/255``, what :func:`parse_eps` turns ``"8/255"`` into), else ``{:g}``."""
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    short = f"{value:g}"
+    if value == 0 or (float(short) == value and len(short) <= 6):
+        return short
+    for den in range(2, max_denominator + 1):
+        num = round(value * den)
+        if num and float(Fraction(num, den)) == value and math.gcd(num, den) == 1:
+            return f"{num}/{den}"
+    return short if float(short) == value else repr(value)

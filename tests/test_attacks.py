@@ -276,7 +276,7 @@ def test_attack_command_on_an_exported_model(tmp_path, capsys):
     from robustkit.cli.attack import evaluate_attack
     from robustkit.cli.main import main
     from robustkit.data import embedded_subset
-    from robustkit.export import export_onnx
+    from robustkit.onnx_export import export_onnx
     from robustkit.nets import NetConfig, build_net
 
     torch.manual_seed(0)
@@ -290,9 +290,21 @@ def test_attack_command_on_an_exported_model(tmp_path, capsys):
     assert summary.n == 30
     assert summary.clean_accuracy == pytest.approx(float((logits.argmax(1) == ds.labels.numpy()).mean()))
     assert summary.pgd_accuracy <= summary.clean_accuracy
+    # eps is printed as the fraction it was given (issue 38); --steps/--restarts are the old,
+    # deprecated spellings of --attack-steps/--attack-restarts
     assert main(["attack", str(path), "--eps", "8/255", "--steps", "2", "--restarts", "1",
                  "--n", "10", "--device", "cpu"]) == 0
-    assert "| tiny.onnx | mnist | 10 | 0.0313725 | linf |" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "| tiny.onnx | mnist | 10 | 8/255 | linf |" in captured.out
+    assert "--steps is deprecated; use --attack-steps" in captured.err
+    assert main(["attack", str(path), "--eps", "8/255", "--attack-steps", "2", "--attack-restarts", "1",
+                 "--n", "10", "--device", "cpu"]) == 0
+    again = capsys.readouterr()
+    def cells(out: str) -> list[str]:  # the row without its time column
+        return out.splitlines()[-1].split("|")[1:-2]
+
+    assert cells(again.out) == cells(captured.out)  # the alias means the same option
+    assert "deprecated" not in again.err
     assert main(["attack", str(path), "--eps", "lots", "--n", "10"]) == 1
     assert main(["attack", str(tmp_path / "missing.onnx"), "--eps", "0.1"]) == 1
     assert main(["attack", str(path), "--eps", "0.1", "--norm", "l1", "--n", "5"]) == 1
@@ -378,7 +390,7 @@ def _flat_region_net():
     """``y = 0.1 - relu(1 - 200 relu(x - 0.5))`` on ``x in [-1, 0.51]``: violated (``y >= 0``)
     only for ``x >= 0.5045``; below 0.5 the first ReLU is off and the true gradient is zero."""
     from robustkit.network import Network
-    from robustkit.network.layers import Dense, ReLU
+    from robustkit.network import Dense, ReLU
 
     t = lambda *v: torch.tensor(v, dtype=torch.float32).reshape(len(v), -1)  # noqa: E731
     layers = (Dense(t(1.0), torch.tensor([-0.5])), ReLU(1), Dense(t(-200.0), torch.tensor([1.0])), ReLU(1),

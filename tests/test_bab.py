@@ -150,7 +150,7 @@ def test_final_pass_is_crown_and_optimising_stays_valid(seed: int, dtype: str) -
     plain, _, _ = spec_backward(net, Ct, search.lo, search.hi, pre)
     torch.testing.assert_close(plain, spec_lower(net, Ct, search.lo, search.hi, pre))
     # split one unstable neuron of the last hidden layer both ways; optimise; check on points
-    r = net.relu_indices[-1]
+    r = net.split_indices[-1]
     unstable = torch.nonzero((nb.lower[r - 1][0] < 0) & (nb.upper[r - 1][0] > 0)).flatten()
     assert unstable.numel() > 0
     dom.relu[:] = r

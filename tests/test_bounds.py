@@ -393,7 +393,7 @@ def test_relu_stability_counts() -> None:
     net, lo, hi, C, res = all_methods("mlp5", 0.1)
     nb = res["crown"][0]
     stats = relu_stability(net, nb)
-    assert [s.position for s in stats] == net.relu_indices
+    assert [s.position for s in stats] == net.split_indices
     for s in stats:
         l, u = nb.lower[s.position - 1], nb.upper[s.position - 1]
         assert (s.active + s.inactive + s.unstable == s.dim).all()

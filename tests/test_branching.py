@@ -61,7 +61,7 @@ def test_child_bounds_clamp_the_split_neuron_only() -> None:
     net = _net()
     lower, upper = _bounds()
     lo, hi = -torch.ones(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
-    pre = child_bounds(net.relu_indices, lo, hi, lower, upper, torch.tensor([1, 3]), torch.tensor([1, 0]))
+    pre = child_bounds(net, lo, hi, lower, upper, torch.tensor([1, 3]), torch.tensor([1, 0]))
     l1, u1 = pre[1]
     l3, u3 = pre[3]
     assert l1.shape == (4, 3) and l3.shape == (4, 2)

@@ -17,7 +17,7 @@ SHARED = REPO.parent / "shared"
 
 
 def run_example(name: str, *args: str, timeout: float = 240) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("ROBUSTKIT_DATA", None)
     proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env=env)
@@ -26,12 +26,13 @@ def run_example(name: str, *args: str, timeout: float = 240) -> str:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"quickstart.py", "vnnlib_instance.py", "stats_plot.py"}
+    tested = {"quickstart.py", "vnnlib_instance.py", "stats_plot.py", "custom_resnet.py", "bounds_quickstart.py",
+              "own_training_loop.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
 def test_stats_plot_example(tmp_path: Path) -> None:
-    model = REPO / "models" / "mnist_small_pgd_rs.onnx"
+    model = REPO / "models" / "mnist" / "mnist_small_pgd_rs.onnx"
     if not model.is_file():
         pytest.skip(f"{model} is absent")
     out = run_example("stats_plot.py", "--models", str(model), "--n", "3", "--method", "interval",
@@ -74,3 +75,34 @@ def test_quickstart_example(tmp_path: Path) -> None:
     assert sorted(tmp_path.glob("results/*/records.jsonl")) == stores  # same model bytes, same stores
     assert [p.stat().st_size for p in stores] == sizes
     assert [ln for ln in again.splitlines() if ln.startswith("| quickstart.onnx | pgd")] == table
+
+
+def test_custom_resnet_example(tmp_path: Path) -> None:
+    data = SHARED / "data"
+    if not (data / "mnist").is_dir():
+        pytest.skip(f"MNIST training data not found at {data / 'mnist'}")
+    out = run_example("custom_resnet.py", "--data-dir", str(data), "--out", str(tmp_path), "--n-train", "1000",
+                      "--epochs", "1", "--n", "5", "--timeout", "5")
+    for step in ("[1] data", "[2] trained SmallResNet", "[3] verified 5 samples"):
+        assert step in out, out
+    row = re.search(r"\| SmallResNet \| 5 \| [\d.]+ \| [\d.]+ \| [\d.]+ \| (\d+) \| (\d+) \| (\d+) \|", out)
+    assert row is not None, out
+    assert sum(int(v) for v in row.groups()) <= 5
+    statuses = out.split("statuses: ")[1].split()[:5]
+    assert set(statuses) <= {"verified", "falsified", "misclassified", "timeout", "unknown"}
+    assert (tmp_path / "mnist_train.npz").is_file() and (tmp_path / "mnist_eval.npz").is_file()
+
+
+def test_bounds_quickstart_example() -> None:
+    out = run_example("bounds_quickstart.py", "--n", "1", "--method", "interval", "--method", "crown")
+    assert out.count("(ground-truth)") == 2 and "Bounding method: crown" in out
+    widths = [float(m.group(2)) - float(m.group(1))
+              for m in re.finditer(r"f_0\(x_0\):\s+(-?[\d.]+) <= f_0\(x_0\+delta\) <=\s+(-?[\d.]+)", out)]
+    assert len(widths) == 2 and widths[1] <= widths[0]  # CROWN no looser than interval
+
+
+def test_own_training_loop_example() -> None:
+    out = run_example("own_training_loop.py", "--steps", "30", "--n", "4", "--timeout", "5",
+                      "--data-dir", str(SHARED / "nowhere"))
+    assert "step 29: loss" in out and "jin-rinard.intrinsic" in out and "relu-stability" in out
+    assert "| Net | 4 |" in out

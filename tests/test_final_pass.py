@@ -29,7 +29,7 @@ def _setup(seed: int, n: int = 3):
     hi = torch.from_numpy(x0 + 0.4).reshape(1, -1)
     nb, _ = crown_bounds(net, lo, hi)
     errs = interval_bounds(net, lo, hi).float_errors(net)
-    r = net.relu_indices[-1]
+    r = net.split_indices[-1]
     pre1 = pre_bounds(net, nb)
     pts = torch.from_numpy(np.random.default_rng(seed).uniform(x0 - 0.4, x0 + 0.4, size=(4000, net.in_dim)))
     with torch.no_grad():

@@ -99,7 +99,7 @@ def test_onnxruntime_stays_within_the_error_model_on_nets_built_to_round_badly()
 
 
 def test_onnxruntime_stays_within_the_error_model_on_the_shipped_conv_net() -> None:
-    ctx = ModelContext.from_path(ROOT / "models" / "mnist_small_pgd_rs.onnx")
+    ctx = ModelContext.from_path(ROOT / "models" / "mnist" / "mnist_small_pgd_rs.onnx")
     x0 = np.random.default_rng(3).uniform(0, 1, size=ctx.net.in_dim)
     _check_within_model(ctx, eps_box(x0, 0.1), 40, 3)
 
@@ -196,7 +196,7 @@ def test_dual_upper_bound_matches_the_lp_and_decides() -> None:
 
 # -- what a verdict reports --------------------------------------------------------------------------
 def test_verdicts_report_the_margin_cleared_and_the_float_error() -> None:
-    ctx = ModelContext.from_path(ROOT / "models" / "mnist_small_pgd_rs.onnx")
+    ctx = ModelContext.from_path(ROOT / "models" / "mnist" / "mnist_small_pgd_rs.onnx")
     from robustkit.data import embedded_subset
 
     ds = embedded_subset("mnist")

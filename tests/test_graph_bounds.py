@@ -104,7 +104,7 @@ def test_forward_equals_the_graph_and_batches(seed: int) -> None:
     assert float(acts[1][:, 6:].min()) < 0 and float(acts[4][:, 2:].min()) < 0
     m32 = net.to_torch().to(torch.float32)
     np.testing.assert_allclose(m32(torch.from_numpy(x).float()).detach().numpy(), y, rtol=1e-4, atol=1e-4)
-    assert net.num_relus == 6 + 2 + 6
+    assert net.num_neurons == 6 + 2 + 6
 
 
 @pytest.mark.parametrize("method", ["interval", "crown", "alpha-crown", "lp"])
@@ -121,7 +121,7 @@ def test_bounds_contain_samples_and_corners(method: str, seed: int) -> None:
     for i, a in enumerate(acts):
         assert bool((a >= res.bounds.lower[i] - 1e-9).all()), (method, i)
         assert bool((a <= res.bounds.upper[i] + 1e-9).all()), (method, i)
-    for r in net.relu_indices:
+    for r in net.split_indices:
         unstable += int(res.bounds.phases(net, r)[2].sum())
     assert unstable > 0, "no unstable ReLU: the box is too small to test anything"
     spec = (acts[-1] @ C.T)

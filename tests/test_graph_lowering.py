@@ -5,7 +5,7 @@ Each model is written by torch.onnx.export (or onnx.helper) and loaded; the chai
 what onnxruntime computes on random inputs (float64 forward, and the float32 torch module), and
 interval bounds over a box must contain dense samples and the box corners. A lowering that mixes
 up segments, drops the skip term, clamps a carried (negative) tensor at 0 or misorders a concat
-changes the function, and the onnxruntime comparison fails. Chains (models/*.onnx) must load
+changes the function, and the onnxruntime comparison fails. Chains (models/*/*.onnx) must load
 with no ``Blocks``, no ``SparseLinear`` and no identity masks.
 """
 
@@ -351,11 +351,28 @@ def test_product_of_two_activations_is_refused() -> None:
 
 def test_unsupported_operator_still_refused() -> None:
     n = helper.make_node
-    model = _make([n("Sigmoid", ["x"], ["a"], name="sig"), n("Add", ["a", "x"], ["y"], name="add")],
+    model = _make([n("Exp", ["x"], ["a"], name="exp"), n("Add", ["a", "x"], ["y"], name="add")],
                   [1, 4], [1, 4], {})
     with pytest.raises(UnsupportedOperatorError) as info:
         network_from_onnx(model)
-    assert "sig" in str(info.value) and "Sigmoid" in str(info.value)
+    assert "exp" in str(info.value) and "Exp" in str(info.value)
+
+
+def test_any_nonlinear_operator_carries_the_other_branch() -> None:
+    """Sigmoid, LeakyReLU and Clip on one branch of a residual sum: the other tensor passes their
+    identity coordinates unchanged, as it passes a ReLU's."""
+    n = helper.make_node
+    for op, attrs in (("Sigmoid", {}), ("LeakyRelu", {"alpha": 0.2}), ("Clip", {})):
+        inputs = ["x", "lo", "hi"] if op == "Clip" else ["x"]
+        inits = {"lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32)} if op == "Clip" else {}
+        model = _make([n(op, inputs, ["a"], name="act", **attrs), n("Add", ["a", "x"], ["y"], name="add")],
+                      [1, 4], [1, 4], inits)
+        net = network_from_onnx(model)
+        x = np.random.default_rng(0).uniform(-2, 2, size=(5, 4)).astype(np.float32)
+        ours = net.forward(torch.from_numpy(x).double()).numpy()
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        theirs = np.stack([sess.run(None, {"x": xi[None]})[0][0] for xi in x])
+        np.testing.assert_allclose(ours, theirs, atol=1e-6, err_msg=op)
 
 
 @pytest.mark.parametrize("make,shape", [
@@ -382,7 +399,7 @@ def test_crown_bounds_contain_samples(make, shape, method: str) -> None:  # type
 GRAPH_MODELS = {"mnist_resnet_pgd"}  # residual graphs among models/ (the rest are chains)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "models").glob("*.onnx")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((ROOT / "models").glob("*/*.onnx")), ids=lambda p: p.stem)
 def test_chain_models_load_without_graph_layers(path: Path) -> None:
     model = onnx.load(str(path))
     net = network_from_onnx(model)

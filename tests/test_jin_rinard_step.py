@@ -188,3 +188,26 @@ def test_pattern_flips_exact_on_hand_values() -> None:
     assert jr.pattern_flips([torch.relu(zp)], [torch.relu(zm)]) == expected
     p, m, _ = jr.ReluHamming.apply(zp, zm, 8.0)
     assert float(jr._flips(p, m).sum()) == 5.0
+
+
+def test_hamming_on_other_piecewise_linear_operators() -> None:
+    """LeakyReLU and Hardtanh: the activation pattern is the side of every kink (0; -1 and 1), so
+    the Hamming term is the tanh relaxation of ``z - b`` per kink and the flips count kinks
+    crossed; a smooth operator (no pattern) is refused by name."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.LeakyReLU(0.1), nn.Linear(8, 7), nn.Hardtanh(), nn.Linear(7, 3))
+    x_plus, x_minus = torch.rand(4, 6), torch.rand(4, 6)
+    out = jr.corner_passes(model, x_plus, x_minus, alpha=2.0)
+    z1p, z1m = model[1](x_plus), model[1](x_minus)
+    z2p, z2m = model[3](model[2](z1p)), model[3](model[2](z1m))
+    ref_h = [(torch.tanh(2 * z1p) - torch.tanh(2 * z1m)).norm(dim=1) / 16]
+    d2p = torch.stack([z2p + 1, z2p - 1], -1).flatten(1)
+    d2m = torch.stack([z2m + 1, z2m - 1], -1).flatten(1)
+    ref_h.append((torch.tanh(2 * d2p) - torch.tanh(2 * d2m)).norm(dim=1) / (2 * 14))
+    for got, want in zip(out.hamming, ref_h):
+        torch.testing.assert_close(got, want)
+    flips = ((z1p > 0) != (z1m > 0)).sum(1) + ((d2p > 0) != (d2m > 0)).sum(1)
+    assert torch.equal(sum(out.flips), flips.float()) and int(flips.sum()) > 0
+    torch.testing.assert_close(out.logits_plus, model(x_plus))
+    with pytest.raises(jr.InputError, match="piecewise-linear.*Sigmoid|piecewise-linear.*SCurve"):
+        jr.corner_passes(nn.Sequential(nn.Linear(6, 3), nn.Sigmoid(), nn.Linear(3, 2)), x_plus, x_minus, alpha=2.0)

@@ -127,14 +127,13 @@ def test_dcn_closed_form_matches_autograd_conv_padding_stride() -> None:
     _check_dcn(net, x)
 
 
-def test_dcn_conv_tap_energy_counts_padding() -> None:
-    """A 3x3 all-ones kernel with padding 1: corners see 4 taps, edges 6, the interior 9."""
-    from robustkit.regularizers.contractive import conv_tap_energy
+def test_dcn_conv_row_energy_counts_padding() -> None:
+    """A 3x3 all-ones kernel with padding 1: corners see 4 taps, edges 6, the interior 9 (the rows'
+    squared norms the contractive penalty reads from the operator, ``Conv2d.row_energy``)."""
+    from robustkit.network import Conv2d
 
-    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
-    with torch.no_grad():
-        conv.weight.fill_(1.0)
-    tap = conv_tap_energy(conv, (4, 4))[0]
+    conv = Conv2d(torch.ones(1, 1, 3, 3), torch.zeros(1), (1, 4, 4), (1, 1), (1, 1, 1, 1))
+    tap = conv.row_energy(torch.ones(1, 16)).reshape(4, 4)
     expected = torch.tensor([[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]], dtype=tap.dtype)
     assert torch.equal(tap, expected)
 
@@ -442,7 +441,8 @@ def test_ibp_bounds_contain_sampled_preactivations_and_rs_loss_value() -> None:
 def test_ibp_worst_case_margins_bound_every_sampled_margin() -> None:
     """Gowal et al.'s elided worst-case margins: an upper bound of ``z_j - z_y`` at samples and
     box corners, exact at eps = 0, and no looser than the naive ``u_j - l_y`` of the logits."""
-    from robustkit.regularizers.relu_stability import interval_forward
+    from robustkit.network.passes import interval_pass
+    from robustkit.network.torch_capture import network_of
 
     torch.manual_seed(3)
     net = build_net(NetConfig("small", (1, 12, 12), mean=(0.3,), std=(0.4,)))
@@ -459,7 +459,7 @@ def test_ibp_worst_case_margins_bound_every_sampled_margin() -> None:
             z = net(pt)
         worst = torch.maximum(worst, z - z.gather(1, y[:, None]))
     assert bool((worst <= bound + 1e-5).all())
-    _, c, r = interval_forward(net, lo, hi)
+    _, c, r = interval_pass(network_of(net, x), lo, hi)
     naive = (c + r) - (c - r).gather(1, y[:, None])
     naive = naive.scatter(1, y[:, None], 0.0)
     assert bool((bound <= naive + 1e-5).all()) and float((naive - bound).detach().sum()) > 0
@@ -584,6 +584,53 @@ def test_describe_and_cli_list_every_regularizer() -> None:
     from robustkit.cli.main import main
 
     assert main(["regularizers", "nope"]) == 1
+
+
+def test_a_regularizer_is_declared_once_by_its_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry reads name, paper, terms, config and weight option from the class; a user's
+    subclass registers with one call and is then a spec name like the built-in ones; a class
+    that declares too little is refused when registered."""
+    from dataclasses import dataclass
+
+    from robustkit.regularizers import Regularizer, register
+    from robustkit.regularizers import registry as reg_mod
+
+    for info in describe_regularizers():
+        entry = reg_mod.REGULARIZERS[info.name]
+        assert info.paper.startswith(entry.cls.paper) and entry.config_cls is entry.cls.config_cls
+    monkeypatch.setattr(reg_mod, "_REGISTRY", dict(reg_mod._REGISTRY))
+    monkeypatch.setattr(reg_mod, "REGULARIZERS", reg_mod.MappingProxyType(reg_mod._REGISTRY))
+
+    @dataclass(frozen=True)
+    class L2Config:
+        weight: float = 1e-4
+
+    @register
+    class L2(Regularizer):
+        name = "l2-logits"
+        paper = "a user's own term"
+        summary = "weight * ||z||^2"
+        terms = ("l2_logits",)
+        config_cls = L2Config
+
+        def __call__(self, model, x, y, state, clean):  # type: ignore[no-untyped-def]
+            from robustkit.regularizers import RegOutput
+
+            return RegOutput(terms={"l2_logits": self.config.weight * clean.logits.pow(2).sum(1).mean()})
+
+    (built,) = build_regularizers(["l2-logits=0.5"])
+    assert isinstance(built, L2) and built.config.weight == 0.5
+    assert "l2-logits" in regularizer_names()
+    with pytest.raises(InputError, match="option"):
+        build_regularizers(["l2-logits:nope=1"])
+    with pytest.raises(ValueError, match="taken"):
+        register(type("Other", (L2,), {"name": "mrnet"}))
+    with pytest.raises(TypeError, match="config_cls"):
+        register(type("NoConfig", (Regularizer,), {"name": "x", "__call__": lambda *a: None}))
+    mutable = dataclass(type("C", (), {"__annotations__": {"weight": float}, "weight": 0.0}))
+    with pytest.raises(TypeError, match="frozen"):
+        register(type("Mutable", (Regularizer,), {"name": "x", "config_cls": mutable, "__call__": lambda *a: None}))
+    assert "x" not in regularizer_names()
 
 
 # ----------------------------------------------------------------------------------------------

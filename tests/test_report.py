@@ -19,7 +19,7 @@ from robustkit.bounds import compute_bounds, relu_stability
 from robustkit.cli.main import main
 from robustkit.errors import InputError
 from robustkit.network import Dense, Network, ReLU, load_onnx
-from robustkit.report.bench_config import load_benchmark
+from robustkit.config.benchmark import load_benchmark
 from robustkit.report.plots import plot_accuracy, plot_stability
 from robustkit.report.stats import (
     StatsConfig,
@@ -249,9 +249,9 @@ def test_regularizer_from_metadata() -> None:
     assert regularizer_of({"robustkit.train_config": json.dumps({"regularizers": []})}) == "none"
     assert regularizer_of({"robustkit.train_config": json.dumps({"regularizers": ["pgd:steps=5", "relu-stability=0.002"]})}) \
         == "pgd:steps=5+relu-stability=0.002"
-    zoo = REPO / "models" / "mnist_small_mrnet.onnx"
+    zoo = REPO / "models" / "mnist" / "mnist_small_mrnet.onnx"
     if zoo.is_file():
-        from robustkit.export import read_metadata
+        from robustkit.onnx_export import read_metadata
 
         assert regularizer_of(read_metadata(zoo)) == "mrnet"
     assert regularizer_of({"robustkit.train_config": json.dumps({"regularizers": ["jin-rinard"], "weight_decay": 5e-4})}) \
@@ -386,7 +386,7 @@ def test_benchmark_toml(tiny_mnist, tmp_path: Path) -> None:  # type: ignore[no-
     t = bench.table
     assert [m.name for m in t.models] == ["a.onnx", "b.onnx"]
     assert t.eps == (0.1, 2 / 255) and t.n == 3 and t.timeout == 5.0
-    assert t.tighten == "interval" and t.attack_steps == 7 and t.method == "milp"
+    assert t.tighten == "interval" and t.attack_steps == 7 and t.method == "bab"  # the one default of --method
     assert t.results_root == tmp_path / "res" and bench.table_out == tmp_path / "out" / "t.tex"
     assert bench.fmt == "latex" and bench.plot is None and bench.name == "t"
 

@@ -19,7 +19,7 @@ INTERVALS = [(-6.0, -0.5), (-3.0, -2.9), (0.2, 4.0), (1.0, 1.05), (-2.0, 3.0), (
 @pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
 @pytest.mark.parametrize("interval", INTERVALS)
 def test_linear_bounds_hold_on_dense_points(kind: str, interval: tuple[float, float]) -> None:
-    act = SCurve(1, kind)
+    act = SCurve(1, kind=kind)
     lo, hi = interval
     l, u = torch.tensor([[lo]], dtype=torch.float64), torch.tensor([[hi]], dtype=torch.float64)
     lam_l, mu_l, lam_u, mu_u = act.linear_bounds(l, u)
@@ -38,7 +38,7 @@ def test_linear_bounds_hold_on_dense_points(kind: str, interval: tuple[float, fl
 
 @pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
 def test_convex_and_concave_pieces_use_chords_and_tangents(kind: str) -> None:
-    act = SCurve(2, kind)
+    act = SCurve(2, kind=kind)
     l = torch.tensor([[-3.0, 1.0]], dtype=torch.float64)
     u = torch.tensor([[-1.0, 3.0]], dtype=torch.float64)
     lam_l, mu_l, lam_u, mu_u = act.linear_bounds(l, u)
@@ -52,7 +52,7 @@ def _net(kind: str, seed: int) -> Network:
     rng = np.random.default_rng(seed)
     t = lambda a: torch.from_numpy(a)  # noqa: E731
     layers = (
-        Dense(t(rng.normal(size=(8, 3))), t(rng.normal(size=8) * 0.3)), SCurve(8, kind),
+        Dense(t(rng.normal(size=(8, 3))), t(rng.normal(size=8) * 0.3)), SCurve(8, kind=kind),
         Dense(t(rng.normal(size=(8, 8))), t(rng.normal(size=8) * 0.3)), ReLU(8),
         Dense(t(rng.normal(size=(3, 8))), t(rng.normal(size=3) * 0.3)),
     )
@@ -63,7 +63,7 @@ def _net(kind: str, seed: int) -> Network:
 @pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
 def test_bounds_contain_samples_of_nets_with_smooth_layers(method: str, kind: str) -> None:
     net = _net(kind, 3)
-    assert not net.piecewise_linear and net.activation_indices == [1, 3] and net.relu_indices == [3]
+    assert not net.piecewise_linear and net.activation_indices == [1, 3] and net.split_indices == [3]
     rng = np.random.default_rng(0)
     x0 = rng.uniform(-1, 1, size=3)
     lo, hi = x0 - 0.4, x0 + 0.4
@@ -92,7 +92,7 @@ def test_lp_and_milp_bounds_are_refused_with_the_layer_named() -> None:
 
 def test_kind_is_validated() -> None:
     with pytest.raises(ValueError):
-        SCurve(2, "relu")
+        SCurve(2, kind="relu")
 
 
 def _onnx_model(kind: str, branched: bool = False) -> bytes:
@@ -147,10 +147,26 @@ def test_onnx_smooth_net_loads_bounds_hold_in_onnxruntime_and_verify_is_marked_i
     assert tiny.result == "unsat"  # a tiny box is proven by the bounds alone
 
 
-def test_smooth_layer_on_a_branch_is_refused_with_its_node() -> None:
-    from robustkit.errors import UnsupportedOperatorError
+def test_smooth_layer_on_a_branch_carries_the_skip() -> None:
+    """Tanh on one path while its input is read again after it (a skip): the lowering carries the
+    other tensor past it through its identity coordinates; every bound contains sampled points."""
+    import onnxruntime as ort
+
+    from robustkit.bounds.methods import run_bounds
     from robustkit.network import network_from_onnx
     import onnx
 
-    with pytest.raises(UnsupportedOperatorError, match="act"):
-        network_from_onnx(onnx.load_from_string(_onnx_model("tanh", branched=True)))
+    data = _onnx_model("tanh", branched=True)
+    net = network_from_onnx(onnx.load_from_string(data))
+    act = next(layer for layer in net.layers if isinstance(layer, SCurve))
+    assert act.identity is not None and act.count == 8
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, size=(200, 3))
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    theirs = np.stack([sess.run(None, {"x": xi[None].astype(np.float32)})[0][0] for xi in x])
+    np.testing.assert_allclose(net.forward(torch.from_numpy(x)).numpy(), theirs, atol=1e-5)
+    lo, hi = torch.full((1, 3), -1.0, dtype=torch.float64), torch.full((1, 3), 1.0, dtype=torch.float64)
+    for method in ("interval", "crown", "alpha-crown"):
+        res = run_bounds(net, lo, hi, method)
+        ylo, yhi = res.bounds.output()
+        assert bool(np.all(theirs >= ylo.numpy() - 1e-9) and np.all(theirs <= yhi.numpy() + 1e-9)), method

@@ -14,7 +14,7 @@ from torch import nn
 from robustkit.cli.main import main as cli_main
 from robustkit.data import DATA_ENV, load_dataset
 from robustkit.errors import InputError
-from robustkit.nets import Activations
+from robustkit.network.passes import Activations
 from robustkit.regularizers.base import Regularizer, RegOutput, ScheduleState
 from robustkit.training import (
     TrainConfig,

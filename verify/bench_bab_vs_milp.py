@@ -42,7 +42,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from robustkit.export import IR_VERSION, OPSET
+from robustkit.onnx_export import IR_VERSION, OPSET
 from robustkit.network import Dense, Network, ReLU
 from robustkit.spec import InputBox, robustness_spec
 from robustkit.verification import ModelContext, VerifyConfig, verify_spec

@@ -124,8 +124,8 @@ def run_methods(net: Network, cases: list[Case], methods: tuple[str, ...], lp_bu
 
 
 def method_table(net: Network, rows: list[MethodRow], cases: list[Case], lp_budget: float) -> list[str]:
-    n_layers = len(net.relu_indices)
-    dims = [net.layers[r].in_dim for r in net.relu_indices]
+    n_layers = len(net.split_indices)
+    dims = [net.layers[r].in_dim for r in net.split_indices]
     head = ["method"] + [f"unstable L{k} (of {d})" for k, d in enumerate(dims)] + [
         "unstable total", "removed vs previous", "certified", "mean min-margin LB", "s/sample (mean)", "s/sample (median)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -228,7 +228,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=15, help="boxes per model")
     parser.add_argument("--lp-budget", type=float, default=20.0, help="LP seconds per sample")
     parser.add_argument("--models", default="mnist_small_pgd_rs.onnx,mnist_small_plain.onnx",
-                        help="comma-separated file names under models/ (robustkit-trained MNIST nets)")
+                        help="comma-separated file names under models/mnist/ (robustkit-trained MNIST nets)")
     parser.add_argument("--skip-lirpa", action="store_true")
     parser.add_argument("--lirpa-alpha-conv", type=int, default=0,
                         help="boxes for the auto_LiRPA alpha-CROWN comparison on conv nets (slow: minutes per box)")
@@ -257,7 +257,7 @@ def main() -> None:
         if ok and not args.skip_lirpa:
             lines += lirpa_section(net, cases, "mnist-net_256x2", len(cases))
     for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        path = ROOT / "models" / model_name
+        path = ROOT / "models" / "mnist" / model_name
         if not path.exists():
             print(f"{path} absent: skipped", flush=True)
             continue

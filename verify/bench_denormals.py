@@ -54,7 +54,7 @@ def _attack_rows(rounds: int) -> list[str]:
     from robustkit.data import load_dataset
     from robustkit.network import load_onnx
 
-    path = ROOT / "models" / "mnist_small_contractive.onnx"
+    path = ROOT / "models" / "mnist" / "mnist_small_contractive.onnx"
     module = load_onnx(path).to_torch()
     import numpy as np
     import onnx
@@ -83,7 +83,7 @@ def _attack_rows(rounds: int) -> list[str]:
             torch.set_flush_denormal(False)
     base = statistics.median(times[True])
     rows = ["", f"PGD's search (50 sign-gradient steps on 200 MNIST test images, the embedded subset) through "
-            f"`models/{path.name}`, which ships {n_sub} subnormal weights (the attacks flush inside the "
+            f"`models/mnist/{path.name}`, which ships {n_sub} subnormal weights (the attacks flush inside the "
             "search only; projection, success check and the onnxruntime re-check run unflushed):", "",
             "| mode | s / 50 steps | x flushed | min-max over rounds (s) |", "|---|---:|---:|---:|"]
     for flush, label in ((False, "subnormals kept (torch default)"), (True, "flushed to zero (robustkit attacks)")):

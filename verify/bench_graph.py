@@ -72,19 +72,19 @@ def lowered(model: Path) -> str:
     net = load_onnx(model)
     relus = [layer for layer in net.layers if isinstance(layer, ReLU)]
     carried = sum(layer.dim - layer.count for layer in relus)
-    return f"{len(net.layers)} layers, {net.num_relus} ReLUs, {carried} carried coordinates"
+    return f"{len(net.layers)} layers, {net.num_neurons} ReLUs, {carried} carried coordinates"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", type=Path, nargs="*", default=[ROOT / "models/mnist_resnet_pgd.onnx",
-                                                               ROOT / "models/mnist_maxpool_pgd.onnx"])
+    ap.add_argument("--models", type=Path, nargs="*", default=[ROOT / "models/mnist/mnist_resnet_pgd.onnx",
+                                                               ROOT / "models/mnist/mnist_maxpool_pgd.onnx"])
     ap.add_argument("--methods", nargs="*", default=["crown", "alpha-crown", "milp", "bab"])
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--chain-model", type=Path, default=ROOT / "models/mnist_small_pgd_rs.onnx")
+    ap.add_argument("--chain-model", type=Path, default=ROOT / "models/mnist/mnist_small_pgd_rs.onnx")
     ap.add_argument("--chain-n", type=int, default=200)
     ap.add_argument("--before", type=Path, help="checkout of the code before the graph lowering")
     ap.add_argument("--skip-graph", action="store_true")

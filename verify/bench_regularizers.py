@@ -10,15 +10,26 @@ the alternative that ``robustkit/regularizers/jin_rinard.py`` rejects (slower on
 
 Run from the repository root:  python verify/bench_regularizers.py [--rounds 7] [--steps 5]
 Writes the table to verify/results/regularizer_step_time.md and prints it.
+
+Two source trees side by side (this script drives both; the trees' robustkit packages are
+imported in turn by subprocesses: per round, each regularizer in one tree then the other, the
+order alternating):
+    python verify/bench_regularizers.py --tree before=/path/old --tree after=. --rounds 6 --steps 5
+writes verify/results/regularizer_step_paired.md: ms per step in each tree and the median over
+rounds of the per-round ratio after/before.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "train-images-idx3-ubyte.gz"
 LABELS = ROOT.parent / "shared" / "data" / "mnist" / "train-labels-idx1-ubyte.gz"
 OUT = ROOT / "verify" / "results" / "regularizer_step_time.md"
+PAIRED = ROOT / "verify" / "results" / "regularizer_step_paired.md"
 
 # the same loss as `jin-rinard`, with the clean batch and both corners in ONE forward of 3B rows:
 # measured so that the choice of separate passes (robustkit/regularizers/jin_rinard.py) stays checked
@@ -71,7 +83,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per regularizer per round")
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--net", default="small", help="zoo net (small, maxpool, resnet, ...)")
+    parser.add_argument("--only", default="", help="comma-separated labels to time (default: all)")
+    parser.add_argument("--tree", action="append", default=[], help="NAME=PATH: compare two source trees")
+    parser.add_argument("--json", default="", help=argparse.SUPPRESS)  # one tree's raw times (paired mode)
     args = parser.parse_args()
+    if args.tree:
+        paired(args)
+        return
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -79,9 +98,12 @@ def main() -> None:
     # state: past MRnet's warm-up, inside the Jin-Rinard ramp, MNIST eps 0.1
     state = ScheduleState(epoch=30.0, step=0, eps=0.1, total_epochs=100)
     setups = []
+    only = {o.strip() for o in args.only.split(",") if o.strip()}
     for label, spec, passes in SPECS:
+        if only and label not in only:
+            continue
         torch.manual_seed(0)
-        net = build_net(NetConfig("small", (1, 28, 28)))
+        net = build_net(NetConfig(args.net, (1, 28, 28)))
         regs = build_regularizers([spec])
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)
         setups.append((label, passes, net, regs, opt))
@@ -131,6 +153,9 @@ def main() -> None:
                 run(net, regs, opt)
             times[label].append((time.perf_counter() - t0) / args.steps)
 
+    if args.json:
+        Path(args.json).write_text(json.dumps(times))
+        return
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     base = statistics.median(times["none"])
     lines = [
@@ -155,6 +180,52 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(text)
+    print(text)
+
+
+def paired(args: argparse.Namespace) -> None:
+    """Alternate the trees round by round; each round one subprocess per tree."""
+    trees = [tuple(t.split("=", 1)) for t in args.tree]
+    if len(trees) != 2:
+        raise SystemExit("--tree NAME=PATH twice")
+    times: dict[str, dict[str, list[float]]] = {name: {} for name, _ in trees}
+    labels = [label for label, _, _ in SPECS if not args.only or label in args.only.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for k, label in enumerate(labels):  # one regularizer at a time, both trees back to back
+                order = trees if (r + k) % 2 == 0 else trees[::-1]
+                for name, path in order:
+                    out = Path(tmp) / f"{name}{r}_{k}.json"
+                    env = dict(os.environ, PYTHONPATH=str(Path(path).resolve()), OMP_NUM_THREADS="1")
+                    cmd = [sys.executable, str(Path(__file__).resolve()), "--rounds", "1", "--steps", str(args.steps),
+                           "--batch", str(args.batch), "--net", args.net, "--json", str(out), "--only", label]
+                    subprocess.run(cmd, check=True, env=env, cwd=Path(path).resolve())
+                    for got, ts in json.loads(out.read_text()).items():
+                        times[name].setdefault(got, []).extend(ts)
+    (a, _), (b, _) = trees
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [
+        f"# Per-step training time, {a} vs {b}, side by side",
+        "",
+        f"Net `{args.net}`, batch {args.batch}, CPU, 1 thread, Adam; {args.rounds} rounds; in a round each "
+        f"regularizer runs {args.steps} steps in one tree and then the other (a fresh process each, the order "
+        f"alternating), and the ratio is the median over rounds of {b}/{a} of those back-to-back pairs. Trees: " + ", ".join(f"{n} = `{p}`" for n, p in trees)
+        + f". torch {torch.__version__}, {os.cpu_count()} cores, load {load:.1f} at the end. "
+        "Produced by `python verify/bench_regularizers.py --tree ... --tree ...`.",
+        "",
+        f"| regularizer | ms / step ({a}) | ms / step ({b}) | {b} / {a} (median of rounds) | range of ratios |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label in times[a]:
+        if label not in times[b]:
+            continue
+        ratios = [tb / ta for ta, tb in zip(times[a][label], times[b][label])]
+        lines.append(f"| {label} | {statistics.median(times[a][label]) * 1e3:.1f} | "
+                     f"{statistics.median(times[b][label]) * 1e3:.1f} | {statistics.median(ratios):.3f} | "
+                     f"{min(ratios):.2f}-{max(ratios):.2f} |")
+    text = "\n".join(lines) + "\n"
+    PAIRED.parent.mkdir(parents=True, exist_ok=True)
+    PAIRED.write_text(text)
     print(text)
 
 

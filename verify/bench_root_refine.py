@@ -45,7 +45,7 @@ def main() -> None:
         t0 = time.perf_counter()
         res = run_bounds(ctx.net, lo, hi, method, C, args.budget, cfg)
         seconds = time.perf_counter() - t0
-        per = [int(res.bounds.phases(ctx.net, r)[2].sum()) for r in ctx.net.relu_indices]
+        per = [int(res.bounds.phases(ctx.net, r)[2].sum()) for r in ctx.net.split_indices]
         least = float(res.spec.lower.min()) if res.spec is not None else float("nan")
         print(f"| {method} | {seconds:.1f} | {', '.join(map(str, per))} | {sum(per)} | {least:.3f} |")
 

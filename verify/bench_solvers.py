@@ -1,9 +1,9 @@
 """MILP solvers side by side (issue 18): HiGHS through highspy (the default), HiGHS through PuLP,
 and CBC through PuLP, on the same samples, one after the other in one run.
 
-    python verify/bench_solvers.py --model models/mnist_small_pgd_rs.onnx --n 100 --eps 0.1
+    python verify/bench_solvers.py --model models/mnist/mnist_small_pgd_rs.onnx --n 100 --eps 0.1
 
-is ``robustkit verify --eps 0.1 models/mnist_small_pgd_rs.onnx --n 100 --method milp --workers 1
+is ``robustkit verify --eps 0.1 models/mnist/mnist_small_pgd_rs.onnx --n 100 --method milp --workers 1
 --solver S`` for S = highs, pulp-highs, cbc (the embedded MNIST test subset). Most samples are
 decided before the MILP (attack, CROWN bounds); the table says how many reached it, and the
 MILP-stage times are those of these samples only.
@@ -47,7 +47,7 @@ def run(model: Path, cfg: VerifyConfig, n: int, out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=Path("models/mnist_small_pgd_rs.onnx"))
+    ap.add_argument("--model", type=Path, default=Path("models/mnist/mnist_small_pgd_rs.onnx"))
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--timeout", type=float, default=60.0)
@@ -91,7 +91,7 @@ def main() -> None:
         lines.append(f"| {idx} | " + " | ".join(cells) + " |")
     lines += ["", "Reproduce: `python verify/bench_solvers.py"
               + (f" --n {args.n}" if args.n != 100 else "") + (f" --eps {args.eps:g}" if args.eps != 0.1 else "")
-              + "` (or `robustkit verify --eps 0.1 models/mnist_small_pgd_rs.onnx --n 100 --method milp --workers 1 "
+              + "` (or `robustkit verify --eps 0.1 models/mnist/mnist_small_pgd_rs.onnx --n 100 --method milp --workers 1 "
               "--solver S` for each S), on an otherwise idle core.", ""]
     text = "\n".join(lines)
     args.report.parent.mkdir(parents=True, exist_ok=True)

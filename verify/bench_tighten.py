@@ -3,7 +3,7 @@
 Every sample goes through attack -> bounds (the tightening under test) -> MILP, so the table shows
 how much each tightening saves the MILP. Side by side in one run:
 
-    python verify/bench_tighten.py --model models/mnist_small_pgd_rs.onnx --n 20 --eps 0.1 --timeout 60
+    python verify/bench_tighten.py --model models/mnist/mnist_small_pgd_rs.onnx --n 20 --eps 0.1 --timeout 60
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from robustkit.verification.run import DatasetChoice, RunOptions, verify_dataset
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=Path("models/mnist_small_pgd_rs.onnx"))
+    ap.add_argument("--model", type=Path, default=Path("models/mnist/mnist_small_pgd_rs.onnx"))
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--timeout", type=float, default=60.0)

@@ -9,7 +9,7 @@ On a robustkit-trained MNIST model, eps=0.1, the first N test images:
     by attack / bounds / MILP and time per stage, PGD throughput (images/s) on the CPU.
 
 Usage (from the repo root):
-    python verify/bench_verify.py --model models/mnist_small_pgd_rs.onnx --n 100 --eps 0.1 --timeout 60
+    python verify/bench_verify.py --model models/mnist/mnist_small_pgd_rs.onnx --n 100 --eps 0.1 --timeout 60
 Writes a Markdown report to verify/results/bench_verify.md (or --report).
 """
 
@@ -53,7 +53,7 @@ def pgd_throughput(model: Path, eps: float, n: int = 500) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=Path("models/mnist_small_pgd_rs.onnx"))
+    ap.add_argument("--model", type=Path, default=Path("models/mnist/mnist_small_pgd_rs.onnx"))
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--timeout", type=float, default=60.0)

@@ -1,7 +1,7 @@
 """Throughput of the local worker pool: --workers 1 vs 2 (index order and hardest-first), side
 by side on the same samples (issue 6).
 
-    python verify/bench_workers.py --model models/mnist_small_pgd_rs.onnx --n 200 --eps 0.1
+    python verify/bench_workers.py --model models/mnist/mnist_small_pgd_rs.onnx --n 200 --eps 0.1
 Run it on an otherwise idle machine: the ratio is meaningless when other jobs hold a core.
 """
 
@@ -34,7 +34,7 @@ def run(model: Path, cfg: VerifyConfig, n: int, workers: int, order: str, out: P
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=Path("models/mnist_small_pgd_rs.onnx"))
+    ap.add_argument("--model", type=Path, default=Path("models/mnist/mnist_small_pgd_rs.onnx"))
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--timeout", type=float, default=60.0)

@@ -7,7 +7,7 @@ each weight layer, the median logit margin, the median L1 norm of the input grad
 (the first-order change of the margin under an L-inf step of 1), and their ratio (the first-order
 L-inf radius at which the margin vanishes), on the first `--n` test images.
 
-    python verify/weight_scale.py models/mnist_small_none.onnx models/mnist_small_jin_rinard_h90.onnx
+    python verify/weight_scale.py models/mnist/mnist_small_none.onnx models/mnist/mnist_small_jin_rinard_h90.onnx
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Train, export and describe the model zoo: MNIST `small`, one model per regularizer, one budget.
 
     python verify/zoo.py train [--only NAME ...] [--epochs 20] [--data-dir ../shared/data]
-    python verify/zoo.py cards            # (re)write models/<name>.md from each run's metrics (scores only without a run dir)
+    python verify/zoo.py cards            # (re)write models/<dataset>/<name>.md from each run's metrics (scores only without a run dir)
 
 Every model: `small` net, full MNIST training set, 20 epochs, Adam, lr 1e-3 (piecewise-linear
 to 2e-4 over the last quarter), batch 50, seed 0, training eps 0.1 ramped from 0.01 over the
@@ -151,7 +151,9 @@ def train_command(name: str, epochs: int, data_dir: str) -> list[str]:
 
 
 def model_path(name: str) -> Path:
-    return ROOT / "models" / f"{stem(name)}.onnx"
+    """models/<dataset>/<stem>.onnx (models/ is grouped by dataset: mnist/, cifar10/)."""
+    folder = "cifar10" if stem(name).startswith("cifar") else "mnist"
+    return ROOT / "models" / folder / f"{stem(name)}.onnx"
 
 
 def train(names: list[str], epochs: int, data_dir: str) -> None:
@@ -212,7 +214,7 @@ with regularizer(s) `{' '.join(specs)}`, robustkit's model-zoo budget (see `veri
 ## Command
 ```
 {shlex.join(train_command(name, epochs, data_dir))}
-robustkit export {run_dir(name, epochs).relative_to(ROOT)} --out models/{model_path(name).name}
+robustkit export {run_dir(name, epochs).relative_to(ROOT)} --out {model_path(name).relative_to(ROOT)}
 ```
 
 ## Training

@@ -1,6 +1,6 @@
 """Score the model zoo at one eps: the table users want (issue 3).
 
-For each `models/{mnist|cifar}_small_<name>.onnx`:
+For each `models/{mnist|cifar10}/{mnist|cifar}_small_<name>.onnx`:
   * clean accuracy on the full test set (onnxruntime-equivalent torch forward);
   * PGD accuracy on the first `--n-pgd` test images (L-inf, 50 steps, 10 restarts, margin loss);
   * mean stably-active / stably-inactive / unstable ReLUs per layer under interval (IBP) and CROWN
@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="mnist", choices=["mnist", "cifar10"])
     ap.add_argument("--eps", default="0.1", help="e.g. 0.1 or 8/255")
     ap.add_argument("--models", nargs="*", default=None,
-                    help="zoo names (default: every models/<dataset>_small_*.onnx)")
+                    help="zoo names (default: every models/<dataset>/<prefix>_small_*.onnx)")
     ap.add_argument("--n-pgd", type=int, default=1000)
     ap.add_argument("--n-stats", type=int, default=200)
     ap.add_argument("--n-verify", type=int, default=100)
@@ -164,10 +164,11 @@ def main() -> None:
     torch.set_num_threads(1)
     eps = parse_eps(args.eps)
     prefix = f"{'cifar' if args.dataset == 'cifar10' else args.dataset}_small_"  # file stems: cifar_small_*
-    paths = sorted((ROOT / "models").glob(f"{prefix}*.onnx"),
+    folder = ROOT / "models" / args.dataset  # models/ is grouped by dataset
+    paths = sorted(folder.glob(f"{prefix}*.onnx"),
                    key=lambda p: ORDER.index(p.stem[len(prefix):]) if p.stem[len(prefix):] in ORDER else len(ORDER))
     if args.models:
-        paths = [ROOT / "models" / f"{prefix}{m.replace('-', '_')}.onnx" for m in args.models]
+        paths = [folder / f"{prefix}{m.replace('-', '_')}.onnx" for m in args.models]
     n_test = len(load_dataset(args.dataset, "test", args.data_dir))
     for path in paths:
         name = path.stem.removeprefix(prefix)

@@ -20,12 +20,13 @@ export PYTHONPATH="$HERE/..${PYTHONPATH:+:$PYTHONPATH}"
 export ROBUSTKIT_STARTED_AT="$START"
 PYTHON="${ROBUSTKIT_PYTHON:-python3}"
 rm -f "$RESULTS"  # never leave the answer of an earlier run behind
-TIGHTEN="${ROBUSTKIT_TIGHTEN:-alpha-crown}"
+# ROBUSTKIT_TIGHTEN: the old name of ROBUSTKIT_BOUNDS, read for one more release
+BOUNDS="${ROBUSTKIT_BOUNDS:-${ROBUSTKIT_TIGHTEN:-alpha-crown}}"
 METHOD="${ROBUSTKIT_METHOD:-bab}"
 
-echo "robustkit: $CATEGORY $ONNX $VNNLIB (timeout $TIMEOUT s, method $METHOD, tighten $TIGHTEN)" >&2
+echo "robustkit: $CATEGORY $ONNX $VNNLIB (timeout $TIMEOUT s, method $METHOD, bounds $BOUNDS)" >&2
 "$PYTHON" -m robustkit.cli.main vnnlib "$ONNX" "$VNNLIB" --timeout "$TIMEOUT" --result "$RESULTS" \
-    --tighten "$TIGHTEN" --method "$METHOD"
+    --bounds "$BOUNDS" --method "$METHOD"
 STATUS=$?
 if [[ $STATUS -ne 0 && ! -s "$RESULTS" ]]; then
     # robustkit could not even start (bad input or internal error): still leave a result file.

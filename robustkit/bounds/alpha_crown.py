@@ -36,7 +36,6 @@ from robustkit.bounds.adam import adam_step
 from robustkit.bounds.crown import (
     CrownConfig,
     SpecBounds,
-    adaptive_alpha,
     as_box,
     check_spec,
     crown_bounds,
@@ -187,7 +186,8 @@ class _Optimiser:
         self.fixed_pre = pre_bounds(net, base)
         self.errs = base.float_errors(net)
         self.exact = _Arith(net, lo, hi, self.fixed_pre, self.errs, list(base.lower), list(base.upper), rows)
-        self.relus = net.relu_indices
+        # the operators whose relaxation has a parameter (not Sigmoid/Tanh)
+        self.relus = [r for r in net.activation_indices if net.layers[r].optimisable]  # type: ignore[attr-defined]
         # targets: linear layers feeding a ReLU whose bounds come from a backward pass, with the
         # neurons unstable in some sample (``rows``) and where (``mask``)
         self.targets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -201,7 +201,7 @@ class _Optimiser:
         self.best_inter = {t: (base.lower[t].clone(), base.upper[t].clone()) for t in self.targets}
         m = rows.shape[1]
         self.final_alpha = {
-            r: adaptive_alpha(*self.fixed_pre[r]).unsqueeze(1).expand(-1, m, -1).clone().requires_grad_(True)
+            r: self._alpha0(r).unsqueeze(1).expand(-1, m, -1).clone().requires_grad_(True)
             for r in self.relus
         }
         self.inter_alpha: dict[int, dict[int, torch.Tensor]] = {}
@@ -210,13 +210,17 @@ class _Optimiser:
             group = {}
             for r in self.relus:
                 if r < t:
-                    a = adaptive_alpha(*self.fixed_pre[r]).unsqueeze(1)
+                    a = self._alpha0(r).unsqueeze(1)
                     a = a.unsqueeze(2).expand(-1, 2, cols.numel(), -1) if per_row else a.expand(-1, 2, -1)
                     group[r] = a.clone().requires_grad_(True)
             self.inter_alpha[t] = group
         logger.debug("alpha-CROWN intermediate slopes (target: rows, per-row): %s",
                      {t: (int(c.numel()), self._per_row(t)) for t, (c, _) in self.targets.items()})
         self.best = torch.full(rows.shape[:2], -torch.inf, dtype=torch.float64)
+
+    def _alpha0(self, r: int) -> torch.Tensor:
+        """CROWN's choice of the operator at ``r``'s relaxation parameters, where the steps start."""
+        return self.net.layers[r].default_alpha(*self.fixed_pre[r])  # type: ignore[attr-defined]
 
     def _per_row(self, t: int) -> bool:
         """Per-row slopes for target layer ``t``? In ``"auto"`` mode decided from the layer sizes

@@ -34,7 +34,7 @@ import torch
 
 from robustkit.bounds.floaterr import ErrorTracker, FloatErrors, outward
 from robustkit.bounds.types import NetBounds
-from robustkit.network import Activation, Dense, LinearLayer, Network
+from robustkit.network import Layer, LinearLayer, Network
 
 logger = logging.getLogger(__name__)
 
@@ -99,66 +99,77 @@ def check_spec(net: Network, C: torch.Tensor | None, batch: int) -> torch.Tensor
     return C
 
 
-def adaptive_alpha(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """CROWN's adaptive lower slope: 1 where ``u >= -l``, else 0."""
-    return (upper >= -lower).to(upper.dtype)
-
-
-def backward_lower(
+def backward_pass(
     net: Network,
     end: int,
     A: torch.Tensor,
-    bias: torch.Tensor | None,
+    c: torch.Tensor | None,
     lo: torch.Tensor,
     hi: torch.Tensor,
     pre: PreBounds,
     alphas: Alphas | None = None,
     errs: FloatErrors | None = None,
-) -> torch.Tensor:
-    """Lower bound over the box ``[lo, hi]`` of ``A h_end + bias``, where ``h_end`` is the output
-    of layer ``end`` (``end = -1``: the input). ``A``: ``(B or 1, m, dim_end)``; ``bias``:
-    broadcastable to ``(B, m)``. ``pre[r]`` are the pre-activation bounds of the ReLU at position
-    ``r``; ``alphas[r]`` (optional, broadcastable to ``(B, m, dim)`` or ``(B, dim)``) its lower
-    slopes. With ``errs`` the bound holds for every perturbed network of the float error model
-    (``|A| e_i`` is charged at each linear layer); without, for the exact one. Returns ``(B, m)``."""
-    c = torch.zeros(A.shape[:-1], dtype=A.dtype) if bias is None else bias
+    betas: Mapping[int, torch.Tensor] | None = None,
+    signs: Mapping[int, torch.Tensor] | None = None,
+    parts: Mapping[int, tuple[torch.Tensor, ...]] | None = None,
+    coeffs: dict[int, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower bound over the box ``[lo, hi]`` of ``A h_end + c``, where ``h_end`` is the output of
+    layer ``end`` (``end = -1``: the input), and the input coefficients it ends with.
+
+    ``A``: ``(B or 1, m, dim_end)``; ``c``: broadcastable to ``(B, m)`` (None: 0). Each layer takes
+    one step of its own (:meth:`~robustkit.network.layers.LinearLayer.backward_step`;
+    :meth:`~robustkit.network.activations.Activation.backward_step` with ``pre[r]``, its input
+    bounds, and ``alphas[r]``, its relaxation parameters, ``(B, m, dim)`` or ``(B, dim)``). With
+    ``errs`` the bound holds for every perturbed network of the float error model: ``|A| e_i`` is
+    charged at each layer that rounds; without, for the exact one. ``signs[r]``/``betas[r]``: split
+    constraints on the operator at ``r`` and their multipliers (beta-CROWN,
+    :meth:`~robustkit.network.activations.Activation.split_terms`). ``parts[r]``: its
+    ``relaxation_parts`` of ``pre[r]``, computed once by a caller that evaluates many slopes.
+    ``coeffs``, when given, receives each operator's output coefficients (before it is relaxed).
+    Returns ``((B, m), A_in)``."""
+    c = torch.zeros(A.shape[:-1], dtype=A.dtype) if c is None else c
     for i in range(end, -1, -1):
         layer = net.layers[i]
-        if isinstance(layer, LinearLayer):
-            c = c + A @ layer.bias_tensor(A.dtype)
-            if errs is not None:
-                c = c - (A.abs() @ errs.rounding[i].unsqueeze(-1)).squeeze(-1)
-            A = layer.backward(A)
-        elif isinstance(layer, Activation):
-            l, u = pre[i]
-            alpha = None if alphas is None else alphas.get(i)
-            if alpha is not None and alpha.dim() == 2:
-                alpha = alpha.unsqueeze(1)
-            lam_l, mu_l, lam_u, mu_u = layer.linear_bounds(l.unsqueeze(1), u.unsqueeze(1), alpha)
-            neg = A.clamp(max=0)
-            pos = A.clamp(min=0)
-            c = c + (neg * mu_u).sum(-1)
-            if not layer.piecewise_linear:  # a ReLU's lower bound has no intercept: skip the zero sum
-                c = c + (pos * mu_l).sum(-1)
-            A = pos * lam_l + neg * lam_u
-        else:
-            raise TypeError(f"CROWN does not support layer {layer.describe()}")
+        if errs is not None and layer.rounds:
+            c = c - (A.abs() @ errs.rounding[i].unsqueeze(-1)).squeeze(-1)
+        if not layer.nonlinear:
+            A, c = layer.backward_step(A, c)
+            continue
+        if coeffs is not None:
+            coeffs[i] = A
+        l, u = pre[i]
+        alpha = None if alphas is None else alphas.get(i)
+        if alpha is not None and alpha.dim() == 2:
+            alpha = alpha.unsqueeze(1)
+        A, c = layer.backward_step(A, c, l.unsqueeze(1), u.unsqueeze(1), alpha,  # type: ignore[call-arg]
+                                   None if parts is None else parts.get(i))
+        if betas is not None and signs is not None and i in betas:
+            A, c = layer.split_terms(A, c, betas[i], signs[i])  # type: ignore[attr-defined]
     center = ((lo + hi) / 2).unsqueeze(-1)
     radius = ((hi - lo) / 2).unsqueeze(-1)
-    return c + (A @ center).squeeze(-1) - (A.abs() @ radius).squeeze(-1)
+    return c + (A @ center).squeeze(-1) - (A.abs() @ radius).squeeze(-1), A
+
+
+def backward_lower(
+    net: Network, end: int, A: torch.Tensor, bias: torch.Tensor | None, lo: torch.Tensor, hi: torch.Tensor,
+    pre: PreBounds, alphas: Alphas | None = None, errs: FloatErrors | None = None,
+) -> torch.Tensor:
+    """The bound of :func:`backward_pass` alone: a lower bound ``(B, m)`` of ``A h_end + bias``."""
+    return backward_pass(net, end, A, bias, lo, hi, pre, alphas, errs)[0]
 
 
 def unit_rows(net: Network, end: int, rows: torch.Tensor, sign: float, dtype: torch.dtype = torch.float64
               ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """``sign * e_rows`` pulled through layer ``end`` when it is ``Dense`` (a row selection of
-    ``W``, cheaper than multiplying one-hot rows); returns ``(A, bias, new_end)`` in ``dtype``
-    with a batch dimension of 1."""
+    """``sign * e_rows`` pulled through layer ``end`` where it offers its rows (a row selection of
+    ``W``, cheaper than multiplying one-hot rows: :meth:`LinearLayer.row_slice`); returns
+    ``(A, bias, new_end)`` in ``dtype`` with a batch dimension of 1."""
     layer = net.layers[end]
     dim = layer.out_dim
-    if isinstance(layer, Dense):
-        w = layer.weight.to(dtype)[rows] * sign
-        b = layer.bias.to(dtype)[rows] * sign
-        return w.unsqueeze(0), b.unsqueeze(0), end - 1
+    sliced = None if layer.nonlinear else layer.row_slice(rows, dtype)  # type: ignore[attr-defined]
+    if sliced is not None:
+        w, b = sliced
+        return (w * sign).unsqueeze(0), (b * sign).unsqueeze(0), end - 1
     A = torch.zeros(1, rows.numel(), dim, dtype=dtype)
     A[0, torch.arange(rows.numel()), rows] = sign
     return A, None, end
@@ -224,9 +235,16 @@ def needs_backward(net: Network, i: int) -> bool:
     """Whether layer ``i``'s bounds come from a backward pass: a linear layer, not the first
     (interval arithmetic is exact for one affine map of a box), feeding a ReLU or the output."""
     layers = net.layers
-    if i == 0 or not isinstance(layers[i], LinearLayer):
+    if i == 0 or layers[i].nonlinear:
         return False
-    return i == len(layers) - 1 or isinstance(layers[i + 1], Activation)
+    return i == len(layers) - 1 or layers[i + 1].nonlinear
+
+
+def charged(layer: Layer) -> bool:
+    """Whether a forward bound step moves this layer's output out by its float error and slack:
+    every linear layer (robustkit's float64 arithmetic computed it), and a nonlinear operator that
+    rounds (LeakyReLU); an exact one (ReLU, HardTanh) passes its input's bounds through as they are."""
+    return not layer.nonlinear or layer.rounds
 
 
 def pre_bounds(net: Network, bounds: NetBounds, upto: int | None = None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -257,7 +275,7 @@ def refresh(net: Network, bounds: NetBounds) -> NetBounds:
     out = NetBounds(lo, hi, [], [], bounds.method, errs)
     for i, layer in enumerate(net.layers):
         lo, hi = layer.interval(lo, hi)
-        if isinstance(layer, LinearLayer):
+        if charged(layer):
             lo, hi = outward(lo, hi, errs.rounding[i] + errs.slack[i])
         lo, hi = intersect(lo, hi, bounds.lower[i], bounds.upper[i])
         out.lower.append(lo)
@@ -300,7 +318,7 @@ def crown_bounds(
     lo, hi = lo_in, hi_in
     with torch.no_grad():
         for i, layer in enumerate(net.layers):
-            if isinstance(layer, Activation):
+            if layer.nonlinear:
                 pre[i] = (lo, hi)
             tracker.add(layer, lo, hi)
             if prior is not None:
@@ -312,7 +330,7 @@ def crown_bounds(
                 out.upper.append(hi)
                 continue
             lo, hi = layer.interval(lo, hi)
-            if isinstance(layer, LinearLayer):
+            if charged(layer):
                 lo, hi = outward(lo, hi, errs.rounding[i] + errs.slack[i])
             if base is not None:
                 lo, hi = intersect(lo, hi, base.lower[i], base.upper[i])
@@ -344,8 +362,8 @@ def _tighten_layer(
     feeds_relu = i + 1 < len(net.layers)
     if config.refine_stable or not feeds_relu:
         mask = torch.ones_like(lo, dtype=torch.bool)
-    else:
-        mask = (lo < 0) & (hi > 0)
+    else:  # the next operator's undecided neurons (not the coordinates it carries)
+        mask = net.layers[i + 1].unstable(lo, hi)  # type: ignore[attr-defined]
     rows = torch.nonzero(mask.any(dim=0)).flatten()
     if rows.numel() == 0:
         return lo, hi
@@ -392,7 +410,8 @@ def interval_spec(net: Network, bounds: NetBounds, C: torch.Tensor) -> tuple[tor
     lower = (C @ center).squeeze(-1) - (C.abs() @ radius).squeeze(-1)
     upper = (C @ center).squeeze(-1) + (C.abs() @ radius).squeeze(-1)
     last = net.layers[-1] if net.layers else None
-    if isinstance(last, LinearLayer):
+    if last is not None and not last.nonlinear:
+        assert isinstance(last, LinearLayer)
         n = len(net.layers)
         gl, gu = (bounds.input_lower, bounds.input_upper) if n == 1 else (bounds.lower[-2], bounds.upper[-2])
         A = last.backward(C)

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from robustkit.network import Activation, Layer, LinearLayer, Network
+from robustkit.network import Layer, LinearLayer, Network
 
 U32 = 2.0**-24  # unit roundoff of the deployed network's float32
 U64 = 2.0**-53  # unit roundoff of robustkit's float64 bound arithmetic
@@ -147,7 +147,8 @@ class ErrorTracker:
     def add(self, layer: Layer, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Account for ``layer`` given valid bounds ``[lower, upper]`` of its input; returns its
         ``(rounding, slack)``."""
-        if isinstance(layer, LinearLayer):
+        if not layer.nonlinear:
+            assert isinstance(layer, LinearLayer)
             e, reach = layer.float_model(lower, upper)
             if self._prev is not None:
                 # onnxruntime may fuse the layer into the one before it (Conv/Gemm + BatchNormalization,
@@ -160,13 +161,12 @@ class ErrorTracker:
             self._acc = layer.abs_forward(self._acc) + e
             limit, fmt = layer.fmt.max, layer.fmt.name
             self._prev = layer
-        elif isinstance(layer, Activation):
-            e, self._mag, self._acc = layer.error_transfer(lower, upper, self._mag, self._acc)
+        else:  # an elementwise operator: its own error, and how it carries magnitudes and errors
+            e, self._mag, self._acc = layer.error_transfer(lower, upper, self._mag, self._acc)  # type: ignore[attr-defined]
             self._relus += 1
+            # its values are at most its input's, up to its own rounding: no new overflow
             reach, limit, fmt = torch.zeros_like(self._reach), float("inf"), "exact"
             self._prev = None
-        else:  # pragma: no cover - the loader only produces linear layers and ReLUs
-            raise TypeError(f"no float error model for layer {layer.describe()}")
         self._reach = reach
         self.out.reach.append(reach)
         self.out.limit.append(limit)

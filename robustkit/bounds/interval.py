@@ -6,7 +6,7 @@ import torch
 
 from robustkit.bounds.floaterr import ErrorTracker
 from robustkit.bounds.types import NetBounds
-from robustkit.network import LinearLayer, Network
+from robustkit.network import Network
 
 
 def interval_bounds(net: Network, lower: torch.Tensor, upper: torch.Tensor, safe: bool = True) -> NetBounds:
@@ -25,7 +25,7 @@ def interval_bounds(net: Network, lower: torch.Tensor, upper: torch.Tensor, safe
     for layer in net.layers:
         e, s = tracker.add(layer, lo, hi)
         lo, hi = layer.interval(lo, hi)
-        if safe and isinstance(layer, LinearLayer):
+        if safe and (not layer.nonlinear or layer.rounds):  # crown.charged (not imported: a lower module)
             lo, hi = lo - e - s, hi + e + s
         out.lower.append(lo)
         out.upper.append(hi)

@@ -39,12 +39,14 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from robustkit.network import Conv2d, Dense, Elementwise, Network, ReLU
+from robustkit.bounds.methods import BoundMethod
+from robustkit.network import Network
+from robustkit.network.torch_modules import Flat, Unflat
 
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install --no-deps auto-lirpa==0.3 tqdm"
-LIRPA_METHODS = {"interval": "IBP", "ibp": "IBP", "crown": "backward", "alpha-crown": "CROWN-Optimized"}
+LIRPA_METHODS = {name: m.lirpa for m in BoundMethod if m.lirpa for name in (m.value, *m.aliases)}
 
 
 def _node_getitem(node: Any, name: str) -> Any:
@@ -138,32 +140,6 @@ def lirpa_available() -> tuple[bool, str]:
     return True, ""
 
 
-class _Flat(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)  # no batch size baked into the trace
-
-
-class _Unflat(nn.Module):
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.shape = shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(-1, *self.shape)
-
-
-class _Affine(nn.Module):
-    """Elementwise ``x * scale + shift`` on a flat activation."""
-
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(scale.clone(), requires_grad=False)
-        self.shift = nn.Parameter(shift.clone(), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
-
-
 def _pad_as_linear(shape: tuple[int, int, int], padding: tuple[int, int, int, int], dtype: torch.dtype) -> nn.Linear:
     """Zero padding (top, left, bottom, right) of a flat ``(C, H, W)`` activation as a linear map."""
     c, h, w = shape
@@ -186,34 +162,18 @@ def to_sequential(net: Network, dtype: torch.dtype = torch.float64) -> nn.Sequen
     """
     mods: list[nn.Module] = []
     for layer in net.layers:
-        if isinstance(layer, Dense):
-            lin = nn.Linear(layer.in_dim, layer.out_dim)
-            lin.weight.data = layer.weight.detach().to(dtype).clone()
-            lin.bias.data = layer.bias.detach().to(dtype).clone()
-            mods.append(lin)
-        elif isinstance(layer, Conv2d):
-            pt, pl, pb, pr = layer.padding
-            sym = pt == pb and pl == pr
-            if not sym:  # auto_LiRPA 0.3 cannot bound nn.ZeroPad2d: pad by a 0/1 matrix instead
-                mods.append(_pad_as_linear(layer.in_shape, layer.padding, dtype))
-                c, h, w = layer.in_shape
-                mods.append(_Unflat((c, h + pt + pb, w + pl + pr)))
+        try:
+            parts = layer.torch_modules(dtype)
+        except NotImplementedError as exc:
+            raise TypeError(f"no auto_LiRPA equivalent for {layer.describe()}") from exc
+        for m in parts:
+            if isinstance(m, nn.ZeroPad2d):  # auto_LiRPA 0.3 cannot bound it: the same as a 0/1 matrix
+                c, h, w = layer.in_shape  # type: ignore[attr-defined]
+                pl, pr, pt, pb = m.padding
+                mods += [Flat(), _pad_as_linear((c, h, w), (pt, pl, pb, pr), dtype),
+                         Unflat((c, h + pt + pb, w + pl + pr))]
             else:
-                mods.append(_Unflat(layer.in_shape))
-            conv = nn.Conv2d(
-                layer.in_shape[0], layer.out_shape[0], tuple(layer.weight.shape[2:]),
-                stride=layer.stride, padding=(pt, pl) if sym else 0,
-            )
-            conv.weight.data = layer.weight.detach().to(dtype).clone()
-            conv.bias.data = layer.bias.detach().to(dtype).clone()
-            mods.append(conv)
-            mods.append(_Flat())
-        elif isinstance(layer, Elementwise):
-            mods.append(_Affine(layer.scale.detach().to(dtype), layer.shift.detach().to(dtype)))
-        elif isinstance(layer, ReLU):
-            mods.append(nn.ReLU())
-        else:
-            raise TypeError(f"no auto_LiRPA equivalent for {layer.describe()}")
+                mods.append(m)
     return nn.Sequential(*mods).to(dtype).eval()
 
 

@@ -37,7 +37,8 @@ import torch
 from robustkit.bounds.crown import CrownConfig, SpecBounds, crown_bounds, needs_backward, refresh
 from robustkit.bounds.floaterr import U64, gamma
 from robustkit.bounds.types import NetBounds
-from robustkit.network import LinearLayer, Network, ReLU
+from robustkit.network import Network
+from robustkit.network.encoding import ZERO
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +78,16 @@ class LpStats:
 
 class _Model:
     """The relaxation of one sample's network, grown layer by layer in a HiGHS instance, with its
-    constraint data kept for the dual bound."""
+    constraint data kept for the dual bound. It is the :class:`~robustkit.network.encoding.RowBuilder`
+    every layer adds itself to: linear rows ranged by the float error (each column is the float
+    value itself), the operators' convex hulls (``integer``: their binaries), nothing relaxed (the
+    dual bound is evaluated exactly instead)."""
 
-    def __init__(self, net: Network, bounds: NetBounds, matrices: dict[int, sp.csr_matrix], config: LpConfig) -> None:
-        self.net, self.bounds, self.matrices, self.config = net, bounds, matrices, config
+    ranged = True
+    exact = False
+
+    def __init__(self, net: Network, bounds: NetBounds, config: LpConfig) -> None:
+        self.net, self.bounds, self.config = net, bounds, config
         self.h = highspy.Highs()
         self.h.setOptionValue("output_flag", False)
         self.h.setOptionValue("threads", config.threads)
@@ -94,27 +101,36 @@ class _Model:
             self.h.setOptionValue("presolve", "off")
         self.ncols = 0
         self.nrows = 0
-        self.layer_cols: list[int] = []  # first column of each layer's output; [0] = the input
+        self.layer_cols: list[np.ndarray] = []  # the column of each neuron of each layer (ZERO: 0)
         self._A: sp.csr_matrix | None = None
         self._cost_cols = np.zeros(0, dtype=np.int32)
         lo, hi = self._np(bounds.input_lower), self._np(bounds.input_upper)
-        self.input_col = self._add_cols(lo, hi)
+        self.input_cols = self.add_cols(lo, hi)
 
     @staticmethod
     def _np(t: torch.Tensor) -> np.ndarray:
         return t.detach().reshape(-1).double().cpu().numpy().copy()
 
-    def _add_cols(self, lo: np.ndarray, hi: np.ndarray) -> int:
+    def add_cols(self, lower: np.ndarray, upper: np.ndarray, scale: np.ndarray | float | None = None,
+                 integer: bool = False) -> np.ndarray:
+        lo, hi = np.array(lower, dtype=np.float64), np.array(upper, dtype=np.float64)
         first = self.ncols
-        self.h.addVars(lo.size, lo, hi)
+        if lo.size:
+            self.h.addVars(lo.size, lo, hi)
         self.col_lo.append(lo)
         self.col_hi.append(hi)
         self.ncols += lo.size
         self._A = None
-        return first
+        cols = np.arange(first, self.ncols, dtype=np.int64)
+        if integer and cols.size:
+            idx = cols.astype(np.int32)
+            self.h.changeColsIntegrality(idx.size, idx, np.full(idx.size, highspy.HighsVarType.kInteger))
+        return cols
 
-    def _add_rows(self, mat: sp.coo_matrix, lo: np.ndarray, hi: np.ndarray) -> None:
-        csr = sp.csr_matrix((mat.data, (mat.row, mat.col)), shape=(mat.shape[0], self.ncols))
+    def add_rows(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, lower: np.ndarray,
+                 upper: np.ndarray, scale: np.ndarray | float | None = None) -> None:
+        lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+        csr = sp.csr_matrix((vals, (rows, cols)), shape=(lo.size, self.ncols))
         csr.sum_duplicates()
         csr.eliminate_zeros()
         self.h.addRows(
@@ -127,76 +143,30 @@ class _Model:
         self.nrows += csr.shape[0]
         self._A = None
 
-    def layer_start(self, i: int) -> int:
-        """First column of layer ``i``'s output (``i = -1``: the input)."""
-        return self.input_col if i < 0 else self.layer_cols[i]
+    def layer_col(self, i: int) -> np.ndarray:
+        """The columns of layer ``i``'s output (``i = -1``: the input)."""
+        return self.input_cols if i < 0 else self.layer_cols[i]
 
     def extend_to(self, end: int) -> None:
-        """Add the layers up to ``end`` (inclusive) with the current bounds."""
+        """Add the layers up to ``end`` (inclusive) with the current bounds: each adds itself."""
+        errs = self.bounds.float_errors(self.net)
         for i in range(len(self.layer_cols), end + 1):
             layer = self.net.layers[i]
-            prev = self.layer_start(i - 1)
-            lo, hi = self._np(self.bounds.lower[i]), self._np(self.bounds.upper[i])
-            if isinstance(layer, LinearLayer):
-                first = self._add_cols(lo, hi)
-                self.layer_cols.append(first)
-                w = self.matrices[i]
-                n = layer.out_dim
-                keep = np.arange(n)
-                nxt = self.net.layers[i + 1] if i + 1 < len(self.net.layers) else None
-                if isinstance(nxt, ReLU):
-                    # a neuron whose ReLU is stably off constrains nothing downstream: leaving out its
-                    # row only relaxes the LP (sound) and keeps it small
-                    keep = np.flatnonzero((hi > 0) | ~nxt.relu_mask.numpy())
-                wk = w[keep].tocoo()
-                m = keep.size
-                mat = sp.coo_matrix(
-                    (np.concatenate([wk.data, -np.ones(m)]),
-                     (np.concatenate([wk.row, np.arange(m)]), np.concatenate([wk.col + prev, keep + first]))),
-                    shape=(m, self.ncols),
-                )
-                rhs = -layer.bias_vector()[keep]
-                err = self.bounds.float_errors(self.net).rounding[i][0].detach().cpu().numpy()[keep]
-                self._add_rows(mat, rhs - err, rhs + err)
-            elif isinstance(layer, ReLU):
-                self.layer_cols.append(self._add_relu(i, prev))
+            z = self.layer_col(i - 1)
+            zero = np.zeros(z.size)
+            if layer.nonlinear:
+                l, u = (self._np(t) for t in self.bounds.pre_activation(self.net, i))
+                out, _ = layer.encode(self, z, l, u, zero)  # type: ignore[attr-defined]
             else:
-                raise TypeError(f"LP tightening does not support {layer.describe()}")
-
-    def _add_relu(self, i: int, prev: int) -> int:
-        l, u = self.bounds.pre_activation(self.net, i)
-        layer = self.net.layers[i]
-        l, u = self._np(l), self._np(u)
-        n = l.size
-        real = layer.relu_mask.numpy()  # identity coordinates: v = z with z's bounds, no v >= 0
-        first = self._add_cols(np.where(real, np.maximum(l, 0.0), l), np.where(real, np.maximum(u, 0.0), u))
-        z, v = prev + np.arange(n), first + np.arange(n)
-        active, _, unstable = (m.numpy() for m in layer.phases(torch.from_numpy(l), torch.from_numpy(u)))
-        rows, cols, vals, rlo, rhi = [], [], [], [], []
-        r = 0
-        for j in np.flatnonzero(active):  # v = z
-            rows += [r, r]; cols += [v[j], z[j]]; vals += [1.0, -1.0]; rlo.append(0.0); rhi.append(0.0); r += 1
-        uj = np.flatnonzero(unstable)
-        binaries = self._add_cols(np.zeros(uj.size), np.ones(uj.size)) if self.integer and uj.size else -1
-        for k, j in enumerate(uj):
-            s = u[j] / (u[j] - l[j])
-            rows += [r, r]; cols += [v[j], z[j]]; vals += [1.0, -1.0]; rlo.append(0.0); rhi.append(np.inf); r += 1
-            if binaries < 0:  # triangle: v - s z <= -s l (raised by the rounding of s)
-                slack = 4 * U64 * (s * (u[j] - l[j]) + u[j])
-                rows += [r, r]; cols += [v[j], z[j]]; vals += [1.0, -s]; rlo.append(-np.inf); rhi.append(-s * l[j] + slack)
-                r += 1
-            else:  # v <= u a;  v <= z - l (1 - a)
-                a = binaries + k
-                rows += [r, r]; cols += [v[j], a]; vals += [1.0, -u[j]]; rlo.append(-np.inf); rhi.append(0.0); r += 1
-                rows += [r, r, r]; cols += [v[j], z[j], a]; vals += [1.0, -1.0, -l[j]]
-                rlo.append(-np.inf); rhi.append(-l[j]); r += 1
-        if binaries >= 0:
-            idx = np.arange(binaries, binaries + uj.size, dtype=np.int32)
-            self.h.changeColsIntegrality(idx.size, idx, np.full(idx.size, highspy.HighsVarType.kInteger))
-        if r:
-            mat = sp.coo_matrix((np.array(vals), (np.array(rows), np.array(cols))), shape=(r, self.ncols))
-            self._add_rows(mat, np.array(rlo), np.array(rhi))
-        return first
+                lo, hi = self._np(self.bounds.lower[i]), self._np(self.bounds.upper[i])
+                nxt = self.net.layers[i + 1] if i + 1 < len(self.net.layers) else None
+                # a neuron whose operator's output is constant constrains nothing downstream: leaving
+                # out its row only relaxes the LP (sound) and keeps it small
+                needed = nxt.needs_input(lo, hi) if nxt is not None and nxt.nonlinear \
+                    else np.ones(layer.out_dim, dtype=bool)  # type: ignore[attr-defined]
+                e = errs.rounding[i][0].detach().cpu().numpy()
+                out, _ = layer.encode(self, z, lo, hi, zero, e, needed)  # type: ignore[attr-defined]
+            self.layer_cols.append(out)
 
     def set_col_bounds(self, col: int, lo: float, hi: float) -> None:
         self.h.changeColBounds(col, lo, hi)
@@ -270,7 +240,6 @@ def lp_tighten(
     start = time.perf_counter()
     stats = LpStats()
     batch = bounds.input_lower.shape[0]
-    matrices = {i: layer.matrix() for i, layer in enumerate(net.layers) if isinstance(layer, LinearLayer)}
     targets = [i for i in range(len(net.layers) - 1) if needs_backward(net, i)]
     outs: list[NetBounds] = []
     spec_lo, spec_hi = [], []
@@ -280,7 +249,7 @@ def lp_tighten(
             left = time_budget - (time.perf_counter() - start)
             deadline = time.perf_counter() + max(left, 0.0) / (batch - b)
         nb = bounds.select(b)
-        nb, s_lo, s_hi = _tighten_sample(net, nb, matrices, targets, C, spec, b, config, deadline, stats)
+        nb, s_lo, s_hi = _tighten_sample(net, nb, targets, C, spec, b, config, deadline, stats)
         outs.append(nb)
         spec_lo.append(s_lo)
         spec_hi.append(s_hi)
@@ -301,25 +270,32 @@ def _time_left(deadline: float | None) -> float:
     return np.inf if deadline is None else deadline - time.perf_counter()
 
 
+def _still_unstable(op: object, lo: np.ndarray, hi: np.ndarray, j: int) -> bool:
+    """Whether neuron ``j`` of the operator ``op`` still has an undecided kink at bounds ``lo``/``hi``."""
+    mask = op.unstable(torch.from_numpy(lo).unsqueeze(0), torch.from_numpy(hi).unsqueeze(0))  # type: ignore[attr-defined]
+    return bool(mask[0, j])
+
+
 def _order(l: np.ndarray, u: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Unstable neurons, those closest to being stable first (most likely to flip)."""
     return idx[np.argsort(np.minimum(-l[idx], u[idx]), kind="stable")]
 
 
 def _tighten_sample(
-    net: Network, nb: NetBounds, matrices: dict[int, sp.csr_matrix], targets: list[int], C: torch.Tensor | None,
+    net: Network, nb: NetBounds, targets: list[int], C: torch.Tensor | None,
     spec: SpecBounds | None, b: int, config: LpConfig, deadline: float | None, stats: LpStats,
 ) -> tuple[NetBounds, torch.Tensor | None, torch.Tensor | None]:
-    model = _Model(net, nb, matrices, config)
+    model = _Model(net, nb, config)
     for t in targets:
         if _time_left(deadline) <= 0:
             break
         model.extend_to(t)
         lo = nb.lower[t][0].numpy().copy()
         hi = nb.upper[t][0].numpy().copy()
-        # the unstable ReLUs fed by layer t (identity coordinates of a graph's carried tensors excluded)
-        unstable = np.flatnonzero(net.layers[t + 1].phases(torch.from_numpy(lo), torch.from_numpy(hi))[2].numpy())
-        first = model.layer_start(t)
+        # the undecided neurons of the operator fed by layer t (not the coordinates it carries)
+        op = net.layers[t + 1]
+        unstable = np.flatnonzero(op.unstable(torch.from_numpy(lo), torch.from_numpy(hi)).numpy())  # type: ignore[attr-defined]
+        cols = model.layer_col(t)
         done = 0
         for j in _order(lo, hi, unstable):
             if _time_left(deadline) <= 0:
@@ -327,9 +303,9 @@ def _tighten_sample(
                 continue
             sides = (1.0, -1.0) if hi[j] >= -lo[j] else (-1.0, 1.0)  # the side likelier to flip first
             for sign in sides:
-                if lo[j] >= 0 or hi[j] <= 0 or _time_left(deadline) <= 0:
+                if not _still_unstable(op, lo, hi, j) or _time_left(deadline) <= 0:
                     break
-                value = model.minimize(np.array([first + j]), np.array([sign]), _time_left(deadline))
+                value = model.minimize(np.array([cols[j]]), np.array([sign]), _time_left(deadline))
                 stats.solved += 1
                 done += 1
                 if value is None:
@@ -340,7 +316,7 @@ def _tighten_sample(
                 if nl > lo[j] or nh < hi[j]:
                     stats.improved += 1
                 lo[j], hi[j] = nl, nh
-                model.set_col_bounds(first + j, nl, nh)
+                model.set_col_bounds(int(cols[j]), nl, nh)
         stats.per_layer_solved[t] = stats.per_layer_solved.get(t, 0) + done
         nb.lower[t] = torch.from_numpy(lo).unsqueeze(0)
         nb.upper[t] = torch.from_numpy(hi).unsqueeze(0)
@@ -354,15 +330,15 @@ def _tighten_sample(
     s_lo, s_hi = spec.lower[b].clone(), spec.upper[b].clone()
     if config.spec and _time_left(deadline) > 0:
         model.extend_to(len(net.layers) - 1)
-        out_first = model.layer_start(len(net.layers) - 1)
+        out_cols = model.layer_col(len(net.layers) - 1)
+        live = out_cols != ZERO  # an output that is the constant 0 adds nothing to C y
         cb = C[b] if C.dim() == 3 else C
-        cols = out_first + np.arange(net.out_dim)
         for k in range(cb.shape[0]):
             row = cb[k].double().numpy()
             for sign in (1.0, -1.0):
                 if _time_left(deadline) <= 0:
                     break
-                value = model.minimize(cols, sign * row, _time_left(deadline))
+                value = model.minimize(out_cols[live], sign * row[live], _time_left(deadline))
                 stats.solved += 1
                 if value is None:
                     stats.not_optimal += 1

@@ -24,31 +24,65 @@ logger = logging.getLogger(__name__)
 
 
 class BoundMethod(str, Enum):
-    """A bound method; each includes all before it (``stages``)."""
+    """The bound methods, declared once (the CLI's choices and help, the verification config's
+    checks and the auto_LiRPA oracle read them from here); each includes all before it (``stages``).
 
-    INTERVAL = "interval"
-    CROWN = "crown"
-    ALPHA_CROWN = "alpha-crown"
-    LP = "lp"
-    MILP = "milp"
+    A member carries: ``summary`` (the help text), ``aliases``, ``alone`` (a verification method
+    of its own: incomplete, verified or unknown), ``tightens`` (offered as ``--bounds``, the bounds a
+    complete method starts from) and ``lirpa`` (auto_LiRPA's name for it, when it has one)."""
+
+    INTERVAL = ("interval", "interval arithmetic (IBP), layer by layer", ("ibp",), True, True, "IBP")
+    CROWN = ("crown", "linear relaxations back-substituted to the input (CROWN)", (), True, True, "backward")
+    ALPHA_CROWN = ("alpha-crown", "CROWN with optimised relaxation slopes (alpha-CROWN)",
+                   ("alpha", "alphacrown"), True, True, "CROWN-Optimized")
+    LP = ("lp", "one LP per unstable neuron over the triangle relaxation (HiGHS)", (), False, True, None)
+    MILP = ("milp", "one MILP per unstable neuron: exact bounds (HiGHS)", (), False, False, None)
+
+    summary: str
+    aliases: tuple[str, ...]
+    alone: bool
+    tightens: bool
+    lirpa: str | None
+
+    def __new__(cls, value: str, summary: str, aliases: tuple[str, ...], alone: bool, tightens: bool,
+                lirpa: str | None) -> "BoundMethod":
+        obj = str.__new__(cls, value)
+        obj._value_ = value
+        obj.summary, obj.aliases, obj.alone, obj.tightens, obj.lirpa = summary, aliases, alone, tightens, lirpa
+        return obj
 
     @classmethod
     def parse(cls, name: "str | BoundMethod") -> "BoundMethod":
-        """The method called ``name`` (``ibp`` is an alias of ``interval``); ``InputError`` if unknown."""
+        """The method called ``name`` (or one of its aliases); ``InputError`` if unknown."""
         if isinstance(name, BoundMethod):
             return name
         key = str(name).strip().lower().replace("_", "-")
-        key = {"ibp": "interval", "alpha": "alpha-crown", "alphacrown": "alpha-crown"}.get(key, key)
-        try:
-            return cls(key)
-        except ValueError:
-            known = ", ".join(["ibp"] + [m.value for m in cls])
-            raise InputError(f"unknown bound method {name!r}; known methods: {known}") from None
+        for method in cls:
+            if key == method.value or key in method.aliases:
+                return method
+        raise InputError(f"unknown bound method {name!r}; known methods: {describe_methods(tuple(cls))}")
 
     @property
     def stages(self) -> tuple["BoundMethod", ...]:
         order = list(BoundMethod)
         return tuple(order[: order.index(self) + 1])
+
+
+def describe_methods(methods: "tuple[BoundMethod, ...] | tuple[str, ...]") -> str:
+    """``interval (alias ibp), crown, ...`` for help texts and errors."""
+    out = []
+    for m in methods:
+        m = BoundMethod.parse(m)
+        out.append(m.value + (f" (alias {', '.join(m.aliases[:1])})" if m.aliases[:1] == ("ibp",) else ""))
+    return ", ".join(out)
+
+
+#: Every bound method's name, in order.
+BOUND_METHODS: tuple[str, ...] = tuple(m.value for m in BoundMethod)
+#: The ``--bounds`` choices: the bounds a complete method starts from.
+TIGHTENINGS: tuple[str, ...] = tuple(m.value for m in BoundMethod if m.tightens)
+#: Bound methods that are verification methods of their own (incomplete).
+INCOMPLETE: tuple[str, ...] = tuple(m.value for m in BoundMethod if m.alone)
 
 
 @dataclass(frozen=True)
@@ -81,7 +115,7 @@ class BoundsResult:
 def count_unstable(net: Network, bounds: NetBounds) -> int:
     """Unstable ReLUs (``l < 0 < u`` on the pre-activation) summed over layers and samples."""
     total = 0
-    for r in net.relu_indices:
+    for r in net.split_indices:
         total += int(bounds.phases(net, r)[2].sum())
     return total
 

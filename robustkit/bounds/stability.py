@@ -45,7 +45,7 @@ class LayerStability:
 def relu_stability(net: Network, bounds: NetBounds) -> list[LayerStability]:
     """Stability of every ReLU layer of ``net`` under ``bounds``."""
     out = []
-    for r in net.relu_indices:
+    for r in net.split_indices:
         layer = net.layers[r]
         lo, hi = bounds.pre_activation(net, r)
         lo, hi = lo.detach().double(), hi.detach().double()

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from robustkit.bounds.floaterr import ErrorTracker, FloatErrors, outward
-from robustkit.network import LinearLayer, Network, ReLU
+from robustkit.network import LinearLayer, Network
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +68,17 @@ class DenseMaps:
 
 
 def dense_maps(net: Network) -> DenseMaps | None:
-    """The dense maps of ``net``'s linear layers, or None when the forward pass does not apply
-    (a layer other than linear or ReLU, or a matrix past :data:`MAX_DENSE` entries)."""
+    """The dense maps of ``net``'s linear layers, or None when the forward pass does not apply (a
+    matrix past :data:`MAX_DENSE` entries)."""
     weights = {}
     for i, layer in enumerate(net.layers):
-        if isinstance(layer, LinearLayer):
+        if not layer.nonlinear:
+            assert isinstance(layer, LinearLayer)
             if layer.in_dim * layer.out_dim > MAX_DENSE:
                 log.debug("symbolic bounds: layer %d (%s) too large to expand", i, layer.describe())
                 return None
             wt = torch.from_numpy(layer.matrix().toarray().T.copy())
             weights[i] = (wt, wt.abs(), layer.bias_tensor(torch.float64).reshape(-1))
-        elif not isinstance(layer, ReLU):
-            return None
     return DenseMaps(weights)
 
 
@@ -112,33 +111,6 @@ def concretize(f: torch.Tensor, center: torch.Tensor, radius: torch.Tensor) -> t
     at_center = f[:, n] + torch.matmul(center.unsqueeze(1), coef).squeeze(1)
     spread = torch.matmul(radius.unsqueeze(1), coef.abs()).squeeze(1)
     return at_center - spread, at_center + spread
-
-
-def _relu_step(layer: ReLU, mid: torch.Tensor, rad: torch.Tensor, l: torch.Tensor, u: torch.Tensor,
-               min_u: torch.Tensor, max_l: torch.Tensor, lower_slope: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The middle and half-width after the ReLU (module docstring); ``l``/``u``: concrete
-    pre-activation bounds, ``min_u``/``max_l``: valid bounds on ``min U`` (below it) and ``max L``
-    (any value: it only chooses the slope), all ``(B, d)``."""
-    active, _, unstable = layer.phases(l, u)
-    lo_f, up_f = mid - rad, mid + rad
-    p = torch.maximum(l, min_u)
-    keep_u = unstable & (p >= 0)  # U >= 0 on the box: relu(z) <= U itself
-    chord = unstable & ~keep_u
-    width = torch.where(chord, u - p, torch.ones_like(u))
-    lam_u = torch.where(chord, u / width, (active | keep_u).to(u.dtype))
-    mu_u = torch.where(chord, -lam_u * p, torch.zeros_like(p))
-    if lower_slope == "parallel":
-        span = torch.where(unstable & (max_l > 0), max_l - l, torch.ones_like(l))
-        alpha = torch.where(max_l > 0, (max_l / span).clamp(0.0, 1.0), torch.zeros_like(l))
-    elif lower_slope == "crown":
-        alpha = (u >= -l).to(l.dtype)
-    else:
-        alpha = ((max_l > 0) & (max_l >= -l)).to(l.dtype)
-    lam_l = torch.where(unstable, alpha, active.to(l.dtype))
-    new_lo = lo_f * lam_l.unsqueeze(1)
-    new_up = up_f * lam_u.unsqueeze(1)
-    new_up[:, -1] = new_up[:, -1] + mu_u
-    return (new_up + new_lo) / 2, (new_up - new_lo) / 2
 
 
 def _window_bounds(net: Network, maps: DenseMaps, k: int, need: torch.Tensor, stop: int,
@@ -175,15 +147,13 @@ def _window_bounds(net: Network, maps: DenseMaps, k: int, need: torch.Tensor, st
         c = torch.cat([b[rows], -b[rows]]).unsqueeze(0) - cut(errs.rounding[k])[:, rows].repeat(1, 2)
         for i in range(k - 1, stop, -1):
             layer = net.layers[i]
-            if isinstance(layer, LinearLayer):
-                c = c + A @ layer.bias_tensor(A.dtype) - (A.abs() @ cut(errs.rounding[i]).unsqueeze(-1)).squeeze(-1)
-                A = layer.backward(A)
-            else:
+            if layer.rounds:
+                c = c - (A.abs() @ cut(errs.rounding[i]).unsqueeze(-1)).squeeze(-1)
+            if layer.nonlinear:
                 l, u = pre[i]
-                lam_l, lam_u, mu_u = layer.relaxation(cut(l).unsqueeze(1), cut(u).unsqueeze(1))  # type: ignore[attr-defined]
-                neg = A.clamp(max=0)
-                c = c + (neg * mu_u).sum(-1)
-                A = A.clamp(min=0) * lam_l + neg * lam_u
+                A, c = layer.backward_step(A, c, cut(l).unsqueeze(1), cut(u).unsqueeze(1))  # type: ignore[call-arg]
+            else:
+                A, c = layer.backward_step(A, c)
         mid, rad = (cut(t) for t in funcs[stop])
         f = torch.matmul(mid, A.transpose(1, 2)) - torch.matmul(rad, A.abs().transpose(1, 2))  # (m, n + 1, 2r)
         f[:, -1] = f[:, -1] + c
@@ -228,7 +198,7 @@ def symbolic_bounds(net: Network, maps: DenseMaps, lo: torch.Tensor, hi: torch.T
         if tracker is not None:  # this layer's error model, from the bounds of its input
             tracker.add(layer, cl, cu)
             tracker.meet(errs)
-        if isinstance(layer, LinearLayer):
+        if not layer.nonlinear:
             wt, wt_abs, b = maps.weights[i]
             il, iu = layer.interval(cl, cu)
             mid = torch.matmul(mid, wt)
@@ -264,13 +234,16 @@ def symbolic_bounds(net: Network, maps: DenseMaps, lo: torch.Tensor, hi: torch.T
                     wl, wu = outward(wl, wu, slack)
                     cl, cu = torch.fmax(cl, wl), torch.fmin(cu, wu)
         else:
-            assert isinstance(layer, ReLU)
             pre[i] = (cl, cu)
-            unstable = unstable + layer.phases(cl, cu)[2].sum(dim=1)
+            unstable = unstable + layer.unstable(cl, cu).sum(dim=1)  # type: ignore[attr-defined]
             if mid.shape[0] != B:
                 mid, rad = mid.expand(B, -1, -1), rad.expand(B, -1, -1)
-            mid, rad = _relu_step(layer, mid, rad, cl, cu, min_u, max_l, lower_slope)
+            mid, rad = layer.symbolic_step(mid, rad, cl, cu, min_u, max_l, lower_slope)  # type: ignore[attr-defined]
             cl, cu = layer.interval(cl, cu)
+            if layer.rounds:  # an operator that rounds (LeakyReLU): its own error widens both
+                rad = rad.clone()
+                rad[:, -1] = rad[:, -1] + own.rounding[i]
+                cl, cu = outward(cl, cu, own.rounding[i] + own.slack[i])
             if known is not None and i in known:
                 cl, cu = torch.fmax(cl, known[i][0]), torch.fmin(cu, known[i][1])
         lower.append(cl)

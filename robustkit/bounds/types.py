@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from robustkit.bounds.floaterr import FloatErrors, float_errors
-from robustkit.network import Activation, Network
+from robustkit.network import Network
 
 @dataclass
 class NetBounds:
@@ -38,8 +38,8 @@ class NetBounds:
 
     def pre_activation(self, net: Network, relu_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Bounds on the input of the ReLU at layer position ``relu_pos``."""
-        if not isinstance(net.layers[relu_pos], Activation):
-            raise ValueError(f"layer {relu_pos} is not an activation")
+        if not net.layers[relu_pos].nonlinear:
+            raise ValueError(f"layer {relu_pos} is not a nonlinear operator")
         if relu_pos == 0:
             return self.input_lower, self.input_upper
         return self.lower[relu_pos - 1], self.upper[relu_pos - 1]

@@ -12,9 +12,13 @@ from typing import Any, Optional
 import torch
 import typer
 
+from robustkit.cli.common import EXAMPLES
+from robustkit.cli.options import alias, opt, settings
 from robustkit.errors import InputError
 from robustkit.metadata import dataset_of, value_range_of
-from robustkit.numbers import parse_eps
+from robustkit.numbers import format_eps, parse_eps
+
+C = "attack"
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +46,20 @@ def evaluate_attack(
     eps: float,
     norm: str = "linf",
     steps: int = 50,
-    restarts: int = 10,
+    restarts: int = 4,
     loss: str = "ce",
     n: int = 100,
     dataset: str | None = None,
     data_dir: Path | None = None,
-    device: str = "auto",
+    device: str = "cpu",
     seed: int = 0,
     batch_size: int = 100,
+    inputs: Path | None = None,
 ) -> AttackSummary:
-    """Load the model and the first ``n`` test images; return clean and PGD accuracy."""
+    """Load the model and the first ``n`` test images (or samples of ``inputs``, an .npz with x and y);
+    return clean and PGD accuracy."""
     from robustkit.attacks import PGD
-    from robustkit.data import load_dataset
+    from robustkit.data import load_dataset, load_inputs
     from robustkit.network import load_onnx
 
     if n <= 0:
@@ -61,8 +67,11 @@ def evaluate_attack(
     attack = PGD(norm=norm, steps=steps, restarts=restarts, loss=loss, seed=seed,  # type: ignore[arg-type]
                  device=device, batch_size=batch_size)
     net = load_onnx(model_path)
-    name = dataset_of(net.metadata, dataset, model_path)
-    ds = load_dataset(name, "test", data_dir).head(n)
+    if inputs is not None:
+        name, ds = Path(inputs).name, load_inputs(inputs).head(n)
+    else:
+        name = dataset_of(net.metadata, dataset, model_path)
+        ds = load_dataset(name, "test", data_dir).head(n)
     images = ds.images
     if images[0].numel() != net.in_dim:
         raise InputError(f"{model_path} takes {net.in_dim} inputs {net.sample_shape}, but {name} "
@@ -91,31 +100,37 @@ def format_summary(s: AttackSummary, fmt: str) -> str:
     return "\n".join([
         "| model | dataset | n | eps | norm | clean % | PGD % | time (s) |",
         "|---|---|---|---|---|---|---|---|",
-        f"| {s.model} | {s.dataset} | {s.n} | {s.eps:g} | {s.norm} | {100 * s.clean_accuracy:.1f} "
+        f"| {s.model} | {s.dataset} | {s.n} | {format_eps(s.eps)} | {s.norm} | {100 * s.clean_accuracy:.1f} "
         f"| {100 * s.pgd_accuracy:.1f} | {s.seconds:.2f} |",
     ])
 
 
 def register(app: typer.Typer) -> None:
-    app.command("attack")(attack)
+    app.command(C, epilog=EXAMPLES[C])(attack)
 
 
 def attack(
-    model: Path = typer.Argument(..., help="ONNX model file."),
-    eps: str = typer.Option(..., "--eps", help="Radius in input units, e.g. 0.1 or 8/255."),
-    norm: str = typer.Option("linf", "--norm", help="linf or l2."),
-    steps: int = typer.Option(50, "--steps", help="PGD steps per restart."),
-    restarts: int = typer.Option(10, "--restarts", help="Random restarts (best per sample kept)."),
-    loss: str = typer.Option("ce", "--loss", help="ce (cross-entropy) or margin (CW)."),
-    n: int = typer.Option(100, "--n", help="Number of test images (the first N)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="mnist or cifar10 (default: from the model's metadata)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset directory (default: $ROBUSTKIT_DATA, else the embedded test subset)."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when available)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random starts."),
-    fmt: str = typer.Option("md", "--format", help="md or json."),
+    ctx: typer.Context,
+    model: Optional[Path] = opt(C, "model"),
+    eps: Optional[str] = opt(C, "eps"),
+    n: int = opt(C, "n"),
+    dataset: Optional[str] = opt(C, "dataset"),
+    data_dir: Optional[Path] = opt(C, "data_dir"),
+    inputs: Optional[Path] = opt(C, "inputs"),
+    attack_steps: int = opt(C, "attack_steps"),
+    attack_restarts: int = opt(C, "attack_restarts"),
+    norm: str = opt(C, "norm"),
+    loss: str = opt(C, "loss"),
+    device: str = opt(C, "device"),
+    seed: int = opt(C, "seed"),
+    format: str = opt(C, "format"),  # noqa: A002 - the option's registry name
+    steps: Optional[int] = alias(C, "--steps"),
+    restarts: Optional[int] = alias(C, "--restarts"),
 ) -> None:
     """Clean and PGD accuracy of MODEL on the first N test images."""
-    summary = evaluate_attack(model, parse_eps(eps), norm=norm, steps=steps, restarts=restarts,
-                              loss=loss, n=n, dataset=dataset, data_dir=data_dir, device=device,
-                              seed=seed)
-    typer.echo(format_summary(summary, fmt))
+    s = settings(ctx, C)
+    summary = evaluate_attack(s["model"], parse_eps(s["eps"]), norm=s["norm"], steps=s["attack_steps"],
+                              restarts=s["attack_restarts"], loss=s["loss"], n=s["n"], dataset=s["dataset"],
+                              data_dir=s["data_dir"], device=s["device"], seed=s["seed"],
+                              inputs=s["inputs"])
+    typer.echo(format_summary(summary, s["format"]))

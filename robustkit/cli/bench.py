@@ -1,4 +1,5 @@
-"""``robustkit bench vnncomp``: run a VNN-COMP benchmark folder and compare with the published tools."""
+"""``robustkit bench``: VNN-COMP benchmark folders next to the published tools, and the
+adversarial soundness suite."""
 
 from __future__ import annotations
 
@@ -7,67 +8,87 @@ from typing import Optional
 
 import typer
 
-from robustkit.numbers import parse_number
+from robustkit.cli.common import EXAMPLES, finish_run, legacy_file_out
+from robustkit.cli.options import alias, opt, settings
 
-bench_app = typer.Typer(help="Benchmarks against published results.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: VNN-COMP folders against the published tools; the soundness suite.",
+                        no_args_is_help=True)
+V = "bench vnncomp"
+S = "bench soundness"
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
 
 
-@bench_app.command("vnncomp")
+@bench_app.command("vnncomp", epilog=EXAMPLES[V])
 def vnncomp(
-    folder: Path = typer.Argument(..., help="Benchmark folder with instances.csv (e.g. ../shared/benchmarks/vnncomp/mnist_fc_2022)."),
-    timeout_scale: float = typer.Option(1.0, "--timeout-scale", help="Multiply every instance's timeout by this."),
-    workers: int = typer.Option(1, "--workers", help="Instances run at the same time (1 keeps timings honest)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first K (matching) instances."),
-    filter_text: Optional[str] = typer.Option(None, "--filter", help="Only instances whose 'onnx vnnlib' contains this."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (records.jsonl, results/, summary.md); resumable."),
-    tighten: str = typer.Option("alpha-crown", "--tighten", help="Bounds that start the complete method: interval|crown|alpha-crown|lp."),
-    method: str = typer.Option("bab", "--method", help="bab (branch and bound over ReLU splits) or milp (both complete), or interval|crown|alpha-crown (incomplete)."),
-    attack_steps: int = typer.Option(50, "--attack-steps", help="PGD steps before bounds/MILP (0 = no attack)."),
-    bab_intermediate: str = typer.Option("auto", "--bab-intermediate", help="With --method bab: the layers after a split, per child: recompute (CROWN), fixed (the parent's; the split multipliers carry the split), or auto (recompute while it decides ReLUs, about 1 in 2 children or more)."),
-    bab_depth_weight: str = typer.Option("3", "--bab-depth-weight", help="With --method bab: branching weights a neuron's score by (1 + ReLU layers after it) to this power while recomputing the children's intermediate bounds decides ReLUs (0.5 or more per child so far; 0: the intercept score alone)."),
-    bab_split: str = typer.Option("auto", "--bab-split", help="With --method bab: what a domain splits: relu (one unstable ReLU), input (the input box, halved along one dimension), or auto (input for inputs of at most 10 dimensions, else relu)."),
-    rerun: list[str] = typer.Option([], "--rerun", help="Redo finished instances with this status: timeout|unknown|error|all."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ctx: typer.Context,
+    benchmark: Optional[Path] = opt(V, "benchmark"),
+    filter: Optional[str] = opt(V, "filter"),  # noqa: A002 - the option's registry name
+    limit: Optional[int] = opt(V, "limit"),
+    timeout_scale: str = opt(V, "timeout_scale"),
+    method: str = opt(V, "method"),
+    bounds: str = opt(V, "bounds"),
+    formulation: str = opt(V, "formulation"),
+    solver: str = opt(V, "solver"),
+    write_milp: Optional[Path] = opt(V, "write_milp"),
+    bab_intermediate: str = opt(V, "bab_intermediate"),
+    bab_depth_weight: str = opt(V, "bab_depth_weight"),
+    bab_split: str = opt(V, "bab_split"),
+    attack_steps: int = opt(V, "attack_steps"),
+    attack_restarts: int = opt(V, "attack_restarts"),
+    seed: int = opt(V, "seed"),
+    workers: int = opt(V, "workers"),
+    out: Optional[Path] = opt(V, "out"),
+    rerun: list[str] = opt(V, "rerun"),
+    quiet: bool = opt(V, "quiet"),
+    config: Optional[Path] = opt(V, "config"),
+    tighten: Optional[str] = alias(V, "--tighten"),
 ) -> None:
-    """Verify every instance with its timeout x scale; print the table next to the published tools."""
-    from robustkit.verification import VerifyConfig
-    from robustkit.vnnlib.bench import BenchOptions, run_benchmark
+    """Verify every instance with its published time limit x --timeout-scale; print the table next
+    to the published tools (resumable: run it again to continue)."""
+    from robustkit.config.build import bench_options, verify_config
+    from robustkit.vnnlib.bench import run_benchmark
 
-    cfg = VerifyConfig(method=method, tighten=tighten, attack_steps=attack_steps, bab_intermediate=bab_intermediate,  # type: ignore[arg-type]
-                       bab_depth_weight=parse_number(bab_depth_weight, "--bab-depth-weight"), bab_split=bab_split)
-    opts = BenchOptions(timeout_scale=timeout_scale, workers=workers, limit=limit, filter=filter_text, out=out,
-                        rerun=tuple(rerun), quiet=quiet)
-    outcome = run_benchmark(folder, cfg, opts)
+    s = settings(ctx, V)
+    outcome = run_benchmark(s["benchmark"], verify_config(s), bench_options(s))
     typer.echo(outcome.summary_md)
-    typer.echo(f"summary: {outcome.out / 'summary.md'}; records: {outcome.out / 'records.jsonl'}", err=True)
+    rows = outcome.rows[0].to_dict() if outcome.rows else {}
+    saved = finish_run(s, V, Path(outcome.out), None, {"robustkit": rows, "disagreements": outcome.disagreements})
+    typer.echo(f"summary: {outcome.out / 'summary.md'}; records: {outcome.out / 'records.jsonl'}; config: {saved}",
+               err=True)
 
 
-@bench_app.command("soundness")
+@bench_app.command("soundness", epilog=EXAMPLES[S])
 def soundness(
-    timeout: float = typer.Option(10.0, "--timeout", help="Seconds per instance and method."),
-    methods: list[str] = typer.Option(["crown", "alpha-crown", "milp", "bab", "bab-relu", "bab-input"], "--method", help="Methods to run (repeat): crown, alpha-crown, milp, bab (the default split), bab-relu, bab-input (branch and bound with that --bab-split)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the table (Markdown) here."),
+    ctx: typer.Context,
+    timeout: str = opt(S, "timeout"),
+    method: list[str] = opt(S, "method"),
+    out: Optional[Path] = opt(S, "out"),
 ) -> None:
     """Run the adversarial soundness suite (float-error exploits, float16, subnormals, overflow, strict
     comparisons, needles, planted counterexamples), every method with the attack off and on: never
     unsat where a violation exists, never sat with a witness that does not hold, and the models that
     must be refused refused. Exit code 2 on a wrong answer."""
     from robustkit.errors import InputError
-    from robustkit.verification.soundness_suite import SUITE_METHODS, default_instances, outcome_table, run_suite
+    from robustkit.report.run_info import record_invocation
+    from robustkit.verification.soundness_suite import default_instances, outcome_table, run_suite
 
-    bad = [m for m in methods if m not in SUITE_METHODS]
-    if bad:
-        raise InputError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(SUITE_METHODS)}")
-    if out is not None and not out.parent.is_dir():
-        raise InputError(f"--out {out}: folder {out.parent} does not exist")
-    outcomes = run_suite(default_instances(), tuple(methods), timeout=timeout)
+    s = settings(ctx, S)
+    table_file = legacy_file_out(s["out"], (".md", ".txt"), "the table file")
+    folder = None if table_file is not None else s["out"]
+    target = table_file if table_file is not None else (folder / "soundness.md" if folder is not None else None)
+    if target is not None and not target.parent.is_dir() and table_file is not None:
+        raise InputError(f"--out {target}: folder {target.parent} does not exist")
+    outcomes = run_suite(default_instances(), tuple(s["method"]), timeout=float(s["timeout"]))
     table = outcome_table(outcomes)
     typer.echo(table)
-    if out is not None:
-        out.write_text(table + "\n")
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(table + "\n")
+        record_invocation(target.with_name(target.name + ".run.json") if folder is None else folder / "run.json", S,
+                          {"methods": list(s["method"]), "timeout": float(s["timeout"]),
+                           "wrong": sum(bool(o.wrong) for o in outcomes)})
     if any(o.wrong for o in outcomes):
         raise typer.Exit(2)

@@ -12,15 +12,18 @@ import numpy as np
 import typer
 
 from robustkit.bounds.alpha_crown import AlphaCrownConfig
+from robustkit.cli.common import EXAMPLES
+from robustkit.cli.options import alias, opt, settings
 from robustkit.bounds.crown import CrownConfig
 from robustkit.bounds.lp import LpConfig
 from robustkit.bounds.methods import BoundMethod, BoundsConfig
 from robustkit.bounds.stability import BoundStatistics, dataset_bound_statistics
 from robustkit.errors import InputError
 from robustkit.metadata import dataset_of, value_range_of
-from robustkit.numbers import parse_eps
+from robustkit.numbers import format_eps, parse_eps
 
 logger = logging.getLogger(__name__)
+C = "bounds"
 
 
 def model_bound_statistics(
@@ -33,20 +36,25 @@ def model_bound_statistics(
     time_budget: float | None = None,
     batch_size: int = 32,
     refine_stable: bool = False,
+    inputs: Path | None = None,
 ) -> BoundStatistics:
     """Load ``model`` and the first ``n`` test images of its dataset; bound every eps-box.
     ``refine_stable``: CROWN bounds also for neurons interval arithmetic proves stable (slower;
     only their widths change)."""
-    from robustkit.data import dataset_info, load_dataset
+    from robustkit.data import dataset_info, load_dataset, load_inputs
     from robustkit.network import load_onnx
 
     if n <= 0:
         raise InputError(f"--n must be positive, got {n}")
     bound_method = BoundMethod.parse(method)
     net = load_onnx(model)
-    name = dataset_of(net.metadata, dataset, model)
-    info = dataset_info(name)
-    ds = load_dataset(name, "test", data_dir).head(n)
+    if inputs is not None:
+        ds = load_inputs(inputs).head(n)
+        info = ds.info
+    else:
+        name = dataset_of(net.metadata, dataset, model)
+        info = dataset_info(name)
+        ds = load_dataset(name, "test", data_dir).head(n)
     crown = CrownConfig(refine_stable=refine_stable)
     config = BoundsConfig(crown=crown, alpha=AlphaCrownConfig(crown=crown), lp=LpConfig(crown=crown))
     return dataset_bound_statistics(
@@ -62,7 +70,7 @@ def format_statistics(stats: BoundStatistics, fmt: str = "md") -> str:
     if fmt != "md":
         raise InputError(f"unknown --format {fmt!r}; choose md or json")
     lines = [
-        f"method {stats.method}, eps {stats.eps:g}, {stats.n} samples, "
+        f"method {stats.method}, eps {format_eps(stats.eps)}, {stats.n} samples, "
         f"{stats.seconds / max(stats.n, 1):.4f} s per sample",
         "",
         "| ReLU layer | neurons | stably active | stably inactive | unstable | mean pre-activation width* |",
@@ -91,22 +99,27 @@ def format_statistics(stats: BoundStatistics, fmt: str = "md") -> str:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("bounds")(bounds)
+    app.command(C, epilog=EXAMPLES[C])(bounds)
 
 
 def bounds(
-    model: Path = typer.Argument(..., help="ONNX model file."),
-    eps: str = typer.Option(..., "--eps", help="L-inf radius in input units, e.g. 0.1 or 8/255."),
-    method: str = typer.Option("crown", "--method", help="ibp|interval, crown, alpha-crown, lp or milp."),
-    n: int = typer.Option(100, "--n", help="Number of test images (the first N)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="mnist or cifar10 (default: from the model's metadata; required for models without it, e.g. VNN-COMP nets)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset directory (default: $ROBUSTKIT_DATA, else the embedded test subset)."),
-    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Seconds per batch for alpha-CROWN/LP/MILP."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Samples bounded together."),
-    refine_stable: bool = typer.Option(False, "--refine-stable", help="CROWN bounds also for neurons interval arithmetic already proves stable (slower; tighter widths for them)."),
-    fmt: str = typer.Option("md", "--format", help="md or json."),
+    ctx: typer.Context,
+    model: Optional[Path] = opt(C, "model"),
+    eps: Optional[str] = opt(C, "eps"),
+    n: int = opt(C, "n"),
+    dataset: Optional[str] = opt(C, "dataset"),
+    data_dir: Optional[Path] = opt(C, "data_dir"),
+    inputs: Optional[Path] = opt(C, "inputs"),
+    bounds: str = opt(C, "bounds"),
+    timeout: Optional[str] = opt(C, "timeout"),
+    batch_size: int = opt(C, "batch_size"),
+    refine_stable: bool = opt(C, "refine_stable"),
+    format: str = opt(C, "format"),  # noqa: A002 - the option's registry name
+    method: Optional[str] = alias(C, "--method"),
+    time_budget: Optional[str] = alias(C, "--time-budget"),
 ) -> None:
     """Per ReLU layer: stably active / inactive / unstable counts and mean bound width; margin lower bounds."""
-    stats = model_bound_statistics(model, parse_eps(eps), method, n, dataset, data_dir, time_budget, batch_size,
-                                   refine_stable)
-    typer.echo(format_statistics(stats, fmt))
+    s = settings(ctx, C)
+    stats = model_bound_statistics(s["model"], parse_eps(s["eps"]), s["bounds"], s["n"], s["dataset"], s["data_dir"],
+                                   s["timeout"], s["batch_size"], s["refine_stable"], s["inputs"])
+    typer.echo(format_statistics(stats, s["format"]))

@@ -6,14 +6,16 @@ from pathlib import Path
 
 import typer
 
-from robustkit.export import export_onnx
+from robustkit.cli.common import EXAMPLES
+from robustkit.onnx_export import export_onnx
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("export")
+    @app.command("export", epilog=EXAMPLES["export"])
     def export_cmd(
         run_dir: Path = typer.Argument(..., help="Run directory written by `robustkit train --out`."),
-        out: Path = typer.Option(..., "--out", help="The .onnx file to write."),
+        out: Path = typer.Option(..., "--out", help="The .onnx file to write (the one command whose --out is a "
+                                                    "file: it writes nothing else)."),
         no_check: bool = typer.Option(False, "--no-check", help="Skip the onnxruntime == torch check."),
     ) -> None:
         """Export RUN_DIR's model to ONNX (checked against torch with onnxruntime)."""

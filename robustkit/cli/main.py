@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from typing import Optional
 
 import typer
 
@@ -15,11 +16,44 @@ from robustkit.errors import InputError
 
 app = typer.Typer(
     name="robustkit",
-    help="Train small ReLU nets to be verifiably robust, then prove it.",
+    help="Train small ReLU nets to be verifiably robust, then prove it.\n\n"
+         "Every command takes -h/--help. Exit codes: 0 success, 1 usage or input error, 2 internal error.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help: no Rich markup, so that text in brackets (defaults, units) is printed as written
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+
+
+def version_text() -> str:
+    """``robustkit VERSION`` and the git commit of the source, when it runs from a checkout."""
+    from importlib import metadata
+
+    from robustkit.report.run_info import git_commit
+
+    try:
+        version = metadata.version("robustkit")
+    except metadata.PackageNotFoundError:
+        from robustkit import __version__ as version
+    git = git_commit()
+    commit = git.get("commit")
+    return f"robustkit {version}" + (f" (commit {commit[:12]}{', modified' if git.get('dirty') else ''})" if commit else "")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(None, "--version", "-V", callback=_version, is_eager=True,
+                                           help="Print the version and exit."),
+) -> None:
+    pass
 
 # Each entry: module under robustkit.cli defining a function ``register(app)``.
 COMMAND_MODULES = [
@@ -71,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; map errors to exit codes (1 input, 2 internal)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="robustkit", standalone_mode=False)
     except InputError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         return 1

@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from robustkit.cli.common import EXAMPLES
 from robustkit.errors import InputError
 from robustkit.regularizers.registry import REGULARIZERS, describe_regularizers
 
@@ -23,7 +24,8 @@ def regularizers_command(
 ) -> None:
     """List the training regularizers: paper, loss terms, weight option and defaults.
 
-    Use them with `robustkit train --reg NAME[=WEIGHT][:KEY=VALUE...]`, e.g. `hamming=9000`.
+    Use them with `robustkit train --regularizer NAME[=WEIGHT][:KEY=VALUE...]` (or -r), e.g.
+    `-r hamming=9000`.
     """
     infos = describe_regularizers()
     if name is not None:
@@ -48,4 +50,4 @@ def regularizers_command(
 
 def register(app: typer.Typer) -> None:
     """Add the ``regularizers`` command."""
-    app.command("regularizers")(regularizers_command)
+    app.command("regularizers", epilog=EXAMPLES["regularizers"])(regularizers_command)

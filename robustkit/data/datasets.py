@@ -106,12 +106,25 @@ def get_spec(name: str) -> DatasetSpec:
     """The registered dataset ``name`` (case-insensitive; ``cifar-10`` is accepted too)."""
     key = name.strip().lower().replace("-", "").replace("_", "")
     if key not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}, an .npz file with x and y "
+                         "arrays, or a folder in the ImageFolder layout")
     return DATASETS[key]
 
 
+def dataset_name(name: str) -> str:
+    """The canonical name of a registered dataset, or a dataset file/folder path as given."""
+    from robustkit.data.files import is_file_dataset
+
+    return str(name) if is_file_dataset(name) else get_spec(name).info.name
+
+
 def dataset_info(name: str) -> DatasetInfo:
-    """Shape, classes, value range and normalization of dataset ``name``."""
+    """Shape, classes, value range and normalization of dataset ``name`` (registered, or an
+    ``.npz`` file / ImageFolder folder: :mod:`robustkit.data.files`)."""
+    from robustkit.data.files import file_split, is_file_dataset
+
+    if is_file_dataset(name):
+        return file_split(name, "train")[2]
     return get_spec(name).info
 
 
@@ -193,14 +206,19 @@ def load_dataset(
     *,
     allow_embedded: bool = True,
 ) -> Dataset:
-    """Load split ``split`` of dataset ``name`` as float32 images in [0, 1] and int64 labels.
+    """Load split ``split`` of dataset ``name`` as float32 images in [0, 1] and int64 labels
+    (``name`` may also be an ``.npz`` file or an ImageFolder folder: :mod:`robustkit.data.files`).
 
     The data directory is ``data_dir`` or ``$ROBUSTKIT_DATA``. When neither is set and the
     test split is asked for, the embedded subset is returned (unless ``allow_embedded`` is
     False); otherwise a :class:`DatasetNotFoundError` says what is missing and where to put it.
     """
-    spec = get_spec(name)
+    from robustkit.data.files import is_file_dataset, load_file_dataset
+
     _check_split(split)
+    if is_file_dataset(name):
+        return load_file_dataset(name, split)
+    spec = get_spec(name)
     if resolve_data_dir(data_dir) is None and split == "test" and allow_embedded:
         from robustkit.data.embedded import embedded_subset
 

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from robustkit.errors import SolverError
-from robustkit.milp.encoder import INF, Encoding, _add_rows_csr, relax
+from robustkit.milp.encoder import INF, Encoding, add_rows_csr, relax
 from robustkit.spec import LinearConstraints
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def solve_violation(
         upper.append(1.0)
         r += 1
     mat = sp.csr_matrix((vals, (rows, cols)), shape=(r, ncols))
-    _add_rows_csr(h, mat, np.array(lower), np.array(upper))
+    add_rows_csr(h, mat, np.array(lower), np.array(upper))
     h.changeColsCost(1, np.array([t_col], dtype=np.int32), np.array([-1.0]))
     try:
         if start_x is not None:

@@ -48,9 +48,9 @@ class SolverSpec:
 SOLVERS: dict[str, SolverSpec] = {
     s.name: s
     for s in (
-        SolverSpec("highs", (), "pip install highspy==1.14.0", "HiGHS through its direct highspy API (default)"),
-        SolverSpec("pulp-highs", ("HiGHS",), "pip install highspy==1.14.0 pulp==3.3.2", "HiGHS through PuLP"),
-        SolverSpec("cbc", ("PULP_CBC_CMD", "COIN_CMD"), "pip install pulp==3.3.2 (it bundles CBC)",
+        SolverSpec("highs", (), 'pip install "highspy>=1.14,!=1.15.1"', "HiGHS through its direct highspy API (default)"),
+        SolverSpec("pulp-highs", ("HiGHS",), 'pip install "highspy>=1.14,!=1.15.1" "pulp>=2.8"', "HiGHS through PuLP"),
+        SolverSpec("cbc", ("PULP_CBC_CMD", "COIN_CMD"), 'pip install "pulp>=2.8" (it bundles CBC)',
                    "COIN-OR CBC through PuLP"),
         SolverSpec("gurobi", ("GUROBI", "GUROBI_CMD"),
                    "pip install gurobipy (with a Gurobi licence), or put gurobi_cl on PATH", "Gurobi through PuLP"),
@@ -74,7 +74,7 @@ def _import_pulp() -> Any:
     try:
         import pulp
     except ImportError as exc:  # pragma: no cover - pulp is a declared dependency
-        raise InputError("the PuLP solvers need PuLP: pip install pulp==3.3.2") from exc
+        raise InputError('the PuLP solvers need PuLP: pip install "pulp>=2.8"') from exc
     return pulp
 
 

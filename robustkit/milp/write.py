@@ -24,7 +24,6 @@ import numpy as np
 from robustkit.errors import InputError
 from robustkit.milp.assembled import AssembledMilp, arrays_of
 from robustkit.milp.encoder import ZERO
-from robustkit.network import ReLU
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def column_roles(m: AssembledMilp) -> list[list[dict[str, Any]]]:
     for pos, cols in enumerate(enc.linear_cols):
         if pos in enc.relus:
             continue
-        kind = "pre_activation" if pos + 1 < len(layers) and isinstance(layers[pos + 1], ReLU) else "linear"
+        kind = "pre_activation" if pos + 1 < len(layers) and layers[pos + 1].nonlinear else "linear"
         for n, c in enumerate(cols):
             if c != ZERO:
                 roles[int(c)].append({"kind": kind, "layer": pos, "neuron": n})
@@ -66,9 +65,14 @@ def column_roles(m: AssembledMilp) -> list[list[dict[str, Any]]]:
             if c != ZERO:
                 roles[int(c)].append({"kind": "relu_output", "layer": pos, "neuron": n,
                                       "stability": "unstable" if n in unstable else "active"})
-        for n, c in zip(info.unstable, info.binary_cols):
-            roles[int(c)].append({"kind": "relu_indicator", "layer": pos, "neuron": int(n),
-                                  "meaning": "1 = active (output = pre-activation), 0 = inactive (output 0)"})
+        if info.binary_cols.size == info.unstable.size:  # one binary per neuron (ReLU, LeakyReLU)
+            for n, c in zip(info.unstable, info.binary_cols):
+                roles[int(c)].append({"kind": "relu_indicator", "layer": pos, "neuron": int(n),
+                                      "meaning": "1 = above the kink (output = pre-activation), 0 = below"})
+        else:
+            for c in info.binary_cols:
+                roles[int(c)].append({"kind": "indicator", "layer": pos,
+                                      "operator": layers[pos].describe()})
     for o, c in enumerate(enc.output_cols):
         roles[int(c)].append({"kind": "output", "index": o})
     roles[m.t_col].append({"kind": "t", "meaning": "the violation measure: max over disjuncts of min over rows of d - C y"})

@@ -6,7 +6,7 @@ The chain's flat activation is the concatenation of every tensor still needed, i
 * a node with one dynamic input ``t`` runs the loader's per-operator handler on ``t`` alone; the
   layers it produces act on ``t``'s segment, with the other segments copied (an
   :class:`~robustkit.network.graph_ops.Blocks` with ``Identity`` blocks) or carried through a
-  ``ReLU`` (its ``identity`` mask). If ``t`` is read again later, the op works on a copy and ``t``'s
+  nonlinear layer (its ``identity`` mask). If ``t`` is read again later, the op works on a copy and ``t``'s
   segment stays; otherwise the result replaces it. Shape-only operators add another name (and
   shape) for the same segment;
 * ``Add``/``Sub`` of two tensors is one ``Blocks`` row with two blocks, ``Concat`` one
@@ -23,6 +23,8 @@ This module also builds the exact piecewise-linear lowerings of MaxPool (a tourn
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,7 +34,10 @@ import scipy.sparse as sp
 import torch
 
 from robustkit.network.graph_ops import Blocks, Identity, SparseLinear
-from robustkit.network.layers import Layer, LinearLayer, ReLU
+from robustkit.network.activations import Activation
+from robustkit.network.hardtanh import HardTanh
+from robustkit.network.layers import Layer, LinearLayer
+from robustkit.network.relu import ReLU
 
 if TYPE_CHECKING:
     import onnx
@@ -113,17 +118,16 @@ class GraphLowering:
                 return
         layers.append(layer)
 
-    def _relu(self, target: int, relu: ReLU) -> None:
-        """Push ``relu`` on segment ``target``, every other segment carried."""
+    def _activation(self, target: int, act: Activation) -> None:
+        """Push the nonlinear ``act`` on segment ``target``, every other segment carried."""
         parts = []
         for j, seg in enumerate(self.segs):
             if j == target:
-                own = relu.identity.cpu() if relu.identity is not None else torch.zeros(seg.size, dtype=torch.bool)
+                own = act.identity.cpu() if act.identity is not None else torch.zeros(seg.size, dtype=torch.bool)
                 parts.append(own)
             else:
                 parts.append(torch.ones(seg.size, dtype=torch.bool))
-        mask = torch.cat(parts)
-        self.reader.layers.append(ReLU(int(mask.shape[0]), identity=mask))
+        self.reader.layers.append(act.with_identity(torch.cat(parts)))
 
     # -- nodes -------------------------------------------------------------------------------
     def unary(self, node: "onnx.NodeProto", k: int, name: str, handler: Callable[["onnx.NodeProto"], None]) -> None:
@@ -147,16 +151,13 @@ class GraphLowering:
         if not outs or outs[0] not in self.last_use:  # nobody reads the result: checked, not lowered
             self._finish(k)
             return
-        if any(not isinstance(layer, (LinearLayer, ReLU)) for layer in pushed):
-            # Sigmoid/Tanh have no identity coordinates to carry the other tensors past them
-            raise reader._fail(node, "Sigmoid/Tanh are supported in single-path parts of a network only")
         if not pushed:  # shape only: another name for the same values
             seg.names[outs[0]] = reader.shape
             self._finish(k)
             return
         work = Segment(seg.size)
         if keep:  # the op works on a copy of seg
-            if isinstance(pushed[0], ReLU):
+            if pushed[0].nonlinear:
                 self._emit(self._copies(k) + [(work, [(j, Identity(seg.size))])])
             else:
                 self._emit(self._copies(k) + [(work, [(j, pushed[0])])])
@@ -167,8 +168,8 @@ class GraphLowering:
             self._emit(rows)  # pure copy or a drop of dead segments
         for layer in pushed:
             t = self.segs.index(work)
-            if isinstance(layer, ReLU):
-                self._relu(t, layer)
+            if isinstance(layer, Activation):
+                self._activation(t, layer)
             else:
                 self._emit([(s, [(i, layer if s is work else Identity(s.size))]) for i, s in enumerate(self.segs)])
         work.names = {outs[0]: reader.shape}
@@ -277,6 +278,15 @@ def _selection(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tupl
 
 def maxpool_layers(in_shape: tuple[int, int, int], kernel: tuple[int, int], stride: tuple[int, int],
                    pads: tuple[int, int, int, int]) -> tuple[list[Layer], tuple[int, int, int]]:
+    """:func:`_maxpool_layers`, built once per shape (the layers are immutable constants: a
+    captured module's network is rebuilt at every training step)."""
+    layers, out = _maxpool_layers(tuple(in_shape), tuple(kernel), tuple(stride), tuple(pads))
+    return list(layers), out
+
+
+@functools.lru_cache(maxsize=64)
+def _maxpool_layers(in_shape: tuple[int, int, int], kernel: tuple[int, int], stride: tuple[int, int],
+                    pads: tuple[int, int, int, int]) -> tuple[tuple[Layer, ...], tuple[int, int, int]]:
     """MaxPool (pad cells excluded from the windows) as exact linear and ReLU layers.
 
     Each window's maximum is a knockout tournament with ``max(a, b) = relu(a - b) + b``. The
@@ -337,7 +347,7 @@ def maxpool_layers(in_shape: tuple[int, int, int], kernel: tuple[int, int], stri
         layers.append(SparseLinear.from_scipy(diff, name="MaxPoolDiff"))
         mask = torch.zeros(r, dtype=torch.bool)
         mask[carried] = True
-        layers.append(ReLU(r, identity=mask))
+        layers.append(ReLU(r, identity=mask, part_of="MaxPool"))
         srows = [q for q, rs in enumerate(sums) for _ in rs]
         scols = [x for rs in sums for x in rs]
         pending = sp.csr_matrix((np.ones(len(scols)), (srows, scols)), shape=(len(sums), r))
@@ -347,12 +357,13 @@ def maxpool_layers(in_shape: tuple[int, int, int], kernel: tuple[int, int], stri
     if pending is not None:
         final = final @ pending
     layers.append(SparseLinear.from_scipy(final, name="MaxPool"))
-    return layers, (c, ho, wo)
+    return tuple(layers), (c, ho, wo)
 
 
 def clip_layers(dim: int, lo: float | None, hi: float | None) -> list[Layer]:
-    """``clip(x, lo, hi)`` exactly: ``lo + relu(x - lo) - relu(x - hi)``; with one bound
-    ``lo + relu(x - lo)`` or ``hi - relu(hi - x)``; ``Clip(min=0)`` is a plain ReLU."""
+    """``clip(x, lo, hi)`` exactly: a :class:`~robustkit.network.hardtanh.HardTanh` with both
+    bounds (a constant if they are equal); with one bound ``lo + relu(x - lo)`` or
+    ``hi - relu(hi - x)``; ``Clip(min=0)`` is a plain ReLU."""
     eye = sp.identity(dim, format="csr")
     ones = np.ones(dim)
     if lo is None and hi is None:
@@ -367,9 +378,9 @@ def clip_layers(dim: int, lo: float | None, hi: float | None) -> list[Layer]:
                 SparseLinear.from_scipy(-eye, hi * ones, name="Clip")]
     if lo > hi:
         raise ValueError(f"Clip: min {lo} > max {hi}")
-    return [SparseLinear.from_scipy(sp.vstack([eye, eye]).tocsr(), np.concatenate([-lo * ones, -hi * ones]), name="Clip"),
-            ReLU(2 * dim),
-            SparseLinear.from_scipy(sp.hstack([eye, -eye]).tocsr(), lo * ones, name="Clip")]
+    if lo == hi:
+        return [SparseLinear.from_scipy(sp.csr_matrix((dim, dim)), lo * ones, name="Clip")]
+    return [HardTanh(dim, lo=lo, hi=hi)]
 
 
 def slice_layer(shape: tuple[int, ...], batch_dims: int, starts: Sequence[int], ends: Sequence[int],

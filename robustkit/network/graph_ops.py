@@ -73,6 +73,20 @@ class Identity(LinearLayer):
     def matrix(self) -> sp.csr_matrix:
         return sp.identity(self.dim, format="csr")
 
+    def copies(self) -> np.ndarray:
+        return np.arange(self.dim, dtype=np.int64)
+
+    @property
+    def mixes(self) -> bool:
+        return False
+
+    @property
+    def feeds_once(self) -> bool:
+        return True
+
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma
+
 
 @dataclass(frozen=True, eq=False)
 class SparseLinear(LinearLayer):
@@ -116,6 +130,11 @@ class SparseLinear(LinearLayer):
         return self.ops
 
     @cached_property
+    def feeds_once(self) -> bool:
+        cols = self.weight.coalesce().indices()[1]
+        return bool(cols.unique().numel() == cols.numel())
+
+    @cached_property
     def coef_bound(self) -> float:
         values = self.weight.coalesce().values()
         return float(values.abs().max()) if values.numel() else 0.0
@@ -156,6 +175,19 @@ class SparseLinear(LinearLayer):
         w = self.weight.coalesce()
         idx = w.indices().cpu().numpy()
         return sp.csr_matrix((w.values().double().cpu().numpy(), (idx[0], idx[1])), shape=tuple(w.shape))
+
+    def copies(self) -> np.ndarray:
+        """Rows with a single coefficient 1 and no bias (selections: MaxPool's candidates, Concat,
+        Slice) copy that input."""
+        if self.ops:
+            return super().copies()
+        m = self.matrix()
+        out = np.full(self.out_dim, -1, dtype=np.int64)
+        counts = np.diff(m.indptr)
+        single = np.flatnonzero((counts == 1) & (self.bias_vector() == 0))
+        one = m.data[m.indptr[single]] == 1.0
+        out[single[one]] = m.indices[m.indptr[single[one]]]
+        return out
 
     def describe(self) -> str:
         return f"{self.name}({self.in_dim} -> {self.out_dim})"
@@ -262,6 +294,31 @@ class Blocks(LinearLayer):
 
     def bias_vector(self) -> np.ndarray:
         return self.bias_tensor(torch.float64).detach().cpu().numpy()
+
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        outs: list[torch.Tensor | None] = [None] * len(self.out_sizes)
+        for i, j, p in self.blocks:
+            v = p.row_energy(self._seg(sigma, self._in_off, j))
+            outs[i] = v if outs[i] is None else outs[i] + v
+        return torch.cat(outs, dim=-1)  # type: ignore[arg-type]
+
+    @property
+    def mixes(self) -> bool:
+        return any(p.mixes for _, _, p in self.blocks) or len(self.blocks) > len(self.out_sizes)
+
+    def copies(self) -> np.ndarray:
+        """An output segment made of one block copies what that block copies (carried tensors)."""
+        out = np.full(self.out_dim, -1, dtype=np.int64)
+        terms: dict[int, list[tuple[int, LinearLayer]]] = {}
+        for i, j, p in self.blocks:
+            terms.setdefault(i, []).append((j, p))
+        for i, parts in terms.items():
+            if len(parts) == 1:
+                j, p = parts[0]
+                c = p.copies()
+                seg = out[self._out_off[i]: self._out_off[i + 1]]
+                seg[:] = np.where(c >= 0, c + self._in_off[j], -1)
+        return out
 
     def matrix(self) -> sp.csr_matrix:
         grid: list[list[sp.spmatrix | None]] = [[None] * len(self.in_sizes) for _ in self.out_sizes]

@@ -4,7 +4,7 @@ A network is a sequence of layers acting on *flat* activations: a batch is a ten
 ``(B, n)`` where ``n`` is the number of elements of one sample in row-major (C, H, W) order,
 the same order ONNX's Flatten and Reshape use. Shape-only ONNX operators (Flatten, Reshape,
 Squeeze, ...) therefore disappear; what remains are linear layers (``Dense``, ``Conv2d``,
-``Elementwise``) and ``ReLU``.
+``Elementwise``) and elementwise nonlinear operators (ReLU, LeakyReLU, HardTanh, Sigmoid, Tanh).
 
 Each layer has one meaning on numbers (``forward``), one on intervals (``interval``) and, for
 linear layers, one as a matrix (``matrix``/``bias_vector``), which the MILP encoder turns into
@@ -12,9 +12,9 @@ solver rows and bound propagation uses through ``backward`` (the product ``A @ W
 Weights are stored exactly as read (float32 from ONNX); computations run in the dtype of the
 input (float32 for attacks, float64 for bounds and the MILP).
 
-Each linear layer also states how its float32 evaluation (onnxruntime) may differ from the exact
-affine map: at most ``gamma(rounding_ops) * (|W| |x| + error_offset)`` per output, the model of
-:mod:`robustkit.bounds.floaterr`.
+Each linear layer also states how its float evaluation (onnxruntime) may differ from the exact
+affine map (:meth:`LinearLayer.float_model`, the model of :mod:`robustkit.bounds.floaterr`).
+The nonlinear operators live in :mod:`robustkit.network.activations` and the modules beside it.
 """
 
 from __future__ import annotations
@@ -24,17 +24,28 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from robustkit.network.encoding import ZERO, RowBuilder
 from robustkit.network.floatfmt import FLOAT32, FloatFormat
 
 
 class Layer(ABC):
-    """A layer mapping flat ``(B, in_dim)`` activations to ``(B, out_dim)``."""
+    """A layer mapping flat ``(B, in_dim)`` activations to ``(B, out_dim)``: a linear layer
+    (:class:`LinearLayer`) or an elementwise nonlinear operator
+    (:class:`~robustkit.network.activations.Activation`), each owning all its meanings."""
+
+    nonlinear: ClassVar[bool] = False  # an Activation: relaxed, split and encoded as one
+
+    @property
+    def rounds(self) -> bool:
+        """Whether the bound methods charge this layer's own float error (``errs.rounding``)."""
+        return False
 
     @property
     @abstractmethod
@@ -54,6 +65,11 @@ class Layer(ABC):
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.in_dim} -> {self.out_dim})"
+
+    def torch_modules(self, dtype: torch.dtype = torch.float32) -> list["torch.nn.Module"]:
+        """Standard torch modules computing this layer on flat activations (``nn.Linear``,
+        ``nn.Conv2d`` between reshapes, ``nn.ReLU``, ...), for code that understands those."""
+        raise NotImplementedError(f"{self.describe()} has no standard torch module")
 
     def map_tensors(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Layer":
         """The same layer with ``fn`` applied to its tensors (device and dtype moves)."""
@@ -86,8 +102,8 @@ class LinearLayer(Layer):
         raise NotImplementedError
 
     def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        center = (upper + lower) / 2
-        radius = (upper - lower) / 2
+        center = (upper + lower) * 0.5  # (x * 0.5 is x / 2 exactly, and cheaper)
+        radius = (upper - lower) * 0.5
         c = self.forward(center)
         r = self.abs_forward(radius)
         return c - r, c + r
@@ -95,6 +111,86 @@ class LinearLayer(Layer):
     @abstractmethod
     def abs_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``|W| x`` (no bias), for interval arithmetic."""
+
+    @property
+    def rounds(self) -> bool:
+        return self.rounding_ops > 0
+
+    def backward_step(self, A: torch.Tensor, c: torch.Tensor, *_: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A h + c`` (``h``: this layer's output) as a function of its input: ``(A W, c + A b)``."""
+        return self.backward(A), c + A @ self.bias_tensor(A.dtype)
+
+    def row_slice(self, rows: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(W[rows], b[rows])`` where taking rows of ``W`` is cheaper than multiplying one-hot
+        rows through :meth:`backward` (None: not offered)."""
+        return None
+
+    def copies(self) -> np.ndarray:
+        """``(out_dim,)``: for each output, the input it copies exactly (no arithmetic, no bias),
+        or -1 (an encoder then needs no column and no row for it)."""
+        return np.full(self.out_dim, -1, dtype=np.int64)
+
+    @property
+    def mixes(self) -> bool:
+        """Whether an output depends on more than one input (not a diagonal map or a selection)."""
+        return True
+
+    @property
+    def feeds_once(self) -> bool:
+        """Whether each input reaches at most one output (a column of the matrix has at most one
+        nonzero): the rows then have disjoint supports, so a layer after this one has row norms
+        ``sum_j W_ij^2 ||row_j||^2`` (:meth:`row_energy` composes). False when unknown."""
+        return False
+
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        """``(B or 1, out_dim)``: ``sum_j W_ij^2 sigma_j`` (``sigma``: ``(B or 1, in_dim)`` weights of
+        the inputs, e.g. 1, or the squared scales of a diagonal map before): the squared norms of the
+        Jacobian's rows (the contractive penalty). Differentiable in the layer's parameters where it
+        has them; from :meth:`matrix` for the others."""
+        m = self.matrix()
+        sq = torch.from_numpy(m.multiply(m).toarray() if self.in_dim * self.out_dim <= 4_000_000
+                              else m.multiply(m).tocsr().toarray()).to(sigma.dtype)
+        return sigma @ sq.T
+
+    def encode(self, builder: RowBuilder, z: np.ndarray, lower: np.ndarray, upper: np.ndarray, acc: np.ndarray,
+               error: np.ndarray, needed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add the layer to a MILP or LP (:class:`~robustkit.network.encoding.RowBuilder`): the
+        outputs ``needed`` get a column (an exact copy of an input takes that input's column, no
+        row) tied to the inputs ``z`` (columns standing for float values within ``acc``).
+        ``lower``/``upper``: bounds of the output (of the float network); ``error``: its float
+        error bound. With ``builder.ranged`` each new column is the float value itself, the row
+        ``|c - W a - b| <= error + |W| acc`` (an LP); else the row ``c = W a + b`` is exact and the
+        column stands for a float value within ``error + |W| acc`` (the MILP; ``builder.exact``:
+        no error at all). Returns the output columns (``ZERO`` where not needed) and their ``acc``."""
+        out = np.full(self.out_dim, ZERO, dtype=np.int64)
+        out_acc = np.zeros(self.out_dim)
+        copied = self.copies()
+        take = needed & (copied >= 0)
+        out[take] = z[copied[take]]
+        out_acc[take] = acc[copied[take]]
+        idx = np.flatnonzero(needed & (copied < 0))
+        if idx.size == 0:
+            return out, out_acc
+        w = self.matrix()[idx]
+        keep = np.flatnonzero(z != ZERO)
+        w_keep = w[:, keep].tocoo()
+        spread = abs(w[:, keep]) @ acc[keep] if keep.size else np.zeros(idx.size)
+        b = self.bias_vector()[idx]
+        scale = np.maximum(-lower[idx], upper[idx])
+        if builder.ranged:
+            tol = error[idx] + spread
+            cols = builder.add_cols(lower[idx], upper[idx], scale=scale)
+            lo_row, hi_row, new_acc = b - tol, b + tol, np.zeros(idx.size)
+        else:
+            new_acc = np.zeros(idx.size) if builder.exact else error[idx] + spread
+            cols = builder.add_cols(lower[idx] - new_acc, upper[idx] + new_acc, scale=scale)
+            lo_row, hi_row = b, b
+        r = np.arange(idx.size)
+        builder.add_rows(np.concatenate([r, w_keep.row]), np.concatenate([cols, z[keep][w_keep.col]]),
+                         np.concatenate([np.ones(idx.size), -w_keep.data]), lo_row, hi_row)
+        out[idx] = cols
+        out_acc[idx] = new_acc
+        return out, out_acc
 
     @property
     @abstractmethod
@@ -246,137 +342,22 @@ class Dense(LinearLayer):
     def bias_tensor(self, dtype: torch.dtype) -> torch.Tensor:
         return _cast(self.bias, dtype)
 
+    def row_slice(self, rows: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.weight.to(dtype)[rows], self.bias.to(dtype)[rows]
+
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma @ _cast(self.weight, sigma.dtype).pow(2).T
+
+    def torch_modules(self, dtype: torch.dtype = torch.float32) -> list["torch.nn.Module"]:
+        from robustkit.network.torch_modules import linear
+
+        return [linear(self.weight, self.bias, dtype)]
+
     def matrix(self) -> sp.csr_matrix:
         return sp.csr_matrix(self.weight.detach().double().cpu().numpy())
 
     def bias_vector(self) -> np.ndarray:
         return self.bias.detach().double().cpu().numpy()
-
-
-class SpatialDims:
-    """``in_dim``/``out_dim`` of a layer on a ``(C, H, W)``-style activation, from its ``in_shape``
-    and ``out_shape`` (mix in before the layer base class)."""
-
-    @property
-    def in_dim(self) -> int:
-        return int(np.prod(self.in_shape))  # type: ignore[attr-defined]
-
-    @property
-    def out_dim(self) -> int:
-        return int(np.prod(self.out_shape))  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True, eq=False)
-class Conv2d(SpatialDims, LinearLayer):
-    """2-D convolution (ONNX Conv, group 1, dilation 1) on flat ``(C, H, W)`` activations."""
-
-    weight: torch.Tensor  # (C_out, C_in, kh, kw)
-    bias: torch.Tensor  # (C_out,)
-    in_shape: tuple[int, int, int]  # (C_in, H, W)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right (ONNX pads order: t, l, b, r)
-    fmt: FloatFormat = FLOAT32
-
-    def __post_init__(self) -> None:
-        if self.weight.dim() != 4 or self.weight.shape[1] != self.in_shape[0]:
-            raise ValueError(f"Conv2d: weight {tuple(self.weight.shape)} does not match input {self.in_shape}")
-        if self.bias.shape != (self.weight.shape[0],):
-            raise ValueError("Conv2d: bias length differs from output channels")
-
-    @property
-    def rounding_ops(self) -> int:
-        # the dot product over the kernel, the bias, and a following BatchNormalization that
-        # onnxruntime may fuse into the weights (their float32 rounding)
-        return int(np.prod(self.weight.shape[1:])) + 4
-
-    @cached_property
-    def coef_bound(self) -> float:
-        return float(self.weight.abs().max()) if self.weight.numel() else 0.0
-
-    @cached_property
-    def out_shape(self) -> tuple[int, int, int]:
-        c_in, h, w = self.in_shape
-        kh, kw = self.weight.shape[2:]
-        pt, pl, pb, pr = self.padding
-        ho = (h + pt + pb - kh) // self.stride[0] + 1
-        wo = (w + pl + pr - kw) // self.stride[1] + 1
-        if ho <= 0 or wo <= 0:
-            raise ValueError(f"Conv2d: empty output for input {self.in_shape}")
-        return (int(self.weight.shape[0]), int(ho), int(wo))
-
-    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        b = x.shape[0]
-        x = x.reshape(b, *self.in_shape)
-        pt, pl, pb, pr = self.padding
-        if pt == pb and pl == pr:
-            y = F.conv2d(x, weight, bias, stride=self.stride, padding=(pt, pl))
-        else:
-            y = F.conv2d(F.pad(x, (pl, pr, pt, pb)), weight, bias, stride=self.stride)
-        return y.reshape(b, -1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv(x, _cast(self.weight, x.dtype), _cast(self.bias, x.dtype))
-
-    def abs_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv(x, _cast(self.weight, x.dtype).abs(), None)
-
-    def _transpose(self, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        lead = a.shape[:-1]
-        a = a.reshape(-1, *self.out_shape)
-        _, h, w = self.in_shape
-        kh, kw = weight.shape[2:]
-        pt, pl, pb, pr = self.padding
-        # conv_transpose2d computes the adjoint of conv2d on the padded input; crop the padding.
-        hp, wp = h + pt + pb, w + pl + pr
-        out_pad = (
-            hp - ((self.out_shape[1] - 1) * self.stride[0] + kh),
-            wp - ((self.out_shape[2] - 1) * self.stride[1] + kw),
-        )
-        if a.dtype == torch.float64 and not (torch.is_grad_enabled() and a.requires_grad):
-            # the same adjoint as conv2d's input gradient: on a CPU in float64 3-6x faster than
-            # conv_transpose2d (whose float64 kernel is the unvectorised fallback), with no autograd
-            # graph needed (with one, conv_transpose2d's backward is the faster):
-            # verify/results/bab_speed.md
-            full = torch.nn.grad.conv2d_input((a.shape[0], self.in_shape[0], hp, wp), weight, a, stride=self.stride)
-        else:
-            # channels-last: oneDNN's CPU kernel for this layout is 2-3x faster on the coefficient
-            # batches of the bound passes (verify/results/bab_speed_channels_last.md)
-            a = a.contiguous(memory_format=torch.channels_last)
-            full = F.conv_transpose2d(a, weight.contiguous(memory_format=torch.channels_last), stride=self.stride,
-                                      output_padding=out_pad)
-        full = full[:, :, pt : pt + h, pl : pl + w]
-        return full.reshape(*lead, self.in_dim)
-
-    def backward(self, a: torch.Tensor) -> torch.Tensor:
-        return self._transpose(a, _cast(self.weight, a.dtype))
-
-    def abs_backward(self, a: torch.Tensor) -> torch.Tensor:
-        return self._transpose(a, _cast(self.weight, a.dtype).abs())
-
-    def bias_tensor(self, dtype: torch.dtype) -> torch.Tensor:
-        return _cast(self.bias, dtype).repeat_interleave(self.out_shape[1] * self.out_shape[2])
-
-    def matrix(self) -> sp.csr_matrix:
-        """The convolution as a sparse matrix, built from index arithmetic (no dense identity)."""
-        c_out, ho, wo = self.out_shape
-        c_in, h, w = self.in_shape
-        kh, kw = self.weight.shape[2:]
-        pt, pl = self.padding[0], self.padding[1]
-        wt = self.weight.detach().double().cpu().numpy()
-        co, ci, ki, kj, oi, oj = np.meshgrid(
-            np.arange(c_out), np.arange(c_in), np.arange(kh), np.arange(kw), np.arange(ho), np.arange(wo), indexing="ij"
-        )
-        ii = oi * self.stride[0] - pt + ki
-        jj = oj * self.stride[1] - pl + kj
-        valid = (ii >= 0) & (ii < h) & (jj >= 0) & (jj < w)
-        rows = ((co * ho + oi) * wo + oj)[valid]
-        cols = ((ci * h + ii) * w + jj)[valid]
-        vals = wt[co[valid], ci[valid], ki[valid], kj[valid]]
-        keep = vals != 0
-        return sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(self.out_dim, self.in_dim))
-
-    def bias_vector(self) -> np.ndarray:
-        return self.bias_tensor(torch.float64).detach().cpu().numpy()
 
 
 @dataclass(frozen=True, eq=False)
@@ -485,135 +466,21 @@ class Elementwise(LinearLayer):
     def matrix(self) -> sp.csr_matrix:
         return sp.diags(self.scale.detach().double().cpu().numpy()).tocsr()
 
+    @property
+    def mixes(self) -> bool:
+        return False
+
+    @property
+    def feeds_once(self) -> bool:
+        return True
+
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma * _cast(self.scale, sigma.dtype).pow(2)
+
+    def torch_modules(self, dtype: torch.dtype = torch.float32) -> list["torch.nn.Module"]:
+        from robustkit.network.torch_modules import Affine
+
+        return [Affine(self.scale.detach().to(dtype), self.shift.detach().to(dtype))]
+
     def bias_vector(self) -> np.ndarray:
         return self.shift.detach().double().cpu().numpy()
-
-
-class Activation(Layer):
-    """An elementwise nonlinearity ``y = f(x)`` (``dim`` in, ``dim`` out). It owns its relaxation
-    for bound propagation (:meth:`linear_bounds`) and its part of the float error model
-    (:meth:`error_transfer`). Only piecewise-linear ones (ReLU) have an exact MILP encoding and
-    splits; the others (Sigmoid, Tanh) are for bound methods only."""
-
-    piecewise_linear: bool = True
-    dim: int
-
-    @property
-    def in_dim(self) -> int:
-        return self.dim
-
-    @property
-    def out_dim(self) -> int:
-        return self.dim
-
-    @abstractmethod
-    def linear_bounds(
-        self, lower: torch.Tensor, upper: torch.Tensor, alpha: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(lam_l, mu_l, lam_u, mu_u)`` with ``lam_l x + mu_l <= f(x) <= lam_u x + mu_u`` for
-        every ``x`` in ``[lower, upper]`` (for the float32 ``f`` of onnxruntime)."""
-
-    @abstractmethod
-    def error_transfer(self, lower: torch.Tensor, upper: torch.Tensor, mag: torch.Tensor, acc: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """For inputs in ``[lower, upper]`` of magnitude ``mag`` off the exact network's by at
-        most ``acc``: ``(e, mag_out, acc_out)``, the float32 error of ``f`` itself, the output
-        magnitude bound and the accumulated error bound after it."""
-
-
-@dataclass(frozen=True, eq=False)
-class ReLU(Activation):
-    """Elementwise ``max(x, 0)``; where ``identity`` (bool, ``(dim,)``) is set, ``x`` itself.
-
-    The identity coordinates carry activations past the ReLU unchanged: a network graph with
-    branches (a residual ``Add``, ``Concat``, MaxPool as ``max(a, b) = relu(a - b) + b``) becomes a
-    chain whose activation holds every live tensor side by side
-    (:mod:`robustkit.network.graph_ops`). They are neither stable nor unstable ReLUs: no relaxation,
-    no binary variable, no split, and no constraint ``x >= 0``. Every bound method and encoder asks
-    :meth:`phases` (never ``lower >= 0`` itself) which coordinates are the identity."""
-
-    dim: int
-    identity: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if self.identity is not None:
-            if self.identity.dtype != torch.bool or self.identity.shape != (self.dim,):
-                raise ValueError(f"ReLU: identity mask must be bool of shape ({self.dim},)")
-            if not bool(self.identity.any()):
-                object.__setattr__(self, "identity", None)
-
-    @property
-    def count(self) -> int:
-        """The number of real ReLUs (not identity coordinates)."""
-        return self.dim if self.identity is None else int((~self.identity).sum())
-
-    @property
-    def relu_mask(self) -> torch.Tensor:
-        """Bool ``(dim,)``: the coordinates that are real ReLUs."""
-        return torch.ones(self.dim, dtype=torch.bool) if self.identity is None else ~self.identity.cpu()
-
-    def phases(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(active, inactive, unstable)`` masks (shaped like ``lower``) for pre-activation bounds:
-        ``active`` includes the identity coordinates (output = input), ``inactive`` means output 0,
-        ``unstable`` the ReLUs that need a relaxation or a split. Use ``active & relu_coords`` where
-        a constraint ``x >= 0`` is meant."""
-        active = lower >= 0
-        inactive = upper <= 0
-        if self.identity is not None:
-            ident = self.identity.to(lower.device)
-            active = active | ident
-            inactive = inactive & ~ident
-        inactive = inactive & ~active
-        return active, inactive, ~(active | inactive)
-
-    def relaxation(
-        self, lower: torch.Tensor, upper: torch.Tensor, alpha: torch.Tensor | None = None,
-        parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Slopes ``(lam_lower, lam_upper, mu_upper)`` of the linear relaxation for pre-activation
-        bounds (``(..., dim)``): ``lam_lower z <= relu(z) <= lam_upper z + mu_upper``. Unstable:
-        the upper chord ``u (z - l) / (u - l)`` and lower slope ``alpha`` (broadcastable; default
-        CROWN's adaptive 1 if ``u >= -l`` else 0); active and identity coordinates: 1, 1, 0;
-        inactive: 0, 0, 0. ``parts``: :meth:`relaxation_parts` of these bounds, when a loop over
-        slopes has computed them once."""
-        unstable, fixed, lam_u, mu_u = self.relaxation_parts(lower, upper) if parts is None else parts
-        if alpha is None:
-            alpha = (upper >= -lower).to(upper.dtype)
-        return torch.where(unstable, alpha, fixed), lam_u, mu_u
-
-    def relaxation_parts(self, lower: torch.Tensor, upper: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """What :meth:`relaxation` needs of the bounds whatever the slopes: the unstable mask, the
-        lower slope of the others (1 active, 0 inactive), ``lam_upper`` and ``mu_upper``."""
-        active, _, unstable = self.phases(lower, upper)
-        width = torch.where(unstable, upper - lower, torch.ones_like(upper))
-        lam_u = torch.where(unstable, upper / width, active.to(upper.dtype))
-        mu_u = torch.where(unstable, -lam_u * lower, torch.zeros_like(lower))
-        return unstable, active.to(upper.dtype), lam_u, mu_u
-
-    def linear_bounds(
-        self, lower: torch.Tensor, upper: torch.Tensor, alpha: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        lam_l, lam_u, mu_u = self.relaxation(lower, upper, alpha)
-        return lam_l, torch.zeros_like(mu_u), lam_u, mu_u
-
-    def error_transfer(self, lower: torch.Tensor, upper: torch.Tensor, mag: torch.Tensor, acc: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        on = (~self.phases(lower, upper)[1]).to(mag.dtype)  # exact; 0 only where stably inactive
-        return torch.zeros_like(lower), mag * on, acc * on
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.identity is None:
-            return torch.relu(x)
-        return torch.where(self.identity.to(x.device), x, torch.relu(x))
-
-    def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.identity is None:
-            return torch.relu(lower), torch.relu(upper)
-        ident = self.identity.to(lower.device)
-        return torch.where(ident, lower, torch.relu(lower)), torch.where(ident, upper, torch.relu(upper))
-
-    def describe(self) -> str:
-        if self.identity is None:
-            return super().describe()
-        return f"ReLU({self.count} of {self.dim}; {self.dim - self.count} carried)"

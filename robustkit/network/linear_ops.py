@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from robustkit.network.floatfmt import FLOAT32, FloatFormat
-from robustkit.network.layers import LinearLayer, SpatialDims
+from robustkit.network.conv import SpatialDims
+from robustkit.network.layers import LinearLayer
 
 
 class _NoBias(LinearLayer):
@@ -183,6 +184,16 @@ class Permute(SpatialDims, _NoBias):
         n = self.in_dim
         return sp.csr_matrix((np.ones(n), (np.arange(n), self._index)), shape=(n, n))
 
+    def copies(self) -> np.ndarray:
+        return self._index.astype(np.int64)
+
+    @property
+    def mixes(self) -> bool:
+        return False
+
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self.forward(sigma)
+
     def describe(self) -> str:
         return f"Permute({self.in_shape} by {self.perm}: {self.in_dim})"
 
@@ -233,6 +244,22 @@ class ZeroPad2d(SpatialDims, _NoBias):
         pt, pl = self.padding[0], self.padding[1]
         dst = np.arange(self.out_dim).reshape(c, hp, wp)[:, pt : pt + h, pl : pl + w].reshape(-1)
         return sp.csr_matrix((np.ones(self.in_dim), (dst, np.arange(self.in_dim))), shape=(self.out_dim, self.in_dim))
+
+    @property
+    def mixes(self) -> bool:
+        return False
+
+    def row_energy(self, sigma: torch.Tensor) -> torch.Tensor:
+        return self.forward(sigma)
+
+    def copies(self) -> np.ndarray:
+        c, h, w = self.in_shape
+        _, hp, wp = self.out_shape
+        pt, pl = self.padding[0], self.padding[1]
+        out = np.full(self.out_dim, -1, dtype=np.int64)
+        dst = np.arange(self.out_dim).reshape(c, hp, wp)[:, pt : pt + h, pl : pl + w].reshape(-1)
+        out[dst] = np.arange(self.in_dim)
+        return out
 
     def describe(self) -> str:
         return f"ZeroPad2d(pads {self.padding}, {self.in_shape} -> {self.out_shape}: {self.in_dim} -> {self.out_dim})"

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from robustkit.network.floatfmt import FloatFormat, format_named
-from robustkit.network.layers import Activation, Dense, Elementwise, Layer, LinearLayer, ReLU
+from robustkit.network.layers import Dense, Elementwise, Layer, LinearLayer
 from robustkit.network.linear_ops import Permute
 
 
 @dataclass(frozen=True, eq=False)
 class Network:
-    """A feed-forward ReLU network over flat activations.
+    """A feed-forward network over flat activations: linear layers and elementwise nonlinear ones.
 
     ``sample_shape`` is the shape of one input sample as the ONNX model sees it without the
     batch dimension (e.g. ``(1, 28, 28)``, ``(784, 1)``); ``onnx_input_shape`` is what
@@ -53,23 +53,26 @@ class Network:
         return self.layers[-1].out_dim if self.layers else self.in_dim
 
     @property
-    def relu_indices(self) -> list[int]:
-        """Positions of the ReLU layers in ``layers``."""
-        return [i for i, layer in enumerate(self.layers) if isinstance(layer, ReLU)]
+    def activation_indices(self) -> list[int]:
+        """Positions of the nonlinear layers (ReLU, LeakyReLU, HardTanh, Sigmoid, Tanh)."""
+        return [i for i, layer in enumerate(self.layers) if layer.nonlinear]
 
     @property
-    def activation_indices(self) -> list[int]:
-        """Positions of the nonlinear layers (ReLU, Sigmoid, Tanh) in ``layers``."""
-        return [i for i, layer in enumerate(self.layers) if isinstance(layer, Activation)]
+    def split_indices(self) -> list[int]:
+        """Positions of the piecewise-linear nonlinear layers: what branch and bound splits,
+        the MILP encodes with binaries and stability statistics count."""
+        return [i for i, layer in enumerate(self.layers)
+                if layer.nonlinear and layer.piecewise_linear]  # type: ignore[attr-defined]
 
     @property
     def piecewise_linear(self) -> bool:
-        """Whether every layer is linear or a ReLU (what the MILP and branch and bound need)."""
+        """Whether every layer is linear or piecewise linear (what the MILP and branch and bound need)."""
         return all(getattr(layer, "piecewise_linear", True) for layer in self.layers)
 
     @property
-    def num_relus(self) -> int:
-        return sum(layer.count for layer in self.layers if isinstance(layer, ReLU))
+    def num_neurons(self) -> int:
+        """The neurons of the nonlinear layers (not the coordinates they carry)."""
+        return sum(self.layers[i].count for i in self.activation_indices)  # type: ignore[attr-defined]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluate on a batch: ``x`` has shape ``(B, *sample_shape)`` or ``(B, in_dim)``."""
@@ -117,11 +120,7 @@ class NetworkModule(nn.Module):
             return self.net.forward(x)
         h = x.reshape(x.shape[0], -1)
         for layer in self.net.layers:
-            if isinstance(layer, ReLU):
-                leaky = _LeakyGradReLU.apply(h, self.relu_grad_slope)
-                h = leaky if layer.identity is None else torch.where(layer.identity.to(h.device), h, leaky)
-            else:
-                h = layer.forward(h)
+            h = layer.surrogate(h, self.relu_grad_slope) if layer.nonlinear else layer.forward(h)  # type: ignore[attr-defined]
         return h
 
     def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def, override]
@@ -129,22 +128,6 @@ class NetworkModule(nn.Module):
         layers = tuple(layer.map_tensors(fn) for layer in self.net.layers)
         self.net = dataclasses.replace(self.net, layers=layers)
         return super()._apply(fn, recurse)
-
-
-class _LeakyGradReLU(torch.autograd.Function):
-    """``relu(x)`` forward; backward scales the gradient by 1 where ``x > 0``, else by ``slope``."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, slope: float) -> torch.Tensor:  # type: ignore[no-untyped-def, override]
-        ctx.save_for_backward(x)
-        ctx.slope = slope
-        return torch.relu(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[no-untyped-def, override]
-        (x,) = ctx.saved_tensors
-        scale = torch.where(x > 0, torch.ones_like(x), torch.full_like(x, ctx.slope))
-        return grad * scale, None
 
 
 def simplify(layers: list[Layer]) -> list[Layer]:
@@ -188,4 +171,4 @@ def merge_elementwise(first: Elementwise, second: Elementwise) -> Elementwise:
 
 def linear_layers(net: Network) -> list[tuple[int, LinearLayer]]:
     """The linear layers of ``net`` with their positions."""
-    return [(i, layer) for i, layer in enumerate(net.layers) if isinstance(layer, LinearLayer)]
+    return [(i, layer) for i, layer in enumerate(net.layers) if not layer.nonlinear]  # type: ignore[misc]

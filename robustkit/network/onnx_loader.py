@@ -23,16 +23,18 @@ from onnx import numpy_helper
 from robustkit.errors import ModelFormatError, UnsupportedOperatorError
 from robustkit.network.floatfmt import FLOAT32, FORMATS, FloatFormat, contains
 from robustkit.network.graph_ops import Blocks
-from robustkit.network.graph_lowering import GraphLowering, clip_layers, maxpool_layers, slice_layer
-from robustkit.network.layers import Conv2d, Dense, Elementwise, Layer, LinearLayer, ReLU
-from robustkit.network.linear_ops import AvgPool2d, Permute, ZeroPad2d
+from robustkit.network.graph_lowering import GraphLowering
+from robustkit.network.conv import Conv2d
+from robustkit.network.layers import Dense, Elementwise, Layer, LinearLayer
+from robustkit.network.relu import LeakyReLU, ReLU
 from robustkit.network.network import Network, simplify
+from robustkit.network.onnx_shape_ops import ShapeOps
 from robustkit.network.smooth import SCurve
 
 SUPPORTED_OPS = (
     "Gemm MatMul Add Sub Mul Div Conv Relu BatchNormalization Flatten Reshape Squeeze Unsqueeze "
     "Transpose Identity Dropout Constant AveragePool GlobalAveragePool Pad MaxPool Clip Slice Concat Sigmoid Tanh "
-    "Cast"
+    "Cast LeakyRelu"
 ).split()
 
 # operators evaluated at load time when all their inputs are constants
@@ -69,7 +71,7 @@ def network_from_onnx(model: onnx.ModelProto, source: str = "<model>") -> Networ
     return _GraphReader(model, source).read()
 
 
-class _GraphReader:
+class _GraphReader(ShapeOps):
     def __init__(self, model: onnx.ModelProto, source: str) -> None:
         self.model = model
         self.source = source
@@ -149,8 +151,7 @@ class _GraphReader:
         """Give the layers read from one node (``self.layers[start:]``) the format they compute in."""
         for i in range(start, len(self.layers)):
             layer = self.layers[i]
-            if isinstance(layer, LinearLayer) and dataclasses.is_dataclass(layer) \
-                    and any(f.name == "fmt" for f in dataclasses.fields(layer)):
+            if dataclasses.is_dataclass(layer) and any(f.name == "fmt" for f in dataclasses.fields(layer)):
                 self.layers[i] = dataclasses.replace(layer, fmt=fmt)
             elif isinstance(layer, SCurve) and fmt.name not in ("float32", "float64"):
                 raise ModelFormatError(f"{self.source}: layer {layer.describe()} computes in {fmt.name}; the "
@@ -204,6 +205,7 @@ class _GraphReader:
             "GlobalAveragePool": self._global_avgpool, "Pad": self._pad,
         }
         handlers.update({"MaxPool": self._maxpool, "Clip": self._clip, "Slice": self._slice, "Cast": self._cast})
+        handlers["LeakyRelu"] = lambda n: self._push_op(n, LeakyReLU, slope=float(self._attrs(n).get("alpha", 0.01)))
         lowering = GraphLowering(self, graph.node, [graph.output[0].name], inp.name, self.shape)
         for k, node in enumerate(graph.node):
             if node.op_type == "Constant":
@@ -305,7 +307,15 @@ class _GraphReader:
         self._push(ReLU(self._flat))
 
     def _scurve(self, node: onnx.NodeProto) -> None:  # bound methods only (robustkit.network.smooth)
-        self._push(SCurve(self._flat, node.op_type.lower()))
+        self._push(SCurve(self._flat, kind=node.op_type.lower()))
+
+    def _push_op(self, node: onnx.NodeProto, op: type, **params: object) -> None:
+        """An elementwise operator with these parameters over the activation; a value it refuses
+        (``ValueError``) becomes the node's error."""
+        try:
+            self._push(op(self._flat, **params))
+        except ValueError as exc:
+            raise self._fail(node, str(exc)) from exc
 
     def _dense(self, node: onnx.NodeProto, w: np.ndarray, b: np.ndarray | None, out_shape: tuple[int, ...]) -> None:
         """Append ``y = w @ x + b`` (w: (out, in) over the flat activation)."""
@@ -426,10 +436,8 @@ class _GraphReader:
         if pos != 0:
             raise self._fail(node, "the activation must be the first input")
         attrs = self._attrs(node)
-        if int(attrs.get("group", 1)) != 1:
-            raise self._fail(node, "grouped convolution is not supported")
-        if any(int(d) != 1 for d in attrs.get("dilations", [1, 1])):
-            raise self._fail(node, "dilated convolution is not supported")
+        groups = int(attrs.get("group", 1))
+        dilations = tuple(int(d) for d in attrs.get("dilations", [1, 1]))
         if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
             raise self._fail(node, "auto_pad SAME_* is not supported; give explicit pads")
         w = vals[1]
@@ -442,13 +450,18 @@ class _GraphReader:
         pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
         strides = tuple(int(s) for s in attrs.get("strides", [1, 1]))
         wdt = np.float64 if w.dtype == np.float64 else np.float32  # float16 weights widen exactly
-        layer = Conv2d(
-            weight=torch.from_numpy(np.array(w, dtype=wdt)),
-            bias=torch.from_numpy(np.array(b, dtype=wdt)),
-            in_shape=tuple(int(d) for d in self.shape[1:]),  # type: ignore[arg-type]
-            stride=strides,  # type: ignore[arg-type]
-            padding=(pads[0], pads[1], pads[2], pads[3]),
-        )
+        try:
+            layer = Conv2d(
+                weight=torch.from_numpy(np.array(w, dtype=wdt)),
+                bias=torch.from_numpy(np.array(b, dtype=wdt)),
+                in_shape=tuple(int(d) for d in self.shape[1:]),  # type: ignore[arg-type]
+                stride=strides,  # type: ignore[arg-type]
+                padding=(pads[0], pads[1], pads[2], pads[3]),
+                dilation=(dilations[0], dilations[1]),
+                groups=groups,
+            )
+        except ValueError as exc:
+            raise self._fail(node, str(exc)) from exc
         self._push(layer)
         self.shape = (1,) + layer.out_shape
 
@@ -482,222 +495,6 @@ class _GraphReader:
                                peak_scale=flat(reach), peak_shift=flat(reach * np.abs(mean) + np.abs(beta)),
                                coef=float(max(1.0, np.max(1.0 / sd), np.max(np.abs(gamma)))),
                                amplify=float(max(1.0, np.max(np.abs(s)), np.max(np.abs(gamma))))))
-
-    def _flatten(self, node: onnx.NodeProto) -> None:
-        axis = int(self._attrs(node).get("axis", 1))
-        axis = axis + len(self.shape) if axis < 0 else axis
-        self.shape = (int(np.prod(self.shape[:axis])), int(np.prod(self.shape[axis:])))
-
-    def _set_shape(self, node: onnx.NodeProto, new: tuple[int, ...]) -> None:
-        if int(np.prod(new)) != int(np.prod(self.shape)):
-            raise self._fail(node, f"cannot reshape {self.shape} to {new}")
-        self.shape = new
-
-    def _reshape(self, node: onnx.NodeProto) -> None:
-        _, vals = self._split_inputs(node)
-        target = vals[1]
-        if target is None:
-            raise self._fail(node, "the target shape must be a constant")
-        allowzero = int(self._attrs(node).get("allowzero", 0))
-        dims = [int(d) for d in target.reshape(-1)]
-        dims = [self.shape[i] if d == 0 and not allowzero else d for i, d in enumerate(dims)]
-        if dims.count(-1) > 1:
-            raise self._fail(node, "more than one -1 in the target shape")
-        if -1 in dims:
-            known = int(np.prod([d for d in dims if d != -1]))
-            dims[dims.index(-1)] = int(np.prod(self.shape)) // max(known, 1)
-        self._set_shape(node, tuple(dims))
-
-    def _axes(self, node: onnx.NodeProto, vals: list[np.ndarray | None], rank: int) -> list[int] | None:
-        axes = self._attrs(node).get("axes")
-        if axes is None and len(vals) > 1 and vals[1] is not None:
-            axes = [int(a) for a in vals[1].reshape(-1)]
-        if axes is None:
-            return None
-        return sorted(a + rank if a < 0 else a for a in axes)
-
-    def _squeeze(self, node: onnx.NodeProto) -> None:
-        _, vals = self._split_inputs(node)
-        axes = self._axes(node, vals, len(self.shape))
-        if axes is None:
-            new = tuple(d for d in self.shape if d != 1)
-        else:
-            if any(self.shape[a] != 1 for a in axes):
-                raise self._fail(node, f"cannot squeeze non-1 axes {axes} of {self.shape}")
-            new = tuple(d for i, d in enumerate(self.shape) if i not in axes)
-        self._set_shape(node, new)
-
-    def _unsqueeze(self, node: onnx.NodeProto) -> None:
-        _, vals = self._split_inputs(node)
-        raw = self._attrs(node).get("axes")
-        if raw is None and len(vals) > 1 and vals[1] is not None:
-            raw = [int(a) for a in vals[1].reshape(-1)]
-        if raw is None:
-            raise self._fail(node, "axes missing")
-        rank = len(self.shape) + len(raw)
-        new = list(self.shape)
-        for a in sorted(int(a) + rank if int(a) < 0 else int(a) for a in raw):
-            new.insert(a, 1)
-        self._set_shape(node, tuple(new))
-
-    def _transpose(self, node: onnx.NodeProto) -> None:
-        perm = [int(p) for p in self._attrs(node).get("perm", list(reversed(range(len(self.shape)))))]
-        if sorted(perm) != list(range(len(self.shape))):
-            raise self._fail(node, f"perm {perm} is not a permutation of the axes of {self.shape}")
-        moved = [p for p in perm if self.shape[p] != 1]
-        if moved != sorted(moved):  # reorders elements: a permutation layer over the whole shape
-            self._push(Permute(tuple(int(d) for d in self.shape), tuple(perm)))
-        self.shape = tuple(self.shape[p] for p in perm)
-
-    def _image_shape(self, node: onnx.NodeProto) -> tuple[int, int, int]:
-        if len(self.shape) != 4 or self.shape[0] != 1:
-            raise self._fail(node, f"needs an activation of shape (1, C, H, W), got {self.shape}")
-        return (int(self.shape[1]), int(self.shape[2]), int(self.shape[3]))
-
-    def _push_image(self, node: onnx.NodeProto, make: Callable[[], AvgPool2d | ZeroPad2d]) -> None:
-        try:
-            layer = make()
-        except ValueError as exc:
-            raise self._fail(node, str(exc)) from exc
-        self._push(layer)
-        self.shape = (1,) + layer.out_shape
-
-    def _pool_attrs(self, node: onnx.NodeProto) -> tuple[list[int], list[int], list[int], dict]:
-        """kernel, strides, pads (t, l, b, r) of a 2-D pooling node, refusing what is not supported."""
-        pos, _ = self._split_inputs(node)
-        if pos != 0:
-            raise self._fail(node, "the activation must be the input")
-        attrs = self._attrs(node)
-        kernel = [int(k) for k in attrs.get("kernel_shape", [])]
-        if len(kernel) != 2:
-            raise self._fail(node, f"only 2-D pooling is supported (kernel_shape {kernel})")
-        if int(attrs.get("ceil_mode", 0)) != 0:
-            raise self._fail(node, "ceil_mode 1 is not supported")
-        if any(int(d) != 1 for d in attrs.get("dilations", [1, 1])):
-            raise self._fail(node, "dilated pooling is not supported")
-        auto_pad = attrs.get("auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
-        if auto_pad not in ("NOTSET", "VALID"):
-            raise self._fail(node, f"auto_pad {auto_pad} is not supported; give explicit pads")
-        pads = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])] if auto_pad == "NOTSET" else [0, 0, 0, 0]
-        strides = [int(s) for s in attrs.get("strides", [1, 1])]
-        return kernel, strides, pads, attrs
-
-    def _avgpool(self, node: onnx.NodeProto) -> None:
-        kernel, strides, pads, attrs = self._pool_attrs(node)
-        count_include_pad = int(attrs.get("count_include_pad", 0))
-        if count_include_pad not in (0, 1):
-            raise self._fail(node, f"count_include_pad {count_include_pad} is not 0 or 1")
-        in_shape = self._image_shape(node)
-        self._push_image(node, lambda: AvgPool2d(
-            in_shape, (kernel[0], kernel[1]), (strides[0], strides[1]), (pads[0], pads[1], pads[2], pads[3]),
-            bool(count_include_pad)))
-
-    def _maxpool(self, node: onnx.NodeProto) -> None:
-        """MaxPool as a tournament of ``max(a, b) = relu(a - b) + b`` (``graph_lowering.maxpool_layers``)."""
-        kernel, strides, pads, attrs = self._pool_attrs(node)
-        if int(attrs.get("storage_order", 0)) != 0 or len([o for o in node.output if o]) > 1:
-            raise self._fail(node, "the Indices output is not supported")
-        in_shape = self._image_shape(node)
-        try:
-            layers, out = maxpool_layers(in_shape, (kernel[0], kernel[1]), (strides[0], strides[1]),
-                                         (pads[0], pads[1], pads[2], pads[3]))
-        except ValueError as exc:
-            raise self._fail(node, str(exc)) from exc
-        for layer in layers:
-            self._push(layer)
-        self.shape = (1,) + out
-
-    def _clip(self, node: onnx.NodeProto) -> None:
-        """Clip with constant bounds: ``lo + relu(x - lo) - relu(x - hi)`` (exact)."""
-        pos, vals = self._split_inputs(node)
-        if pos != 0:
-            raise self._fail(node, "the activation must be the first input")
-        attrs = self._attrs(node)
-        bounds: list[float | None] = [attrs.get("min"), attrs.get("max")]  # opset < 11
-        for i in (1, 2):
-            if len(node.input) > i and node.input[i]:
-                v = vals[i]
-                if v is None or v.size != 1:
-                    raise self._fail(node, "min and max must be scalar constants")
-                bounds[i - 1] = float(v.reshape(-1)[0])
-        lo, hi = (None if b is None or not np.isfinite(b) else float(b) for b in bounds)
-        try:
-            for layer in clip_layers(self._flat, lo, hi):
-                self._push(layer)
-        except ValueError as exc:
-            raise self._fail(node, str(exc)) from exc
-
-    def _slice(self, node: onnx.NodeProto) -> None:
-        pos, vals = self._split_inputs(node)
-        if pos != 0:
-            raise self._fail(node, "the activation must be the data input")
-        attrs = self._attrs(node)
-        rank = len(self.shape)
-        if len(node.input) > 1:  # opset >= 10: starts, ends, axes, steps are inputs
-            if any(node.input[i] and vals[i] is None for i in range(1, len(node.input))):
-                raise self._fail(node, "starts, ends, axes and steps must be constants")
-            got = [[int(v) for v in vals[i].reshape(-1)] if len(node.input) > i and node.input[i] else None  # type: ignore[union-attr]
-                   for i in range(1, 5)]
-        else:
-            got = [attrs.get("starts"), attrs.get("ends"), attrs.get("axes"), None]
-        starts, ends, axes, steps = got
-        if starts is None or ends is None:
-            raise self._fail(node, "starts and ends missing")
-        axes = list(range(len(starts))) if axes is None else [int(a) + rank if int(a) < 0 else int(a) for a in axes]
-        steps = [1] * len(starts) if steps is None else steps
-        try:
-            layer, self.shape = slice_layer(tuple(self.shape), self.batch_dims, starts, ends, axes, steps)
-        except ValueError as exc:
-            raise self._fail(node, str(exc)) from exc
-        self._push(layer)
-
-    def _global_avgpool(self, node: onnx.NodeProto) -> None:
-        c, h, w = self._image_shape(node)
-        self._push_image(node, lambda: AvgPool2d((c, h, w), (h, w), name="GlobalAveragePool"))
-
-    def _pad(self, node: onnx.NodeProto) -> None:
-        pos, vals = self._split_inputs(node)
-        if pos != 0:
-            raise self._fail(node, "the activation must be the first input")
-        attrs = self._attrs(node)
-        mode = attrs.get("mode", b"constant")
-        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
-        if mode != "constant":
-            raise self._fail(node, f"mode {mode!r} is not supported (only constant)")
-        rank = len(self.shape)
-        if len(node.input) > 1 and node.input[1]:
-            if vals[1] is None:
-                raise self._fail(node, "the pads must be a constant")
-            raw = [int(p) for p in vals[1].reshape(-1)]
-        elif "pads" in attrs:  # opset < 11
-            raw = [int(p) for p in attrs["pads"]]
-        else:
-            raise self._fail(node, "pads missing")
-        value = attrs.get("value", 0.0)
-        if len(node.input) > 2 and node.input[2]:
-            if vals[2] is None:
-                raise self._fail(node, "the pad value must be a constant")
-            value = vals[2].reshape(-1)[0] if vals[2].size else 0.0
-        if float(value) != 0.0:
-            raise self._fail(node, f"pad value {float(value)} is not supported (only 0)")
-        axes = list(range(rank))
-        if len(node.input) > 3 and node.input[3]:
-            if vals[3] is None:
-                raise self._fail(node, "the axes must be a constant")
-            axes = [int(a) + rank if int(a) < 0 else int(a) for a in vals[3].reshape(-1)]
-        if len(raw) != 2 * len(axes):
-            raise self._fail(node, f"{len(raw)} pads for {len(axes)} axes")
-        begin, end = [0] * rank, [0] * rank
-        for k, a in enumerate(axes):
-            begin[a], end[a] = raw[k], raw[k + len(axes)]
-        in_shape = self._image_shape(node)
-        if begin[0] or end[0] or begin[1] or end[1]:
-            raise self._fail(node, f"pads {raw} touch the batch or channel axis (only H and W may be padded)")
-        if min(begin + end) < 0:
-            raise self._fail(node, f"negative pads {raw} (cropping) are not supported")
-        self._push_image(node, lambda: ZeroPad2d(in_shape, (begin[2], begin[3], end[2], end[3])))
-
 
 def _check_finite(layer: Layer, index: int, source: str) -> None:
     if isinstance(layer, Blocks):

@@ -18,10 +18,13 @@ float64 margin for the lines' own rounding. There is no exact MILP encoding, so 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
+import numpy as np
 import torch
 
-from robustkit.network.layers import Activation
+from robustkit.network.activations import Activation
+from robustkit.network.encoding import RowBuilder
 
 ACT_ERROR = 1e-5  # bound on |onnxruntime float32 f(x) - f(x)|, with a wide margin over the 3.1e-7 seen
 _F64 = 1e-12  # relative float64 margin for the lines (their slopes and intercepts round)
@@ -30,13 +33,15 @@ _DEGENERATE = 1e-7  # narrower intervals get constant bounds
 
 @dataclass(frozen=True, eq=False)
 class SCurve(Activation):
-    """ONNX ``Sigmoid`` (``kind="sigmoid"``) or ``Tanh`` (``kind="tanh"``), elementwise."""
+    """ONNX ``Sigmoid`` (``kind="sigmoid"``) or ``Tanh`` (``kind="tanh"``), elementwise. Its float
+    error (``ACT_ERROR``) is inside its interval and relaxation, not charged by the bound methods."""
 
-    dim: int
     kind: str = "sigmoid"
-    piecewise_linear = False
+    piecewise_linear: ClassVar[bool] = False
+    kinks: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.kind not in ("sigmoid", "tanh"):
             raise ValueError(f"SCurve: kind must be 'sigmoid' or 'tanh', got {self.kind!r}")
 
@@ -51,14 +56,25 @@ class SCurve(Activation):
     def lipschitz(self) -> float:
         return 0.25 if self.kind == "sigmoid" else 1.0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.f(x)
-
     def interval(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.f(lower) - ACT_ERROR, self.f(upper) + ACT_ERROR
+        lo, hi = self.f(lower) - ACT_ERROR, self.f(upper) + ACT_ERROR
+        return self._carry(lower, lo), self._carry(upper, hi)
+
+    def derivative(self, z: torch.Tensor) -> torch.Tensor:
+        d = self.df(z)
+        ident = self._ident(z)
+        return d if ident is None else torch.where(ident, torch.ones_like(d), d)
+
+    @property
+    def optimisable(self) -> bool:
+        return False
+
+    def unstable(self, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(lower, dtype=torch.bool)  # nothing to split
 
     def linear_bounds(
-        self, lower: torch.Tensor, upper: torch.Tensor, alpha: torch.Tensor | None = None
+        self, lower: torch.Tensor, upper: torch.Tensor, alpha: torch.Tensor | None = None,
+        parts: tuple[torch.Tensor, ...] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         l, u = lower, torch.maximum(upper, lower)
         fl, fu = self.f(l), self.f(u)
@@ -79,13 +95,35 @@ class SCurve(Activation):
         lam_l, lam_u = torch.where(flat, zero, lam_l), torch.where(flat, zero, lam_u)
         mu_l, mu_u = torch.where(flat, fl, mu_l), torch.where(flat, fu, mu_u)
         margin = ACT_ERROR + _F64 * (1 + torch.maximum(l.abs(), u.abs()))
-        return lam_l, mu_l - margin, lam_u, mu_u + margin
+        lam_l, mu_l, lam_u, mu_u = lam_l, mu_l - margin, lam_u, mu_u + margin
+        ident = self._ident(lower)
+        if ident is not None:
+            one, zero = torch.ones_like(lam_l), torch.zeros_like(mu_l)
+            lam_l, mu_l = torch.where(ident, one, lam_l), torch.where(ident, zero, mu_l)
+            lam_u, mu_u = torch.where(ident, one, lam_u), torch.where(ident, zero, mu_u)
+        return lam_l, mu_l, lam_u, mu_u
 
     def error_transfer(self, lower: torch.Tensor, upper: torch.Tensor, mag: torch.Tensor, acc: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         e = torch.full_like(lower, ACT_ERROR)
         out = torch.maximum(self.f(lower).abs(), self.f(upper).abs()) + e
-        return e, out, self.lipschitz * acc + e
+        acc_out = self.lipschitz * acc + e
+        ident = self._ident(lower)
+        if ident is not None:
+            e = torch.where(ident, torch.zeros_like(e), e)
+            out = torch.where(ident, mag, out)
+            acc_out = torch.where(ident, acc, acc_out)
+        return e, out, acc_out
+
+    def torch_modules(self, dtype: torch.dtype = torch.float32) -> list[torch.nn.Module]:
+        if self.identity is not None:
+            return super().torch_modules(dtype)
+        return [torch.nn.Sigmoid() if self.kind == "sigmoid" else torch.nn.Tanh()]
+
+    def encode(self, builder: RowBuilder, z: np.ndarray, lower: np.ndarray, upper: np.ndarray, acc: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        raise TypeError(f"{self.describe()} has no exact MILP or LP encoding")
 
     def describe(self) -> str:
-        return f"{'Sigmoid' if self.kind == 'sigmoid' else 'Tanh'}({self.dim})"
+        name = "Sigmoid" if self.kind == "sigmoid" else "Tanh"
+        return f"{name}({self.dim})" if self.identity is None else f"{name}({self.count} of {self.dim})"

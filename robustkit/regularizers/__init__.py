@@ -1,7 +1,9 @@
 """Training regularizers, registered by name (see ``base.Regularizer`` and ``registry``).
 
 ``build_regularizers(["hamming=9000", "intrinsic=0.4"])`` returns ready-to-call regularizers;
-``describe_regularizers()`` lists every name with its paper, loss terms and defaults.
+``describe_regularizers()`` lists every name with its paper, loss terms and defaults;
+``register(MyRegularizer)`` adds a :class:`Regularizer` subclass (it declares its name, paper,
+terms and config class itself).
 """
 
 from robustkit.regularizers.advprop import AdvProp, AdvPropConfig
@@ -19,6 +21,7 @@ from robustkit.regularizers.registry import (
     build_regularizers,
     describe_regularizers,
     parse_spec,
+    register,
     regularizer_names,
 )
 from robustkit.regularizers.relu_stability import (
@@ -58,6 +61,7 @@ __all__ = [
     "interval_preactivations",
     "layer_frobenius_norms",
     "parse_spec",
+    "register",
     "regularizer_names",
     "worst_case_margins",
 ]

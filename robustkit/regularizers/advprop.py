@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustkit.nets import Activations
+from robustkit.network.passes import Activations
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 from robustkit.regularizers.options import require_nonneg
 from robustkit.regularizers.perturb import input_gradient, sign_step
@@ -48,14 +48,16 @@ class AdvProp(Regularizer):
     """Train on the FGSM point instead of the clean point (replaces the clean loss)."""
 
     name = "advprop"
-    paper = "Nokland 2015, Improving Back-Propagation by Adding an Adversarial Gradient, Sec. 2 Eq. (1)-(2), Alg. 1"
-
-    def __init__(self, config: AdvPropConfig | None = None) -> None:
-        self.config = config or AdvPropConfig()
+    paper = "Nokland 2015, Improving Back-Propagation by Adding an Adversarial Gradient, Sec. 2 Eq. (1)-(2), Alg. 1; Sec. 3 (MNIST eps = 0.08)"
+    summary = "train on clip(x + eps sign(grad_x CE)) instead of x"
+    terms = ("advprop", "advprop_clean")
+    config_cls = AdvPropConfig
+    replaces_clean_loss = True
+    config: AdvPropConfig
 
     def __call__(
         self,
-        model: nn.Sequential,
+        model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from robustkit.nets import Activations
+from robustkit.network.passes import Activations
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,36 @@ class RegOutput:
 
 
 class Regularizer(ABC):
-    """Base class: subclasses set ``name`` and ``paper`` and implement ``__call__``."""
+    """Base class; it owns the contract. A subclass declares, once:
+
+    * ``name`` (the ``-r NAME`` of ``robustkit train``), ``paper`` (the reference, with the
+      sections it follows), ``summary`` (one line of what it adds to the loss);
+    * ``terms``: the names of the loss terms it returns (two regularizers may not share one);
+    * ``config_cls``: a frozen dataclass of its options (``NAME=WEIGHT`` sets ``weight_field``);
+    * ``replaces_clean_loss`` when it trains on another point instead of the clean one;
+
+    and implements ``__call__``. ``registry.register`` (which checks these declarations) then
+    makes it a spec name, listed by ``robustkit regularizers``, with its options checked and
+    typed. An instance passed to the trainer directly needs only ``name`` and ``__call__``."""
 
     name: ClassVar[str]
     paper: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    terms: ClassVar[tuple[str, ...]] = ()
+    config_cls: ClassVar[type]
+    weight_field: ClassVar[str] = "weight"
+    replaces_clean_loss: ClassVar[bool] = False
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = self.config_cls() if config is None else config
+        if not isinstance(self.config, self.config_cls):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_cls.__name__}, "
+                            f"got {type(self.config).__name__}")
 
     @abstractmethod
     def __call__(
         self,
-        model: nn.Sequential,
+        model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,

@@ -7,7 +7,10 @@ output, a tractable approximation of the full penalty ``||dy/dx||`` of Eq. (5) (
 contractive auto-encoder penalty of Eq. (4) carried to a classifier). The batch mean replaces the
 paper's sum over samples (the trainer's cross-entropy is a mean too).
 
-Closed forms -- no autograd Jacobians on the hot path, only the clean forward's pre-activations:
+Closed forms over the network's operators (the verifier's classes; a stage is the linear layers
+between two nonlinear operators) -- no autograd Jacobians on the hot path, only the clean forward's
+pre-activations: ``h = f(W h' + b)`` has ``||J||_F^2 = sum_i f'(z_i)^2 ||W_i||^2`` with the rows'
+squared norms from ``LinearLayer.row_energy``; for a ReLU ``f'(z) = 1[z > 0]``:
 
 * ``h = ReLU(W h' + b)``: ``J = diag(1[z > 0]) W`` so ``||J||_F^2 = sum_i 1[z_i > 0] ||W_i||^2``.
 * ``h = ReLU(conv(h'))``: row ``(o, p)`` of ``J`` holds ``W[o, c, t]`` for every kernel tap ``t``
@@ -17,8 +20,14 @@ Closed forms -- no autograd Jacobians on the hot path, only the clean forward's 
   ``E`` under the layer's own stride/padding/dilation (zero padding = invalid tap).
 * softmax output ``y = softmax(W h + b)``: ``J = (diag(p) - p p^T) W = S W`` so
   ``||J||_F^2 = sum_{ij} (S S)_{ij} (W W^T)_{ij}`` (S is symmetric), a K x K computation.
-* A ``Normalize`` in front of the first layer is folded in: the Jacobian is taken w.r.t. the raw
-  input, i.e. ``W`` is scaled by ``1/std`` per input channel.
+* A diagonal map (``Normalize``, BatchNormalization) or a selection next to the stage's mixing
+  layer is folded in: the Jacobian is taken w.r.t. the stage's input, i.e. ``W`` is scaled by
+  ``1/std`` per input channel; a residual sum's rows hold both paths' weights.
+* Two mixing layers in one stage compose when the first feeds each input to one output only
+  (``LinearLayer.feeds_once``: a MaxPool's final sums): its rows have disjoint supports, so
+  ``||(W2 W1)_i||^2 = sum_j W2_ij^2 ||W1_j||^2``. A lowered MaxPool's tournament ReLUs are
+  operators of the network like any other: their stages' Jacobians are fixed selections, whose
+  norms add a constant to the term and nothing to its gradient.
 
 ``lambda_j = weight * layer_weights[j]`` (Eq. 6 allows one lambda per layer; the paper does not
 report values -- the default ``weight = 1e-3`` is robustkit's choice for MNIST-sized nets).
@@ -34,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustkit.errors import InputError
-from robustkit.nets import Activations, Normalize
+from robustkit.network import Network
+from robustkit.network.passes import Activations
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 from robustkit.regularizers.options import require_choice, require_nonneg
 
@@ -56,122 +66,56 @@ class ContractiveConfig:
         require_choice("contractive", "output", self.output, ("softmax", "logits", "none"))
 
 
-def _channel_scale(scale: torch.Tensor | None, n_channels: int) -> torch.Tensor | None:
-    if scale is None or scale.numel() == 1:
-        return scale
-    if scale.numel() != n_channels:
-        raise InputError(
-            f"contractive: Normalize has {scale.numel()} channels but the next layer sees {n_channels}"
-        )
-    return scale
-
-
-def linear_relu_frobenius(layer: nn.Linear, active: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``||diag(1[z>0]) W||_F^2`` per sample; ``scale`` multiplies input features (1/std)."""
-    w = layer.weight
-    if scale is not None:
-        w = w * scale.view(1, -1) if scale.numel() > 1 else w * scale.view(1, 1)
-    row_energy = w.pow(2).sum(dim=1)  # (out,)
-    return active.flatten(1).to(w.dtype) @ row_energy
-
-
-def conv_tap_energy(layer: nn.Conv2d, in_hw: tuple[int, int], scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``S[o, p] = sum_{t valid at p} sum_c W[o, c, t]^2``, shape ``(O, Ho, Wo)``."""
-    if layer.padding_mode != "zeros":
-        raise InputError(f"contractive: conv padding_mode {layer.padding_mode!r} is not supported (zeros only)")
-    w = layer.weight
-    if scale is not None:
-        s = _channel_scale(scale, w.shape[1] * layer.groups)
-        if s is not None and s.numel() > 1:
-            # per input channel; with groups, input channel g*Cg + c feeds weight column c of group g
-            cg = w.shape[1]
-            s_full = s.view(layer.groups, cg)
-            out_per_group = w.shape[0] // layer.groups
-            s_rows = s_full.repeat_interleave(out_per_group, dim=0)  # (O, Cg)
-            w = w * s_rows.view(w.shape[0], cg, 1, 1)
-        elif s is not None:
-            w = w * s.view(1, 1, 1, 1)
-    energy = w.pow(2).sum(dim=1, keepdim=True)  # (O, 1, kh, kw)
-    ones = torch.ones(1, 1, *in_hw, dtype=w.dtype, device=w.device)
-    return F.conv2d(ones, energy, None, layer.stride, layer.padding, layer.dilation)[0]
-
-
-def conv_relu_frobenius(
-    layer: nn.Conv2d, active: torch.Tensor, in_hw: tuple[int, int], scale: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``||diag(1[z>0]) J_conv||_F^2`` per sample (closed form above)."""
-    tap = conv_tap_energy(layer, in_hw, scale)
-    return (active.to(tap.dtype) * tap.unsqueeze(0)).flatten(1).sum(dim=1)
-
-
-def softmax_frobenius(layer: nn.Linear, logits: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+def softmax_frobenius(weight: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """``||(diag(p) - p p^T) W||_F^2`` per sample, via ``sum (S S) * (W W^T)``."""
-    w = layer.weight
-    if scale is not None:
-        w = w * scale.view(1, -1) if scale.numel() > 1 else w * scale.view(1, 1)
     p = torch.softmax(logits, dim=1)
     s = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
-    gram = w @ w.t()
+    gram = weight @ weight.t()
     return (torch.bmm(s, s) * gram.unsqueeze(0)).sum(dim=(1, 2))
 
 
-def layer_frobenius_norms(
-    model: nn.Sequential, clean: Activations, output: str = "softmax"
-) -> list[torch.Tensor]:
-    """Per-layer ``||d h_j / d h_{j-1}||_F^2`` (each shape ``(B,)``) for every Linear/Conv layer of
-    a robustkit Sequential, the output layer last (``output="none"`` leaves it out)."""
-    layers = list(model)
-    scale: torch.Tensor | None = None
-    n_relu = 0
-    n_lin = 0
+def layer_frobenius_norms(net: Network | nn.Module, clean: Activations, output: str = "softmax") -> list[torch.Tensor]:
+    """Per stage ``||d h_j / d h_{j-1}||_F^2`` (each ``(B,)``): a stage is the linear layers between
+    two nonlinear operators (one of them mixing inputs: a Dense, a Conv, a residual sum; diagonal maps
+    and selections before or after it fold in) and the operator after them, whose derivative at
+    the clean point scales the rows: ``sum_i f'(z_i)^2 ||J_i||^2`` with the rows' squared norms from
+    :meth:`LinearLayer.row_energy`. The output stage last (``output``: the softmax Jacobian, the
+    logits', or none)."""
+    net = clean.network if not isinstance(net, Network) else net
     norms: list[torch.Tensor] = []
-    for i, layer in enumerate(layers):
-        if isinstance(layer, Normalize):
-            if n_lin > 0:
-                raise InputError("contractive: Normalize is only supported in front of the first layer")
-            scale = (1.0 / layer.std).flatten()
-        elif isinstance(layer, nn.Flatten):
-            continue
-        elif isinstance(layer, nn.ReLU):
-            n_relu += 1
-        elif isinstance(layer, (nn.Linear, nn.Conv2d)):
-            inp = clean.linear_inputs[n_lin]
-            n_lin += 1
-            followed_by_relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
-            if followed_by_relu:
-                active = clean.preacts[n_relu] > 0
-                if isinstance(layer, nn.Conv2d):
-                    norms.append(conv_relu_frobenius(layer, active, tuple(inp.shape[-2:]), scale))
-                else:
-                    norms.append(linear_relu_frobenius(layer, active, _flat_scale(scale, inp)))
-            elif i == len(layers) - 1 and isinstance(layer, nn.Linear):
-                if output == "softmax":
-                    norms.append(softmax_frobenius(layer, clean.logits, _flat_scale(scale, inp)))
-                elif output == "logits":
-                    w = layer.weight
-                    fs = _flat_scale(scale, inp)
-                    if fs is not None:
-                        w = w * fs.view(1, -1) if fs.numel() > 1 else w * fs.view(1, 1)
-                    norms.append(w.pow(2).sum().expand(clean.logits.shape[0]))
-            else:
-                raise InputError(
-                    "contractive: every Linear/Conv layer must be followed by a ReLU, except a final Linear "
-                    f"output layer (layer {i}: {type(layer).__name__})"
-                )
-            scale = None
+    dtype = clean.logits.dtype
+    sigma = torch.ones(1, net.in_dim, dtype=dtype)  # squared scales of diagonal maps so far
+    energy: torch.Tensor | None = None  # rows' squared norms of the stage's mixing layer
+    mixing = None
+    disjoint = False  # the stage's rows so far have disjoint supports (another mixing layer composes)
+    for i, layer in enumerate(net.layers):
+        if layer.nonlinear:
+            if energy is not None:
+                deriv = layer.derivative(clean.inputs[i])  # type: ignore[attr-defined]
+                norms.append((deriv.pow(2) * energy).sum(1))
+            energy, mixing = None, None
+            sigma = torch.ones(1, layer.out_dim, dtype=dtype)
+        elif layer.mixes and energy is None:
+            energy, mixing, disjoint = layer.row_energy(sigma), i, layer.feeds_once
+        elif energy is None:
+            sigma = layer.row_energy(sigma)
+        elif layer.mixes and not disjoint:
+            raise InputError(f"contractive: layers {mixing} and {i} ({layer.describe()}) both mix inputs with "
+                             "no operator between them: no closed-form Jacobian per layer")
         else:
-            raise InputError(f"contractive: unsupported layer {type(layer).__name__} at position {i}")
+            energy, mixing, disjoint = layer.row_energy(energy), (i if layer.mixes else mixing), disjoint and layer.feeds_once
+    if energy is not None and output != "none":
+        last = net.layers[mixing] if mixing is not None else None
+        if output == "logits":
+            norms.append(energy.sum(1).expand(clean.logits.shape[0]))
+        elif last is not None and mixing == len(net.layers) - 1:
+            eye = torch.eye(last.out_dim, dtype=dtype)
+            weight = last.backward(eye) * sigma.sqrt()  # W itself (any linear layer), differentiable
+            norms.append(softmax_frobenius(weight, clean.logits))
+        else:
+            raise InputError("contractive: the softmax Jacobian needs the net to end in a linear layer that mixes "
+                             "its inputs (use output=logits or none)")
     return norms
-
-
-def _flat_scale(scale: torch.Tensor | None, inp: torch.Tensor) -> torch.Tensor | None:
-    """Expand a per-channel scale to the flattened features a Linear layer sees."""
-    if scale is None or scale.numel() == 1:
-        return scale
-    features = inp.shape[1]
-    if features % scale.numel() != 0:
-        raise InputError("contractive: cannot map the Normalize channels onto the Linear layer's features")
-    return scale.repeat_interleave(features // scale.numel())
 
 
 class Contractive(Regularizer):
@@ -179,20 +123,21 @@ class Contractive(Regularizer):
 
     name = "contractive"
     paper = "Gu & Rigazio 2015, Towards Deep Neural Network Architectures Robust to Adversarial Examples, Sec. 4.2 Eq. (6)"
-
-    def __init__(self, config: ContractiveConfig | None = None) -> None:
-        self.config = config or ContractiveConfig()
+    summary = "sum_j lambda_j ||dh_j/dh_{j-1}||_F^2 layer-wise, closed form (operator derivatives, row norms, softmax Jacobian)"
+    terms = ("contractive",)
+    config_cls = ContractiveConfig
+    config: ContractiveConfig
 
     def __call__(
         self,
-        model: nn.Sequential,
+        model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,
         clean: Activations,
     ) -> RegOutput:
         cfg = self.config
-        norms = layer_frobenius_norms(model, clean, cfg.output)
+        norms = layer_frobenius_norms(clean.network, clean, cfg.output)
         lw = cfg.layer_weights or (1.0,) * len(norms)
         if len(lw) != len(norms):
             raise InputError(

@@ -5,7 +5,7 @@ al.: 32.04% verified on CIFAR-10 at 8/255, with a larger net).
 
 Sec. 3: propagate the L-inf box around each input (radius the trainer's ``state.eps`` unless
 ``eps`` is set, intersected with the input range) through the net with interval arithmetic
-(:func:`robustkit.regularizers.relu_stability.interval_forward`), and train on the worst-case
+(:func:`robustkit.network.passes.interval_pass` over the captured network), and train on the worst-case
 logits ``z_hat``: the cross-entropy of ``z_hat`` with ``z_hat_y = 0`` and ``z_hat_j`` an upper
 bound of ``z_j - z_y`` over the box. Those margins are bounded with the last linear layer merged
 into the specification (Sec. 3, "elision of the last layer"): ``(W_j - W_y) h + b_j - b_y`` over
@@ -14,7 +14,7 @@ objective ``kappa CE(z, y) + (1 - kappa) CE(z_hat, y)`` is here the trainer's cl
 ``weight * CE(z_hat, y)`` (``weight = 1``: kappa = 1/2, Gowal et al.'s final value); the eps
 ramp of the trainer (``--eps-start``, ``--eps-ramp``) is Gowal et al.'s eps schedule, which they
 found essential. Verification is exact (MILP / branch and bound), not IBP: the IBP bound only
-trains. Layers as in ``relu-stability`` (Normalize, Conv2d, Linear, ReLU, Flatten).
+trains. Any module :func:`robustkit.network.torch_capture.capture` reads.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustkit.nets import Activations
+from robustkit.network import Network
+from robustkit.network.passes import Activations, interval_pass
+from robustkit.network.torch_capture import network_of
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 from robustkit.regularizers.options import require_nonneg
 from robustkit.regularizers.perturb import clip_to_range
-from robustkit.regularizers.relu_stability import interval_forward
 
 
 @dataclass(frozen=True)
@@ -43,18 +44,23 @@ class IBPConfig:
         require_nonneg("ibp", weight=self.weight, eps=self.eps)
 
 
-def worst_case_margins(model: nn.Sequential, lower: torch.Tensor, upper: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def worst_case_margins(net: Network | nn.Module, lower: torch.Tensor, upper: torch.Tensor, y: torch.Tensor
+                       ) -> torch.Tensor:
     """``(B, classes)``: upper bounds of ``z_j - z_y`` over the box ``[lower, upper]`` (0 at ``j = y``),
-    with the last layer merged into the margins when it is an ``nn.Linear``."""
-    last = model[-1]
-    if isinstance(last, nn.Linear):
-        _, center, radius = interval_forward(model[:-1], lower, upper, "ibp")
-        diff_w = last.weight.unsqueeze(0) - last.weight[y].unsqueeze(1)  # (B, classes, hidden)
-        diff_b = last.bias.unsqueeze(0) - last.bias[y].unsqueeze(1)
-        flat_c, flat_r = center.flatten(1).unsqueeze(2), radius.flatten(1).unsqueeze(2)
-        margins = (diff_w @ flat_c).squeeze(2) + (diff_w.abs() @ flat_r).squeeze(2) + diff_b
+    with the last layer merged into the margins when it is linear (a module: its captured layers)."""
+    net = network_of(net, lower)
+    last = net.layers[-1]
+    if not last.nonlinear:
+        sub = Network(net.layers[:-1], net.sample_shape, net.onnx_input_shape)
+        _, center, radius = interval_pass(sub, lower, upper)
+        k = last.out_dim
+        eye = torch.eye(k, dtype=center.dtype, device=center.device)
+        diff = eye.unsqueeze(0) - eye[y].unsqueeze(1)  # (B, classes, classes): e_j - e_y
+        A = last.backward(diff)  # (B, classes, hidden)
+        c = diff @ last.bias_tensor(center.dtype).to(center.device)
+        margins = (A @ center.unsqueeze(2)).squeeze(2) + (A.abs() @ radius.unsqueeze(2)).squeeze(2) + c
     else:
-        _, center, radius = interval_forward(model, lower, upper, "ibp")
+        _, center, radius = interval_pass(net, lower, upper)
         lo, hi = center - radius, center + radius
         margins = hi - lo.gather(1, y.unsqueeze(1))
     return margins.scatter(1, y.unsqueeze(1), 0.0)
@@ -64,14 +70,15 @@ class IBPTraining(Regularizer):
     """weight * CE(z_hat, y) on the IBP worst-case logits over the eps box (Gowal et al. 2018)."""
 
     name = "ibp"
-    paper = "Gowal et al. 2018, On the Effectiveness of Interval Bound Propagation for Training Verifiably Robust Models, Sec. 3, Eq. (6)-(8)"
-
-    def __init__(self, config: IBPConfig | None = None) -> None:
-        self.config = config or IBPConfig()
+    paper = "Gowal et al. 2018, On the Effectiveness of Interval Bound Propagation for Training Verifiably Robust Models, Sec. 3, Eq. (6)-(8); certified-training baseline of Jin & Rinard 2020 Table 1"
+    summary = "weight * CE of the interval worst-case logits over the eps-box (last layer merged into the margins)"
+    terms = ("ibp",)
+    config_cls = IBPConfig
+    config: IBPConfig
 
     def __call__(
         self,
-        model: nn.Sequential,
+        model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,
@@ -82,7 +89,7 @@ class IBPTraining(Regularizer):
         x0 = x.detach()
         lower = clip_to_range(x0 - eps, state.input_range)
         upper = clip_to_range(x0 + eps, state.input_range)
-        margins = worst_case_margins(model, lower, upper, y)
+        margins = worst_case_margins(clean.network, lower, upper, y)
         loss = F.cross_entropy(margins, y)
         out = RegOutput()
         out.terms["ibp"] = cfg.weight * loss

@@ -48,7 +48,9 @@ import torch
 from torch import nn
 
 from robustkit.errors import InputError
-from robustkit.nets import Activations, Residual
+from robustkit.network import Network
+from robustkit.network.passes import Activations
+from robustkit.network.torch_capture import network_of
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 from robustkit.regularizers.options import require_nonneg, require_positive
 from robustkit.regularizers.perturb import check_range, random_signs
@@ -221,32 +223,57 @@ class CornerPasses:
 
 
 def corner_passes(
-    model: nn.Sequential, x_plus: torch.Tensor, x_minus: torch.Tensor, alpha: float | None, logits: bool = True
+    net: Network | nn.Module, x_plus: torch.Tensor, x_minus: torch.Tensor, alpha: float | None, logits: bool = True
 ) -> CornerPasses:
-    """Run x+ and x- through the net side by side, layer by layer, as
-    :func:`robustkit.nets.forward_with_activations` would (Residual bodies included); every ReLU
-    is a :class:`ReluHamming` when ``alpha`` is given. Without ``logits``, the layers after the
-    last ReLU are not run."""
+    """Run x+ and x- through the network's operators side by side, layer by layer, as
+    :func:`robustkit.network.passes.forward_with_activations` would (a lowered graph's residual
+    sums and carried tensors included); every ReLU's neurons (the model's own: not a lowered
+    MaxPool's) are a :class:`ReluHamming` when
+    ``alpha`` is given (a nonlinear operator of another kind then refuses: the Hamming relaxation of
+    Jin & Rinard is defined on ReLU activation patterns). Without ``logits``, the layers after the
+    last nonlinear operator are not run."""
     out = CornerPasses()
-
-    def walk(seq: nn.Sequential, hp: torch.Tensor, hm: torch.Tensor, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        for layer in list(seq)[:stop]:
-            if isinstance(layer, nn.ReLU) and alpha is not None:
-                hp, hm, norm = ReluHamming.apply(hp, hm, alpha)
-                out.hamming.append(norm / (2.0 * hp[0].numel()))
-                out.flips.append(_flips(hp, hm))
-            elif isinstance(layer, Residual):
-                bp, bm = walk(layer.body, hp, hm, len(layer.body))
-                hp, hm = hp + bp, hm + bm
-            else:
-                hp, hm = layer(hp), layer(hm)
-        return hp, hm
-
-    with_relu = [i + 1 for i, layer in enumerate(model) if any(isinstance(m, nn.ReLU) for m in layer.modules())]
-    stop = len(model) if logits else max(with_relu, default=0)
-    hp, hm = walk(model, x_plus, x_minus, stop)
+    net = network_of(net, x_plus)
+    layers = net.layers
+    stop = len(layers) if logits else max([i + 1 for i in net.activation_indices], default=0)
+    hp, hm = x_plus.reshape(x_plus.shape[0], -1), x_minus.reshape(x_minus.shape[0], -1)
+    for layer in layers[:stop]:
+        if alpha is not None and layer.nonlinear and getattr(layer, "part_of", None) is None:
+            if not layer.piecewise_linear:  # type: ignore[attr-defined]
+                raise InputError("the Hamming regularizer needs piecewise-linear operators (an activation pattern); "
+                                 f"the net has {layer.describe()}")
+            ident = None if layer.identity is None else layer.identity.to(hp.device)  # type: ignore[attr-defined]
+            if layer.is_relu:  # type: ignore[attr-defined]  # the fused kernel: ReLU and its norm in one
+                if ident is None:
+                    hp, hm, norm = ReluHamming.apply(hp, hm, alpha)
+                    real_p, real_m = hp, hm
+                else:  # a lowered graph: the ReLU's own neurons, the carried coordinates unchanged
+                    rp, rm, norm = ReluHamming.apply(hp[:, ~ident], hm[:, ~ident], alpha)
+                    hp = _carry(hp, ident, rp)
+                    hm = _carry(hm, ident, rm)
+                    real_p, real_m = rp, rm
+                out.hamming.append(norm / (2.0 * real_p[0].numel()))
+                out.flips.append(_flips(real_p, real_m))
+            else:  # any piecewise-linear operator: its pattern is the side of each kink
+                zp, zm = (hp, hm) if ident is None else (hp[:, ~ident], hm[:, ~ident])
+                kinks = layer.breakpoints(zp)  # type: ignore[attr-defined]
+                dp = (zp.unsqueeze(-1) - kinks).flatten(1)
+                dm = (zm.unsqueeze(-1) - kinks).flatten(1)
+                out.hamming.append(HammingNorm.apply(dp, dm, alpha) / (2.0 * dp[0].numel()))
+                with torch.no_grad():
+                    out.flips.append((torch.sign(dp) != torch.sign(dm)).sum(1).to(dp.dtype))
+                hp, hm = layer.forward(hp), layer.forward(hm)
+        else:
+            hp, hm = layer.forward(hp), layer.forward(hm)
     if logits:
         out.logits_plus, out.logits_minus = hp, hm
+    return out
+
+
+def _carry(h: torch.Tensor, ident: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """``h`` with its non-identity coordinates replaced by ``own`` (in order)."""
+    out = h.clone()
+    out[:, ~ident] = own
     return out
 
 
@@ -255,9 +282,11 @@ class JinRinard(Regularizer):
 
     name = "jin-rinard"
     paper = "Jin & Rinard 2020, Manifold Regularization for Locally Stable Deep Neural Networks, Sec. 5.3-5.4, Eq. (7), Appendix B"
-
-    def __init__(self, config: JinRinardConfig | None = None) -> None:
-        self.config = config or JinRinardConfig()
+    summary = ("intrinsic + Hamming regularizers on random opposite corners of the eps-box, x10 ramp epochs 20-80 "
+               "(the small verification model's gamma_I 0.4, gamma_H 9000)")
+    terms = ("intrinsic", "hamming")
+    config_cls = JinRinardConfig
+    config: JinRinardConfig
 
     @property
     def scale_sensitive(self) -> bool:
@@ -270,7 +299,7 @@ class JinRinard(Regularizer):
 
     def __call__(
         self,
-        model: nn.Sequential,
+        model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,
@@ -285,7 +314,8 @@ class JinRinard(Regularizer):
         eps = state.eps if cfg.eps is None else cfg.eps
         x_plus, x_minus = corner_pair(x, eps, state.input_range)
         with_hamming = cfg.hamming_weight > 0
-        passes = corner_passes(model, x_plus, x_minus, cfg.alpha if with_hamming else None, cfg.intrinsic_weight > 0)
+        passes = corner_passes(clean.network, x_plus, x_minus, cfg.alpha if with_hamming else None,
+                               cfg.intrinsic_weight > 0)
         if cfg.intrinsic_weight > 0:
             intrinsic = intrinsic_term(passes.logits_plus, passes.logits_minus).mean()
             out.terms["intrinsic"] = gamma_i * intrinsic

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustkit.errors import InputError
-from robustkit.nets import Activations, forward_with_activations
+from robustkit.network.passes import Activations, forward_with_activations
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 from robustkit.regularizers.options import require_choice, require_nonneg, require_positive
 from robustkit.regularizers.perturb import clip_to_range, power_iteration
@@ -157,9 +157,13 @@ class MAT(Regularizer):
 
     name = "mat"
     paper = "Zhang, Huang, Zhu, Liu, Manifold Adversarial Learning, Sec. III-D (Eq. 2, Prop. III.1), III-F, III-G, III-H (Thm. III.4)"
+    summary = "class-GMM information term + KL smoothness of mixture posteriors and outputs at the power-iteration perturbation"
+    terms = ("mat_info", "mat_smooth")
+    config_cls = MATConfig
+    config: MATConfig
 
     def __init__(self, config: MATConfig | None = None) -> None:
-        self.config = config or MATConfig()
+        super().__init__(config)
         self.gmm: ClassGaussianMixture | None = None
 
     def _mixture(self, num_classes: int) -> ClassGaussianMixture:
@@ -177,7 +181,7 @@ class MAT(Regularizer):
 
     def __call__(
         self,
-        model: nn.Sequential,
+        model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,
@@ -208,7 +212,7 @@ class MAT(Regularizer):
                 x_r = x.detach() + r
                 if cfg.clip:
                     x_r = clip_to_range(x_r, state.input_range)
-                acts = forward_with_activations(model, x_r)
+                acts = forward_with_activations(clean.network, x_r)
                 kl_lat = categorical_kl(lat_p, gmm.log_posterior(acts.last_hidden, ident))
                 kl_out = categorical_kl(out_p, torch.log_softmax(acts.logits, dim=1))
                 return kl_lat, kl_out

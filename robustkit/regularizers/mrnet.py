@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from robustkit.nets import Activations, forward_with_activations
+from robustkit.network.passes import Activations, forward_with_activations
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 from robustkit.regularizers.options import require_choice, require_nonneg
 from robustkit.regularizers.perturb import input_gradient, l2_step, sign_step
@@ -69,14 +69,15 @@ class MRnet(Regularizer):
     """lambda * mean_i ||phi(x_i) - phi(x_i^adv)||^2 on the last hidden layer, after a warm-up."""
 
     name = "mrnet"
-    paper = "Lee, Choi, Yoon 2015, Manifold Regularized Deep Neural Networks using Adversarial Examples, Sec. 3 Eq. (3)-(5),(10); Appendix"
-
-    def __init__(self, config: MRnetConfig | None = None) -> None:
-        self.config = config or MRnetConfig()
+    paper = "Lee, Choi, Yoon 2015, Manifold Regularized Deep Neural Networks using Adversarial Examples, Sec. 3 Eq. (3)-(5),(10); Appendix (MNIST eps = 2)"
+    summary = "lambda * ||phi(x) - phi(x + eps g/||g||)||^2 on the last hidden layer, after a warm-up"
+    terms = ("mrnet",)
+    config_cls = MRnetConfig
+    config: MRnetConfig
 
     def __call__(
         self,
-        model: nn.Sequential,
+        model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,
@@ -88,7 +89,7 @@ class MRnet(Regularizer):
             out.metrics["mrnet_active"] = 0.0
             return out
         x_adv = mrnet_adversarial(model, x, y, cfg.eps, cfg.norm, state.input_range)
-        phi_adv = forward_with_activations(model, x_adv).last_hidden
+        phi_adv = forward_with_activations(clean.network, x_adv).last_hidden
         dist = manifold_loss(clean.last_hidden, phi_adv).mean()
         out.terms["mrnet"] = cfg.weight * dist
         out.metrics["mrnet_active"] = 1.0

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustkit.nets import Activations
+from robustkit.network.passes import Activations
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 
 
@@ -23,13 +23,14 @@ class NoRegularizer(Regularizer):
 
     name = "none"
     paper = "baseline: standard back-propagation on the clean cross-entropy"
-
-    def __init__(self, config: NoneConfig | None = None) -> None:
-        self.config = config or NoneConfig()
+    summary = "plain cross-entropy, no extra term"
+    terms = ()
+    config_cls = NoneConfig
+    config: NoneConfig
 
     def __call__(
         self,
-        model: nn.Sequential,
+        model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustkit.errors import InputError
-from robustkit.nets import Activations
+from robustkit.network.passes import Activations
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 from robustkit.regularizers.options import require_nonneg
 from robustkit.regularizers.perturb import clip_to_range, input_gradient
@@ -71,14 +71,16 @@ class PGDTraining(Regularizer):
     """Replace the clean CE by the CE at a k-step PGD point (Madry et al. 2018)."""
 
     name = "pgd"
-    paper = "Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks, Eq. (2.1), Sec. 4"
-
-    def __init__(self, config: PGDConfig | None = None) -> None:
-        self.config = config or PGDConfig()
+    paper = "Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks, Eq. (2.1), Sec. 4; baseline of Xiao et al. 2019 / Jin & Rinard 2020 Table 1"
+    summary = "train on a k-step L-inf PGD point with random start (eps = trainer's eps)"
+    terms = ("pgd",)
+    config_cls = PGDConfig
+    replaces_clean_loss = True
+    config: PGDConfig
 
     def __call__(
         self,
-        model: nn.Sequential,
+        model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from robustkit.errors import InputError
 from robustkit.numbers import parse_number
@@ -33,17 +33,43 @@ from robustkit.regularizers.relu_stability import ReluStability, ReluStabilityCo
 
 @dataclass(frozen=True)
 class RegularizerEntry:
-    """A registered name: its class, config, preset (config overrides) and documentation."""
+    """A spec name: a :class:`Regularizer` class as it declares itself, or one of its presets
+    (config overrides under another name, e.g. ``intrinsic``: JinRinard with the Hamming term off)."""
 
     name: str
-    paper: str
-    summary: str
-    terms: tuple[str, ...]
-    config_cls: type
-    factory: Callable[[Any], Regularizer]
+    cls: type[Regularizer]
     preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    weight_field: str = "weight"
-    replaces_clean_loss: bool = False
+    note: str = ""  # what the preset changes, appended to the class's paper reference
+    summary_override: str = ""
+    terms_override: tuple[str, ...] | None = None
+    weight_field_override: str = ""
+
+    @property
+    def paper(self) -> str:
+        return f"{self.cls.paper} {self.note}".strip()
+
+    @property
+    def summary(self) -> str:
+        return self.summary_override or self.cls.summary
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return self.cls.terms if self.terms_override is None else self.terms_override
+
+    @property
+    def weight_field(self) -> str:
+        return self.weight_field_override or self.cls.weight_field
+
+    @property
+    def config_cls(self) -> type:
+        return self.cls.config_cls
+
+    @property
+    def replaces_clean_loss(self) -> bool:
+        return self.cls.replaces_clean_loss
+
+    def factory(self, config: Any) -> Regularizer:
+        return self.cls(config)
 
     def defaults(self) -> dict[str, Any]:
         """Every option with its value under this preset."""
@@ -72,110 +98,54 @@ class RegularizerInfo:
     replaces_clean_loss: bool
 
 
-_APPENDIX_B = "Jin & Rinard 2020, Sec. 5.3-5.4, Eq. (7); Appendix B"
+def _preset(cls: type[Regularizer], name: str, note: str, summary: str, weight_field: str = "",
+            terms: tuple[str, ...] | None = None, **options: Any) -> RegularizerEntry:
+    return RegularizerEntry(name, cls, MappingProxyType(options), note, summary, terms, weight_field)
 
-_ENTRIES: tuple[RegularizerEntry, ...] = (
-    RegularizerEntry(
-        "none", "baseline", "plain cross-entropy, no extra term", (), NoneConfig, NoRegularizer
-    ),
-    RegularizerEntry(
-        "mrnet",
-        "Lee, Choi, Yoon 2015 (MRnet), Sec. 3 Eq. (3)-(5),(10); Appendix (MNIST eps = 2)",
-        "lambda * ||phi(x) - phi(x + eps g/||g||)||^2 on the last hidden layer, after a warm-up",
-        ("mrnet",),
-        MRnetConfig,
-        MRnet,
-    ),
-    RegularizerEntry(
-        "mat",
-        "Zhang, Huang, Zhu, Liu (MAT), Sec. III-D..III-H, Prop. III.1, Thm. III.4",
-        "class-GMM information term + KL smoothness of mixture posteriors and outputs at the power-iteration perturbation",
-        ("mat_info", "mat_smooth"),
-        MATConfig,
-        MAT,
-    ),
-    RegularizerEntry(
-        "jin-rinard",
-        _APPENDIX_B + " (small verification model: gamma_I 0.4, gamma_H 9000)",
-        "intrinsic + Hamming regularizers on random opposite corners of the eps-box, x10 ramp epochs 20-80",
-        ("intrinsic", "hamming"),
-        JinRinardConfig,
-        JinRinard,
-    ),
-    RegularizerEntry(
-        "jin-rinard-large",
-        _APPENDIX_B + " (large model: gamma_I 0.8, gamma_H 2400)",
-        "as jin-rinard with the large-model starting weights",
-        ("intrinsic", "hamming"),
-        JinRinardConfig,
-        JinRinard,
-        preset=MappingProxyType({"intrinsic_weight": 0.8, "hamming_weight": 2400.0}),
-    ),
-    RegularizerEntry(
-        "intrinsic",
-        _APPENDIX_B + " (gamma_I of the small model)",
-        "gamma_I * ||f(x+) - f(x-)||^2 on the logits (ramped x10, epochs 20-80)",
-        ("intrinsic",),
-        JinRinardConfig,
-        JinRinard,
-        preset=MappingProxyType({"intrinsic_weight": 0.4, "hamming_weight": 0.0}),
-        weight_field="intrinsic_weight",
-    ),
-    RegularizerEntry(
-        "hamming",
-        _APPENDIX_B + " (gamma_H of the small model, alpha = 8)",
-        "gamma_H * mean_layers ||tanh(a z+) - tanh(a z-)||_2 / (2 n_l) on ReLU pre-activations (ramped x10)",
-        ("hamming",),
-        JinRinardConfig,
-        JinRinard,
-        preset=MappingProxyType({"intrinsic_weight": 0.0, "hamming_weight": 9000.0}),
-        weight_field="hamming_weight",
-    ),
-    RegularizerEntry(
-        "contractive",
-        "Gu & Rigazio 2015 (Deep Contractive Networks), Sec. 4.2 Eq. (6)",
-        "sum_j lambda_j ||dh_j/dh_{j-1}||_F^2 layer-wise, closed form (ReLU masks, conv tap counts, softmax Jacobian)",
-        ("contractive",),
-        ContractiveConfig,
-        Contractive,
-    ),
-    RegularizerEntry(
-        "advprop",
-        "Nokland 2015, Sec. 2 Eq. (1)-(2), Alg. 1; Sec. 3 (MNIST eps = 0.08)",
-        "train on clip(x + eps sign(grad_x CE)) instead of x",
-        ("advprop", "advprop_clean"),
-        AdvPropConfig,
-        AdvProp,
-        replaces_clean_loss=True,
-    ),
-    RegularizerEntry(
-        "pgd",
-        "Madry et al. 2018, Eq. (2.1); baseline of Xiao et al. 2019 / Jin & Rinard 2020 Table 1",
-        "train on a k-step L-inf PGD point with random start (eps = trainer's eps)",
-        ("pgd",),
-        PGDConfig,
-        PGDTraining,
-        replaces_clean_loss=True,
-    ),
-    RegularizerEntry(
-        "ibp",
-        "Gowal et al. 2018, Sec. 3, Eq. (6)-(8); certified-training baseline of Jin & Rinard 2020 Table 1",
-        "weight * CE of the interval worst-case logits over the eps-box (last layer merged into the margins)",
-        ("ibp",),
-        IBPConfig,
-        IBPTraining,
-    ),
-    RegularizerEntry(
-        "relu-stability",
-        "Xiao et al. 2019, Sec. 4.2 (RS loss); IBP bounds",
-        "sum over ReLUs of -tanh(1 + l*u) with interval bounds on the eps-box",
-        ("relu_stability",),
-        ReluStabilityConfig,
-        ReluStability,
-    ),
+
+_REGISTRY: dict[str, RegularizerEntry] = {}
+REGULARIZERS: Mapping[str, RegularizerEntry] = MappingProxyType(_REGISTRY)
+
+
+def register(cls: type[Regularizer], *presets: RegularizerEntry) -> type[Regularizer]:
+    """Make ``cls`` (and its presets) spec names. A name already taken raises ``ValueError``;
+    two names producing the same loss term are refused at build time. Usable as a decorator.
+    A class that does not declare ``name`` and a frozen dataclass ``config_cls`` holding its
+    ``weight_field`` raises ``TypeError``."""
+    missing = [a for a in ("name", "config_cls") if not hasattr(cls, a)]
+    if missing:
+        raise TypeError(f"regularizer {cls.__name__} must declare {', '.join(missing)}")
+    if not (dataclasses.is_dataclass(cls.config_cls) and cls.config_cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+        raise TypeError(f"regularizer {cls.__name__}: config_cls must be a frozen dataclass")
+    if cls.weight_field not in {f.name for f in dataclasses.fields(cls.config_cls)}:
+        raise TypeError(f"regularizer {cls.__name__}: {cls.config_cls.__name__} has no option {cls.weight_field!r}")
+    for entry in (RegularizerEntry(cls.name, cls), *presets):
+        if entry.name in _REGISTRY and _REGISTRY[entry.name].cls is not entry.cls:
+            raise ValueError(f"regularizer name {entry.name!r} is taken by {_REGISTRY[entry.name].cls.__name__}")
+        entry.make_config()  # the preset's options exist and pass the config's checks
+        _REGISTRY[entry.name] = entry
+    return cls
+
+
+register(NoRegularizer)
+register(MRnet)
+register(MAT)
+register(
+    JinRinard,
+    _preset(JinRinard, "jin-rinard-large", "(large model: gamma_I 0.8, gamma_H 2400)",
+            "as jin-rinard with the large-model starting weights", intrinsic_weight=0.8, hamming_weight=2400.0),
+    _preset(JinRinard, "intrinsic", "(gamma_I of the small model; the Hamming term off)",
+            "gamma_I * ||f(x+) - f(x-)||^2 on the logits (ramped x10, epochs 20-80)", "intrinsic_weight",
+            ("intrinsic",), intrinsic_weight=0.4, hamming_weight=0.0),
+    _preset(JinRinard, "hamming", "(gamma_H of the small model, alpha = 8; the intrinsic term off)",
+            "gamma_H * mean_layers ||tanh(a z+) - tanh(a z-)||_2 / (2 n_l) on ReLU pre-activations (ramped x10)",
+            "hamming_weight", ("hamming",), intrinsic_weight=0.0, hamming_weight=9000.0),
 )
-
-REGULARIZERS: Mapping[str, RegularizerEntry] = MappingProxyType({e.name: e for e in _ENTRIES})
+register(Contractive)
+register(AdvProp)
+register(PGDTraining)
+register(IBPTraining)
+register(ReluStability)
 
 
 def regularizer_names() -> list[str]:
@@ -280,5 +250,5 @@ def describe_regularizers() -> list[RegularizerInfo]:
             defaults=e.defaults(),
             replaces_clean_loss=e.replaces_clean_loss,
         )
-        for e in _ENTRIES
+        for e in REGULARIZERS.values()
     ]

@@ -6,8 +6,10 @@ Xiao et al. Sec. 4.2 (RS loss): for a ReLU whose pre-activation lies in ``[l, u]
 ball, ``-tanh(1 + l * u)`` is a smooth surrogate of "unstable" (``l < 0 < u`` makes ``l * u``
 negative); the loss sums it over all ReLUs of the net (per sample; batch mean here). Xiao et al.
 bound ``[l, u]`` with (improved) interval arithmetic; robustkit uses plain interval bound
-propagation (IBP) through the ``nn.Sequential`` -- :func:`interval_preactivations`, a small
-training-only implementation (center/radius form: ``W c + b``, ``|W| r``). The eps ball is the
+propagation (IBP) through the network's operators, the verifier's own classes
+(:func:`robustkit.network.passes.interval_pass`, differentiable in the parameters of the captured
+module), so MaxPool and residual nets count their ReLUs as the verifier does; an operator with
+kinks elsewhere (HardTanh) counts each kink ``b`` with ``(l - b)(u - b)``. The eps ball is the
 L-inf ball of radius ``state.eps`` (unless ``eps`` is set), intersected with the input range.
 The default ``weight`` is robustkit's choice (Xiao et al. tune it per dataset and eps).
 """
@@ -17,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from robustkit.errors import InputError
-from robustkit.nets import Activations, Normalize
+from robustkit.network import Network
+from robustkit.network.passes import Activations, interval_pass
+from robustkit.network.torch_capture import network_of
 from robustkit.regularizers.base import RegOutput, Regularizer, ScheduleState
 from robustkit.regularizers.options import require_nonneg
 from robustkit.regularizers.perturb import clip_to_range
@@ -39,46 +41,28 @@ class ReluStabilityConfig:
 
 
 def interval_preactivations(
-    model: nn.Sequential, lower: torch.Tensor, upper: torch.Tensor
+    net: Network | nn.Module, lower: torch.Tensor, upper: torch.Tensor
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """IBP through a robustkit Sequential: ``(l, u)`` of every ReLU input, differentiable."""
-    return interval_forward(model, lower, upper, "relu-stability")[0]
+    """IBP through the network's operators (a module: its captured layers): ``(l - b, u - b)``
+    around every kink ``b`` of every piecewise-linear operator's neurons (for a ReLU its input
+    bounds), differentiable."""
+    net = network_of(net, lower)
+    bounds, _, _ = interval_pass(net, lower, upper)
+    return kink_bounds(net, bounds)
 
 
-def interval_forward(
-    model: nn.Sequential, lower: torch.Tensor, upper: torch.Tensor, who: str = "interval bounds"
-) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]:
-    """IBP through a robustkit Sequential: ``(l, u)`` of every ReLU input, and the center and
-    radius of the output box (all differentiable); ``who`` names the caller in the error a layer
-    it cannot bound raises."""
-    center = (upper + lower) * 0.5
-    radius = (upper - lower) * 0.5
-    bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for i, layer in enumerate(model):
-        if isinstance(layer, Normalize):
-            center = (center - layer.mean) / layer.std
-            radius = radius / layer.std
-        elif isinstance(layer, nn.Flatten):
-            center, radius = layer(center), layer(radius)
-        elif isinstance(layer, nn.Linear):
-            center = F.linear(center, layer.weight, layer.bias)
-            radius = F.linear(radius, layer.weight.abs())
-        elif isinstance(layer, nn.Conv2d):
-            if layer.padding_mode != "zeros":
-                raise InputError(f"{who}: conv padding_mode {layer.padding_mode!r} unsupported")
-            center = F.conv2d(center, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
-            radius = F.conv2d(radius, layer.weight.abs(), None, layer.stride, layer.padding, layer.dilation, layer.groups)
-        elif isinstance(layer, nn.ReLU):
-            lo, hi = center - radius, center + radius
-            bounds.append((lo, hi))
-            # relu, not clamp_min(0): the same values, and a cheaper backward (one threshold pass
-            # instead of a compare and a where); its subgradient at exactly 0 is 0, as the net's own
-            # ReLU. x * 0.5 is x / 2 exactly, and a multiply is cheaper than a divide.
-            lo, hi = torch.relu(lo), torch.relu(hi)
-            center, radius = (hi + lo) * 0.5, (hi - lo) * 0.5
-        else:
-            raise InputError(f"{who}: unsupported layer {type(layer).__name__} at position {i}")
-    return bounds, center, radius
+def kink_bounds(net: Network, bounds: list[tuple[torch.Tensor, torch.Tensor]]
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The bounds of each nonlinear operator's input (from :func:`interval_pass`) around its kinks:
+    one pair per kink (a ReLU's: the bounds themselves; Sigmoid/Tanh: none)."""
+    out = []
+    for pos, (lo, hi) in zip(net.activation_indices, bounds):
+        layer = net.layers[pos]
+        if not layer.piecewise_linear:  # type: ignore[attr-defined]
+            continue
+        for b in layer.breakpoints(lo).tolist():  # type: ignore[attr-defined]
+            out.append((lo, hi) if b == 0 else (lo - b, hi - b))
+    return out
 
 
 def rs_loss(bounds: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -117,14 +101,15 @@ class ReluStability(Regularizer):
     """weight * mean_i sum_ReLU -tanh(1 + l u) with IBP bounds on the eps ball."""
 
     name = "relu-stability"
-    paper = "Xiao et al. 2019, Training for Faster Adversarial Robustness Verification via Inducing ReLU Stability, Sec. 4.2 (RS loss)"
-
-    def __init__(self, config: ReluStabilityConfig | None = None) -> None:
-        self.config = config or ReluStabilityConfig()
+    paper = "Xiao et al. 2019, Training for Faster Adversarial Robustness Verification via Inducing ReLU Stability, Sec. 4.2 (RS loss); interval bounds"
+    summary = "sum over the kinks of every piecewise-linear operator of -tanh(1 + l*u) with interval bounds on the eps-box"
+    terms = ("relu_stability",)
+    config_cls = ReluStabilityConfig
+    config: ReluStabilityConfig
 
     def __call__(
         self,
-        model: nn.Sequential,
+        model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,
@@ -134,7 +119,7 @@ class ReluStability(Regularizer):
         eps = state.eps if cfg.eps is None else cfg.eps
         x0 = x.detach()
         bounds = interval_preactivations(
-            model, clip_to_range(x0 - eps, state.input_range), clip_to_range(x0 + eps, state.input_range)
+            clean.network, clip_to_range(x0 - eps, state.input_range), clip_to_range(x0 + eps, state.input_range)
         )
         out = RegOutput()
         if not bounds:

@@ -85,7 +85,7 @@ def relu_patterns(net: Network, x: torch.Tensor) -> list[torch.Tensor]:
     """Per ReLU layer of ``net``, the bool pattern ``pre-activation > 0`` (``(B, count)``) at the
     points ``x`` (``(B, in_dim)`` or ``(B, *sample_shape)``), evaluated in float64."""
     h = x.reshape(x.shape[0], -1).double()
-    relus = set(net.relu_indices)
+    relus = set(net.split_indices)
     out = []
     with torch.no_grad():
         for i, layer in enumerate(net.layers):
@@ -293,16 +293,21 @@ def stability_statistics(net: Network, images: torch.Tensor, labels: torch.Tenso
 
 
 def model_stability_report(model_path: Path, cfg: StatsConfig, dataset: str | None = None,
-                           data_dir: Path | None = None) -> StabilityReport:
+                           data_dir: Path | None = None, inputs: Path | None = None) -> StabilityReport:
     """Load the ONNX model and the first ``cfg.n`` test images of its dataset (the embedded
-    subset when no data directory is given) and compute :func:`stability_statistics`."""
-    from robustkit.data import dataset_info, load_dataset
+    subset when no data directory is given; the samples of ``inputs``, an .npz with x and y, when
+    given) and compute :func:`stability_statistics`."""
+    from robustkit.data import dataset_info, load_dataset, load_inputs
     from robustkit.network import load_onnx
 
     net = load_onnx(model_path)
-    name = dataset_of(net.metadata, dataset, model_path)
-    info = dataset_info(name)
-    ds = load_dataset(name, "test", data_dir).head(cfg.n)
+    if inputs is not None:
+        ds = load_inputs(inputs).head(cfg.n)
+        name, info = Path(inputs).name, ds.info
+    else:
+        name = dataset_of(net.metadata, dataset, model_path)
+        info = dataset_info(name)
+        ds = load_dataset(name, "test", data_dir).head(cfg.n)
     if len(ds) < cfg.n:
         logger.warning("only %d test images available from %s (asked for %d)", len(ds), ds.source, cfg.n)
     if ds.images[0].numel() != net.in_dim:

@@ -120,7 +120,7 @@ def save_model(
 class TrainedModel:
     """A model loaded from a run directory, with its configs and final metrics."""
 
-    model: nn.Sequential
+    model: nn.Module
     net_config: NetConfig
     config: TrainConfig
     metrics: dict[str, Any]

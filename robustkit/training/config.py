@@ -8,9 +8,9 @@ from typing import Any, Mapping
 
 import torch
 
-from robustkit.data import DatasetInfo, get_spec
+from robustkit.data import DatasetInfo, dataset_info, dataset_name
 from robustkit.errors import InputError
-from robustkit.nets import NETS, NetConfig
+from robustkit.nets import NetConfig, check_net_name
 from robustkit.training.schedule import LrKnots, validate_knots
 
 OPTIMIZERS = ("adam", "sgd")
@@ -27,7 +27,11 @@ class TrainConfig:
     ``eps`` ramps linearly from ``eps_start`` to ``eps`` between the epochs ``eps_ramp``
     (``(0, 0)``: no ramp). ``regularizers`` are spec strings for
     ``robustkit.regularizers.registry.build_regularizers`` (empty or ``"none"``: plain
-    cross-entropy). ``normalize=None`` uses the dataset's default (CIFAR-10: yes, MNIST: no).
+    cross-entropy). ``normalize=None`` uses the dataset's default (CIFAR-10: yes, MNIST: no);
+    ``mean``/``std`` (per channel, or one value for all) normalize with these statistics instead.
+    ``dataset``: ``mnist``, ``cifar10``, an ``.npz`` file or an ImageFolder folder
+    (:mod:`robustkit.data.files`); ``net``: a registered net or a user's factory
+    ``MODULE:FUNCTION`` / ``FILE.py:FUNCTION`` (:func:`robustkit.nets.build_net`).
     ``n_train`` keeps only the first training images (quick runs); ``n_eval`` is the size of
     the held-out test subset evaluated after every epoch.
     """
@@ -51,11 +55,16 @@ class TrainConfig:
     normalize: bool | None = None
     data_dir: str | None = None
     device: str = "cpu"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         # Normalize containers (JSON gives lists) and names, then validate.
         set_ = object.__setattr__
-        set_(self, "dataset", get_spec(self.dataset).info.name)
+        set_(self, "dataset", dataset_name(self.dataset))
+        for name in ("mean", "std"):
+            if getattr(self, name) is not None:
+                set_(self, name, tuple(float(v) for v in getattr(self, name)))
         set_(self, "hidden", tuple(int(h) for h in self.hidden))
         set_(self, "lr", tuple((float(e), float(v)) for e, v in self.lr))
         set_(self, "eps_ramp", tuple(float(v) for v in self.eps_ramp))
@@ -66,8 +75,13 @@ class TrainConfig:
         self._validate()
 
     def _validate(self) -> None:
-        if self.net not in NETS:
-            raise InputError(f"unknown net {self.net!r}; choose one of {sorted(NETS)}")
+        check_net_name(self.net)
+        if (self.mean is None) != (self.std is None):
+            raise InputError("give both --mean and --std, or neither")
+        if self.std is not None and (not self.std or any(not (v > 0 and math.isfinite(v)) for v in self.std)):
+            raise InputError(f"--std values must be positive, got {self.std}")
+        if self.mean is not None and (not self.mean or not all(math.isfinite(v) for v in self.mean)):
+            raise InputError(f"--mean values must be finite numbers, got {self.mean}")
         if self.hidden and self.net != "mlp":
             raise InputError(f"hidden widths apply only to the mlp net, not {self.net!r}")
         if any(h <= 0 for h in self.hidden):
@@ -99,11 +113,21 @@ class TrainConfig:
 
     @property
     def dataset_info(self) -> DatasetInfo:
-        return get_spec(self.dataset).info
+        return dataset_info(self.dataset)
 
     def net_config(self) -> NetConfig:
-        """The architecture this run trains (with the dataset's normalization if enabled)."""
+        """The architecture this run trains (with the dataset's normalization if enabled, or
+        ``mean``/``std``)."""
         info = self.dataset_info
+        channels = info.input_shape[0]
+        if self.mean is not None and self.std is not None:
+            if len(self.mean) not in (1, channels) or len(self.std) not in (1, channels):
+                raise InputError(f"--mean/--std need 1 or {channels} values (one per channel), got "
+                                 f"{len(self.mean)} and {len(self.std)}")
+            mean = self.mean * (channels // len(self.mean))
+            std = self.std * (channels // len(self.std))
+            return NetConfig(name=self.net, input_shape=info.input_shape, num_classes=info.num_classes,
+                             hidden=self.hidden, mean=mean, std=std)
         use_norm = info.mean is not None if self.normalize is None else self.normalize
         if use_norm and info.mean is None:
             # Datasets without published statistics: MNIST's standard mean/std.
@@ -126,6 +150,11 @@ class TrainConfig:
         d["lr"] = [list(k) for k in self.lr]
         d["eps_ramp"] = list(self.eps_ramp)
         d["regularizers"] = list(self.regularizers)
+        for name in ("mean", "std"):  # absent when unset: configs of runs before these options read the same
+            if d[name] is None:
+                del d[name]
+            else:
+                d[name] = list(d[name])
         return d
 
     @classmethod
@@ -143,4 +172,4 @@ class TrainConfig:
     def differences(self, other: "TrainConfig") -> list[str]:
         """Names of fields that differ from ``other``."""
         a, b = self.to_dict(), other.to_dict()
-        return [k for k in a if a[k] != b[k]]
+        return [k for k in {**a, **b} if a.get(k) != b.get(k)]

@@ -1,7 +1,8 @@
 """The training loop: seeded mini-batch training with regularizers, per-epoch metrics,
 checkpoints and resumption.
 
-Per batch: ``clean = forward_with_activations(model, x)``; the loss is the cross-entropy of
+Per batch: ``clean`` = the forward pass through the model's captured layers (the verifier's operator
+classes over the model's parameters, :mod:`robustkit.network.torch_capture`); the loss is the cross-entropy of
 ``clean.logits`` (unless a regularizer replaces it, e.g. adversarial training) plus the sum
 of all regularizer ``terms`` (see :mod:`robustkit.regularizers.base`). The learning rate and
 eps follow their schedules per batch (:mod:`robustkit.training.schedule`).
@@ -29,7 +30,8 @@ from torch import nn
 
 from robustkit.data import Dataset, load_dataset
 from robustkit.errors import InputError
-from robustkit.nets import NetConfig, build_net, forward_with_activations
+from robustkit.network.torch_capture import Captured, capture
+from robustkit.nets import NetConfig, build_net
 from robustkit.regularizers.base import Regularizer, ScheduleState
 from robustkit.subnormal import flush_subnormals
 from robustkit.training import artifacts
@@ -51,7 +53,7 @@ class TrainResult:
     """The trained model (eval mode, CPU or ``config.device``) and the run's record."""
 
     run_dir: Path
-    model: nn.Sequential
+    model: nn.Module
     net_config: NetConfig
     config: TrainConfig
     epochs_done: int
@@ -174,6 +176,8 @@ def train(
     torch.manual_seed(config.seed)
     net_config = config.net_config()
     model = build_net(net_config).to(device)
+    # the regularizers' passes run through the verifier's operator classes, over these parameters
+    captured = capture(model, train_set.images[:1].to(device))
     optimizer = _make_optimizer(config, model)
     start_epoch, step = 0, 0
     if ckpt is not None:
@@ -187,7 +191,7 @@ def train(
     # weight decay drives unused weights into the subnormal range, 10-100x slower on x86 (robustkit.subnormal)
     with flush_subnormals(device.type == "cpu"):
         for epoch in range(start_epoch, config.epochs):
-            record, step = _train_epoch(model, optimizer, train_set, regs, config, epoch, step, quiet)
+            record, step = _train_epoch(model, captured, optimizer, train_set, regs, config, epoch, step, quiet)
             record["test_acc"] = accuracy(model, eval_set)
             record["n_eval"] = len(eval_set)
             artifacts.save_checkpoint(run_dir, model, optimizer, epoch + 1, step, config, net_config)
@@ -214,7 +218,8 @@ def train(
 
 
 def _train_epoch(
-    model: nn.Sequential,
+    model: nn.Module,
+    captured: Captured,
     optimizer: torch.optim.Optimizer,
     data: Dataset,
     regularizers: list[Regularizer],
@@ -249,7 +254,7 @@ def _train_epoch(
                 epoch=frac, step=step, eps=eps, total_epochs=config.epochs,
                 input_range=data.info.value_range,
             )
-            clean = forward_with_activations(model, x)
+            clean = captured.forward_with_activations(x)
             ce = F.cross_entropy(clean.logits, y)
             outputs = [(reg.name, reg(model, x, y, state, clean)) for reg in regularizers]
             replaced = any(out.replaces_clean_loss for _, out in outputs)

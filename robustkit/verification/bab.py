@@ -176,7 +176,7 @@ class _Search:
         groups = sorted(set(int(k) for k in owner))
         self.groups = disjunct_rows(owner)
         self.row_group = torch.as_tensor([groups.index(int(k)) for k in owner])  # each row's disjunct
-        self.relus = [r for r in net.relu_indices if r >= 1]  # a ReLU on the input is never split
+        self.relus = [r for r in net.split_indices if r >= 1]  # a ReLU on the input is never split
         # the branching weight of each ReLU layer while children are recomputed (:meth:`_choose_splits`)
         self.depth = {r: float(1 + sum(q > r for q in self.relus)) ** cfg.depth_weight for r in self.relus}
         self.stats: dict[str, float | int] = {"domains": 0, "closed": 0, "infeasible": 0, "undecided": 0,
@@ -219,10 +219,10 @@ class _Search:
             return best, coeffs, A_in, {}, {}
         dtype = torch.float32 if self.cfg.optimise_dtype == "float32" else torch.float64
         alphas0 = {}
-        for r in self.net.relu_indices:
+        for r in self.net.split_indices:
             start = dom.alphas.get(r)
-            alphas0[r] = (pre[r][1] >= -pre[r][0]).unsqueeze(1).expand(-1, m, -1).float() if start is None \
-                else start[:, R]
+            alphas0[r] = self.net.layers[r].default_alpha(*pre[r]).unsqueeze(1).expand(-1, m, -1).float() \
+                if start is None else start[:, R]  # type: ignore[attr-defined]
         split = {r: t.double() for r, t in dom.signs.items() if bool(t.any())} if self.cfg.beta else {}
         betas0 = {r: torch.zeros(n, m, sg.shape[1]) if dom.betas.get(r) is None else dom.betas[r][:, R]
                   for r, sg in split.items()}
@@ -275,8 +275,9 @@ class _Search:
         if bool((dom.relu >= 0).any()):  # children: count the ReLUs their recomputed bounds decided
             gained = 0
             for r in self.relus:
-                was = (dom.lower[r - 1] < 0) & (dom.upper[r - 1] > 0)
-                now = (lower[r - 1] < 0) & (upper[r - 1] > 0)
+                op = self.net.layers[r]
+                was = op.unstable(dom.lower[r - 1], dom.upper[r - 1])  # type: ignore[attr-defined]
+                now = op.unstable(lower[r - 1], upper[r - 1])  # type: ignore[attr-defined]
                 gained += int((was & ~now).sum())
             self.stats["recomputed"] = self.stats.get("recomputed", 0) + int((dom.relu >= 0).sum())
             self.stats["stabilised"] = self.stats.get("stabilised", 0) + gained
@@ -393,7 +394,7 @@ class _Search:
         betas = {r: b[:, R].double().repeat(2, 1, 1) for r, b in dom.betas.items() if r in split} or None
         worst = torch.full((n, k), torch.inf, dtype=torch.float64)
         for c in range(k):
-            pre = child_bounds(self.net.relu_indices, self.lo, self.hi, dom.lower, dom.upper, relu[:, c], neuron[:, c])
+            pre = child_bounds(self.net, self.lo, self.hi, dom.lower, dom.upper, relu[:, c], neuron[:, c])
             bound, _, _ = spec_backward(self.net, C, lo, hi, pre, alphas, betas, split or None)
             m = self._measure(merge_rows(known, R, bound))
             worst[:, c] = torch.maximum(m[:n], m[n:])
@@ -401,7 +402,8 @@ class _Search:
 
     # -- splitting --------------------------------------------------------------------------
     def split(self, dom: Domains) -> Domains:
-        """Two children per domain: the chosen neuron inactive (first half), active (second)."""
+        """Two children per domain: the chosen unit's neuron below its kink (first half), above it
+        (second); for a ReLU, inactive and active."""
         n = len(dom)
         lower = [t.repeat(2, 1) for t in dom.lower]
         upper = [t.repeat(2, 1) for t in dom.upper]
@@ -415,15 +417,15 @@ class _Search:
             self.relus.index(int(r)) for r in dom.relu.tolist())
         for r in set(int(v) for v in dom.relu):
             sel = relu == r
-            inactive = sel & (rows < n)
-            active = sel & (rows >= n)
-            li, ui = lower[r - 1], upper[r - 1]
-            ui[inactive, neuron[inactive]] = torch.clamp(ui[inactive, neuron[inactive]], max=0.0)
-            li[active, neuron[active]] = torch.clamp(li[active, neuron[active]], min=0.0)
-            signs[r][inactive, neuron[inactive]] = -1
-            signs[r][active, neuron[active]] = 1
+            below = sel & (rows < n)
+            above = sel & (rows >= n)
+            op = self.net.layers[r]
+            op.split_bounds(lower[r - 1], upper[r - 1], rows[below], neuron[below], -1)  # type: ignore[attr-defined]
+            op.split_bounds(lower[r - 1], upper[r - 1], rows[above], neuron[above], 1)  # type: ignore[attr-defined]
+            signs[r][below, neuron[below]] = -1
+            signs[r][above, neuron[above]] = 1
             if r not in betas and alphas:  # the first split in this layer: multipliers start at 0
-                betas[r] = torch.zeros(2 * n, *next(iter(alphas.values())).shape[1:2], lower[r - 1].shape[1])
+                betas[r] = torch.zeros(2 * n, *next(iter(alphas.values())).shape[1:2], signs[r].shape[1])
         rows = None if dom.rows is None else dom.rows.repeat(2, 1)
         return Domains(lower, upper, signs, relu, neuron, alphas, betas, rows)
 
@@ -508,7 +510,8 @@ def branch_and_bound(
     search = _Search(net, lo, hi, C, d, owner, margin, cfg, check, deadline, root.float_errors(net))
     search.slopes = root.slopes
     root_dom = Domains([t.clone() for t in root.lower], [t.clone() for t in root.upper],
-                        {r: torch.zeros(1, net.layers[r].in_dim, dtype=torch.int8) for r in search.relus},
+                        {r: torch.zeros(1, net.layers[r].in_dim * net.layers[r].kinks, dtype=torch.int8)  # type: ignore[attr-defined]
+                         for r in search.relus},
                         torch.full((1,), -1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
     with torch.no_grad():
         return _search(search, root_dom, deadline, cfg, t0)

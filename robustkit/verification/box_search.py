@@ -293,8 +293,8 @@ class BoxBounds:
         if errs.rounding[0].shape[0] > 1:  # one model per box: one per (box, row) pair, in optimise_pairs' order
             di = torch.nonzero(pairs, as_tuple=True)[0]
             errs = pick_errors(errs, di)
-        alphas0 = {r: (u >= -l).unsqueeze(1).expand(-1, m, -1).float() for r, (l, u) in pre.items()
-                   if r in self.net.relu_indices}
+        alphas0 = {r: self.net.layers[r].default_alpha(l, u).unsqueeze(1).expand(-1, m, -1).float()  # type: ignore[attr-defined]
+                   for r, (l, u) in pre.items() if r in self.net.split_indices}
         if self._net32 is None:
             self._net32 = self.net.to_torch().to(torch.float32).net
         out, _, _, _ = optimise_pairs(self.net, self._net32, self.C, boxes.lo, boxes.hi, pre, alphas0, {}, {},

@@ -6,14 +6,17 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from robustkit.bounds.methods import INCOMPLETE, TIGHTENINGS
 from robustkit.errors import InputError
 
-Method = Literal["milp", "bab", "interval", "crown", "alpha-crown"]
-Tighten = Literal["interval", "crown", "alpha-crown", "lp"]
+Method = str  # one of METHODS
+Tighten = str  # one of TIGHTEN
 Formulation = Literal["per-target", "max"]
 
-METHODS = ("milp", "bab", "interval", "crown", "alpha-crown")
-TIGHTEN = ("interval", "crown", "alpha-crown", "lp")
+#: The complete methods, then the bound methods that verify alone (``robustkit.bounds.methods``).
+COMPLETE = ("milp", "bab")
+METHODS = COMPLETE + INCOMPLETE
+TIGHTEN = TIGHTENINGS
 FORMULATIONS = ("per-target", "max")
 BAB_INTERMEDIATE = ("auto", "recompute", "fixed")
 BAB_SPLIT = ("auto", "relu", "input")

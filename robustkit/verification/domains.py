@@ -27,13 +27,15 @@ def violation_measure(slack: torch.Tensor, groups: list[torch.Tensor]) -> torch.
 
 @dataclass
 class Domains:
-    """A batch of domains: per-layer bounds ``(n, d_i)``, the split constraints so far (per ReLU
-    position ``r``: ``(n, d_r)`` signs, +1 active, -1 inactive, 0 not split), the final pass's
-    slopes and multipliers last optimised for it (``(n, m, d_r)`` float32, to start its children
-    from; empty before the first optimisation), the best lower bounds of the specification rows
-    found for it or an ancestor (``(n, m)`` float64, valid for it: a child is a subset of its
-    parent; ``None``: none yet) and, once bounded, the split chosen next (ReLU position and
-    neuron; -1: none left)."""
+    """A batch of domains: per-layer bounds ``(n, d_i)``, the split constraints so far (per
+    piecewise-linear operator at position ``r``: ``(n, units_r)`` signs per unit, a neuron's kink
+    (:mod:`robustkit.network.activations`; for a ReLU the neuron): +1 above the kink (active), -1
+    below (inactive), 0 not split), the final pass's slopes and multipliers last optimised for it
+    (``(n, m, d_r)`` and ``(n, m, units_r)`` float32, to start its children from; empty before the
+    first optimisation), the best lower bounds of the specification rows found for it or an
+    ancestor (``(n, m)`` float64, valid for it: a child is a subset of its parent; ``None``: none
+    yet) and, once bounded, the split chosen next (``relu``: the operator's position, -1: none
+    left; ``neuron``: the unit)."""
 
     lower: list[torch.Tensor]
     upper: list[torch.Tensor]

@@ -1,8 +1,9 @@
 """The exact LP at a branch-and-bound leaf, decided from certificates rather than from the
 solver's verdict.
 
-At a leaf every ReLU is decided (by a split or by its bounds), so the exact network is affine
-there: ``y = A x + c``, and each decided neuron ``z = A_z x + c_z`` is on its side. The float32
+At a leaf every kink of every piecewise-linear operator is decided (by a split or by its bounds),
+so the exact network is affine there: ``y = A x + c`` (each operator on its piece,
+``Activation.piece``), and each split neuron ``z = A_z x + c_z`` is on its side of its kink ``b``. The float32
 network differs from it by at most the accumulated rounding ``E`` of the error model
 (:mod:`robustkit.bounds.floaterr`, plus the float64 slack of computing ``A`` and ``c``), so the
 LP is written with every row relaxed by it: for disjunct ``k`` maximise ``t`` s.t.
@@ -30,7 +31,7 @@ import torch
 from scipy.optimize import linprog
 
 from robustkit.bounds.floaterr import U64, FloatErrors, gamma
-from robustkit.network import LinearLayer, Network, ReLU
+from robustkit.network import Network
 
 
 @dataclass(frozen=True)
@@ -145,27 +146,29 @@ def settle_leaf(net: Network, errs: FloatErrors, lower: list[torch.Tensor], uppe
     convolutions. ``exact``: no float error at all (the exact network's LP): a source of
     candidate points only; its "closed" proves nothing about the float32 network."""
     n = lo.numel()
-    pattern: dict[int, torch.Tensor] = {}
+    pattern: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for pos, layer in enumerate(net.layers):
-        if isinstance(layer, ReLU):
+        if layer.nonlinear:
             l, u = (lo, hi) if pos == 0 else (lower[pos - 1], upper[pos - 1])
-            active, _, unstable = layer.phases(l, u)
-            if bool(unstable.any()):
+            if bool(layer.unstable(l, u).any()):  # type: ignore[attr-defined]
                 return "undecided", None, np.nan
-            pattern[pos] = active.double()
+            pattern[pos] = layer.piece(l, u)  # type: ignore[attr-defined]
     side_rows, side_rhs = [], []
     for pos, sg in sorted(signs.items()):
-        split = torch.nonzero(sg != 0).flatten()
+        split = torch.nonzero(sg != 0).flatten()  # units: neuron * kinks + kink
         if pos == 0 or split.numel() == 0:
             continue
+        op = net.layers[pos]
+        neuron = split // op.kinks  # type: ignore[attr-defined]
+        b = op.breakpoints(lo)[split % op.kinks]  # type: ignore[attr-defined]
         unit = torch.zeros(split.numel(), lower[pos - 1].numel(), dtype=torch.float64)
-        unit[torch.arange(split.numel()), split] = 1.0
+        unit[torch.arange(split.numel()), neuron] = 1.0
         A_z, c_z, charge = _affine_rows(net, errs, unit, pos - 1, pattern)
-        slack = torch.zeros(split.numel(), dtype=torch.float64) if exact else charge + errs.slack[pos - 1][0][split]
-        # active (sign +1): -(A x + c) <= E ; inactive (sign -1): A x + c <= E
+        slack = torch.zeros(split.numel(), dtype=torch.float64) if exact else charge + errs.slack[pos - 1][0][neuron]
+        # above the kink (sign +1): -(A x + c - b) <= E ; below (sign -1): A x + c - b <= E
         sign = -sg[split].double()
         side_rows.append(sign.unsqueeze(1) * A_z)
-        side_rhs.append(-sign * c_z + slack)
+        side_rhs.append(-sign * (c_z - b) + slack)
     G = torch.cat(side_rows).numpy() if side_rows else np.zeros((0, n))
     h = torch.cat(side_rhs).numpy() if side_rows else np.zeros(0)
     CA, Cc, charge = _affine_rows(net, errs, C, len(net.layers) - 1, pattern)
@@ -175,20 +178,23 @@ def settle_leaf(net: Network, errs: FloatErrors, lower: list[torch.Tensor], uppe
     return decide(lp, groups, margin)
 
 
-def _affine_rows(net: Network, errs: FloatErrors, R: torch.Tensor, end: int, pattern: dict[int, torch.Tensor]
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _affine_rows(net: Network, errs: FloatErrors, R: torch.Tensor, end: int,
+                 pattern: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The rows ``R`` (``(k, d_end)``) of layer ``end``'s output as affine functions of the input
-    along a fixed activation pattern: ``(A (k, n), c (k,), charge (k,))``, ``charge`` the float32
-    rounding bound ``sum_i |A_i| e_i`` of a backward pass."""
+    along a fixed pattern of pieces (``pattern[r]``: the operator at ``r``'s slope and intercept
+    per neuron): ``(A (k, n), c (k,), charge (k,))``, ``charge`` the float rounding bound
+    ``sum_i |A_i| e_i`` of a backward pass."""
     A = R.double()
     c = torch.zeros(R.shape[0], dtype=torch.float64)
     charge = torch.zeros(R.shape[0], dtype=torch.float64)
     for pos in range(end, -1, -1):
         layer = net.layers[pos]
-        if isinstance(layer, LinearLayer):
-            c = c + A @ layer.bias_tensor(torch.float64)
+        if layer.rounds:
             charge = charge + A.abs() @ errs.rounding[pos][0]
-            A = layer.backward(A)
+        if layer.nonlinear:
+            slope, intercept = pattern[pos]
+            c = c + A @ intercept
+            A = A * slope
         else:
-            A = A * pattern[pos]
+            A, c = layer.backward_step(A, c)  # type: ignore[attr-defined]
     return A, c, charge

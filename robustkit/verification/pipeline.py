@@ -154,7 +154,7 @@ def verify_region(ctx: ModelContext, box: InputBox, output: OutputSpec, cfg: Ver
     details["bound_margin"] = float(t_ub.max())  # proven upper bound of the violation measure
     details["float_error"] = _float_error(ctx, nb, C)
     unstable = []
-    for pos in ctx.net.relu_indices:
+    for pos in ctx.net.split_indices:
         unstable.append(int(nb.phases(ctx.net, pos)[2].sum()))
     details["unstable_per_layer"] = unstable
     overflow = nb.float_errors(ctx.net).overflow_note(0)

@@ -64,6 +64,7 @@ class DatasetChoice:
     n: int
     start: int = 0
     data_dir: Path | None = None
+    inputs: Path | None = None  # an .npz with x and y arrays: the samples instead of the dataset's test split
 
     def __post_init__(self) -> None:
         if self.n <= 0 or self.start < 0:
@@ -75,15 +76,26 @@ def model_dataset(ctx: ModelContext, override: str | None) -> str:
     return dataset_of(ctx.net.metadata, override, "the model")
 
 
+def input_tag(ctx: ModelContext, override: str | None, inputs: Path | None) -> str:
+    """The name the samples' keys carry: the dataset (:func:`model_dataset`), or with ``--inputs``
+    the file's name."""
+    if inputs is not None:
+        return Path(inputs).name
+    return model_dataset(ctx, override)
+
+
 def model_value_range(ctx: ModelContext) -> tuple[float, float]:
     return value_range_of(ctx.net.metadata)
 
 
 def load_samples(choice: DatasetChoice, ctx: ModelContext) -> tuple[np.ndarray, np.ndarray, str]:
     """Flat float32 images and labels of the chosen samples, and where they came from."""
-    from robustkit.data import load_dataset
+    from robustkit.data import load_dataset, load_inputs
 
-    ds = load_dataset(choice.dataset, "test", choice.data_dir)  # embedded subset when no data dir is set
+    if choice.inputs is not None:
+        ds = load_inputs(choice.inputs)
+    else:
+        ds = load_dataset(choice.dataset, "test", choice.data_dir)  # embedded subset when no data dir is set
     total = int(ds.images.shape[0])
     if choice.start >= total:
         raise InputError(f"--start {choice.start} is beyond the {total} test images of {ds.source}")
@@ -96,8 +108,25 @@ def load_samples(choice: DatasetChoice, ctx: ModelContext) -> tuple[np.ndarray, 
             f"{choice.dataset} images have {x.shape[1]} values but the model expects {ctx.net.in_dim} "
             f"(input shape {ctx.net.sample_shape}); wrong --dataset?"
         )
+    check_labels(ds.labels[choice.start:stop].numpy(), ctx.net.out_dim, str(ds.source))
     y = ds.labels[choice.start:stop].numpy().astype(np.int64)
     return x, y, str(ds.source)
+
+
+def check_labels(y: np.ndarray, classes: int, source: str) -> None:
+    """Labels must be class indices of the model: ``0 .. classes - 1``."""
+    y = np.asarray(y)
+    bad = np.flatnonzero((y < 0) | (y >= classes))
+    if bad.size:
+        raise InputError(f"labels of {source} out of range: y[{int(bad[0])}] = {int(y[bad[0]])}, but the model has "
+                         f"{classes} outputs (labels 0..{classes - 1}); {bad.size} such labels")
+
+
+def input_digest(path: Path) -> str:
+    """sha256 of an inputs file (the settings of a run on it: other data, other results)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -168,6 +197,7 @@ class RunOptions:
 
     out: Path | None = None  # a .jsonl file, or None for <results_root>/<settings hash>/records.jsonl
     results_root: Path = Path("robustkit-results")
+    run_dir: Path | None = None  # a folder for run.json + records.jsonl (instead of out / results_root)
     workers: int = 1
     rerun: tuple[str, ...] = ()
     quiet: bool = False
@@ -199,6 +229,8 @@ def open_store(ctx: ModelContext, settings: dict[str, Any], opts: RunOptions):  
     ``FILE.jsonl.run.json`` and refuses to mix results of other settings into the file."""
     from robustkit.runner.store import ResultStore, RunDir, settings_hash
 
+    if opts.run_dir is not None:
+        return RunDir.at(opts.run_dir, settings_hash(ctx.model_bytes, settings), settings).store()
     if opts.out is None:
         return RunDir.for_settings(opts.results_root, ctx.model_bytes, settings).store()
     out = Path(opts.out)
@@ -217,9 +249,48 @@ def open_store(ctx: ModelContext, settings: dict[str, Any], opts: RunOptions):  
     return ResultStore(out)
 
 
-def verify_dataset(model_path: Path, cfg: VerifyConfig, choice: DatasetChoice, opts: RunOptions) -> RunOutcome:
-    """Verify ``choice.n`` test samples; resumes from the store, skipping finished samples."""
+def verify_samples(ctx: ModelContext, x: np.ndarray, y: np.ndarray, cfg: VerifyConfig,
+                   value_range: tuple[float, float], opts: RunOptions, *, tag: str = "input", start: int = 0,
+                   store: Any = None, source: str = "<model>") -> tuple[list[dict[str, Any]], int]:
+    """Verify every ``(x[i], y[i])`` (flat float32 samples, int labels; keys ``tag:start+i``):
+    the records in sample order, and how many were already finished in ``store`` (a
+    :class:`~robustkit.runner.store.ResultStore`, or None: nothing is kept on disk)."""
     from robustkit.runner.progress import RunProgress
+
+    all_tasks = make_tasks(x, y, start, tag, cfg, value_range)
+    rerun = ("timeout", "unknown", "error", "verified", "falsified", "misclassified") if "all" in opts.rerun \
+        else opts.rerun
+    done = store.done_keys(rerun=rerun) if store is not None else set()
+    tasks = [t for t in all_tasks if t.key not in done]
+    skipped = len(all_tasks) - len(tasks)
+    if skipped:
+        log.info("resuming: %d of %d samples already finished in %s", skipped, len(all_tasks), store.path)
+    if opts.workers != 1 or opts.cluster or opts.scheduler:
+        from robustkit.verification.schedule import order_tasks
+
+        tasks = order_tasks(tasks, ctx.net, cfg.eps, value_range, opts.order)
+    fresh: dict[str, dict[str, Any]] = {}
+    with RunProgress(len(tasks), f"verify eps={cfg.eps:g}", quiet=opts.quiet) as progress:
+        def on_result(record: dict) -> None:
+            record.setdefault("index", int(str(record["key"]).rsplit(":", 1)[-1]))
+            record.setdefault("eps", cfg.eps)
+            if store is not None:
+                store.append(record)
+            fresh[str(record["key"])] = record
+            progress.update(record)
+
+        if tasks:
+            run_tasks(tasks, ctx, source, opts.workers, cfg, on_result, opts.cluster, opts.scheduler)
+    wanted = {t.key for t in all_tasks}
+    found = store.records() if store is not None else fresh
+    records = [r for k, r in found.items() if k in wanted]
+    records.sort(key=lambda r: int(r.get("index", 0)))
+    return records, skipped
+
+
+def verify_dataset(model_path: Path, cfg: VerifyConfig, choice: DatasetChoice, opts: RunOptions) -> RunOutcome:
+    """Verify ``choice.n`` test samples (or those of ``choice.inputs``); resumes from the store,
+    skipping finished samples."""
     from robustkit.runner.store import versions
 
     ctx = ModelContext.from_path(model_path)
@@ -227,28 +298,9 @@ def verify_dataset(model_path: Path, cfg: VerifyConfig, choice: DatasetChoice, o
     x, y, source = load_samples(choice, ctx)
     settings = {"verify": cfg.to_dict(), "dataset": choice.dataset, "value_range": list(value_range),
                 "versions": versions()}
+    if choice.inputs is not None:
+        settings["inputs"] = input_digest(choice.inputs)
     store = open_store(ctx, settings, opts)
-    rerun = ("timeout", "unknown", "error", "verified", "falsified", "misclassified") if "all" in opts.rerun \
-        else opts.rerun
-    done = store.done_keys(rerun=rerun)
-    tasks = [t for t in make_tasks(x, y, choice.start, choice.dataset, cfg, value_range) if t.key not in done]
-    skipped = len(y) - len(tasks)
-    if skipped:
-        log.info("resuming: %d of %d samples already finished in %s", skipped, len(y), store.path)
-    if opts.workers != 1 or opts.cluster or opts.scheduler:
-        from robustkit.verification.schedule import order_tasks
-
-        tasks = order_tasks(tasks, ctx.net, cfg.eps, value_range, opts.order)
-    with RunProgress(len(tasks), f"verify eps={cfg.eps:g}", quiet=opts.quiet) as progress:
-        def on_result(record: dict) -> None:
-            record.setdefault("index", int(str(record["key"]).rsplit(":", 1)[-1]))
-            record.setdefault("eps", cfg.eps)
-            store.append(record)
-            progress.update(record)
-
-        if tasks:
-            run_tasks(tasks, ctx, str(model_path), opts.workers, cfg, on_result, opts.cluster, opts.scheduler)
-    wanted = {t.key for t in make_tasks(x, y, choice.start, choice.dataset, cfg, value_range)}
-    records = [r for k, r in store.records().items() if k in wanted]
-    records.sort(key=lambda r: int(r.get("index", 0)))
+    records, skipped = verify_samples(ctx, x, y, cfg, value_range, opts, tag=choice.dataset, start=choice.start,
+                                      store=store, source=str(model_path))
     return RunOutcome(records, summarize(records), Path(store.path), skipped)

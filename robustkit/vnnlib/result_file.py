@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from robustkit.errors import InputError
-from robustkit.vnnlib.parser import SList, SourceText, Sym, VnnlibError, read_sexprs, read_text_file
+from robustkit.vnnlib.sexpr import SList, SourceText, Sym, VnnlibError, read_sexprs, read_text_file
 
 __all__ = [
     "RESULT_STATUSES",
