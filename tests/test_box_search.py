@@ -187,7 +187,8 @@ def test_look_ahead_children_keep_bounds_that_hold() -> None:
     d = np.array([-0.2, -0.2])
     lo_t, hi_t = torch.from_numpy(lo)[None], torch.from_numpy(hi)[None]
     root, _ = crown_bounds(net, lo_t, hi_t)
-    search = _InputSearch(net, lo_t, hi_t, C, d, np.arange(2), 1e-4, InputSplitConfig(), lambda x: None,
+    search = _InputSearch(net, lo_t, hi_t, C, d, np.arange(2), 1e-4, InputSplitConfig(lookahead_refined=128),
+                          lambda x: None,
                           float("inf"), root)
     boxes = _Boxes(lo_t, hi_t, torch.zeros(1, dtype=torch.long))
     kept = 0
@@ -228,7 +229,8 @@ def test_every_corner_of_a_low_dimensional_box_is_tried() -> None:
         assert len(corners) >= expected and (expected or len(corners) <= 1)
 
 
-def test_input_split_decides_conjunctions_both_ways() -> None:
+@pytest.mark.parametrize("cfg", [{}, {"keep_parent": False}, {"lookahead_refined": 128}])
+def test_input_split_decides_conjunctions_both_ways(cfg: dict) -> None:
     net, c = _anti_net(2)
     lo_t, hi_t = -torch.ones(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
     root, _ = crown_bounds(net, lo_t, hi_t)
@@ -239,7 +241,8 @@ def test_input_split_decides_conjunctions_both_ways() -> None:
             y = net.forward(torch.from_numpy(x[None])).reshape(-1).numpy()
             return x if bool((C @ y <= d).all()) else None
 
-        res = input_split(net, lo, hi, C, d, owner, root, time.perf_counter() + 60, check)
+        res = input_split(net, lo, hi, C, d, owner, root, time.perf_counter() + 60, check,
+                          cfg=InputSplitConfig(**cfg))
         assert res.status == expected, (d0, res.status, res.stats)
         if expected == "sat":
             assert check(np.asarray(res.witness)) is not None

@@ -188,8 +188,7 @@ class BoxBounds:
             still = torch.nonzero(~(b.measure < -self.margin)).flatten()
             if still.numel():
                 sub = boxes.take(still)
-                assert b.known is not None
-                known = {i: (l[still], u[still]) for i, (l, u) in b.known.items()}
+                known = None if b.known is None else {i: (l[still], u[still]) for i, (l, u) in b.known.items()}
                 sb2 = symbolic_bounds(self.net, self.maps, sub.lo, sub.hi, self.errs, known,
                                       window=self.cfg.refine_window or len(self.net.layers), track=self.cfg.box_errors,
                                       linear=linear)

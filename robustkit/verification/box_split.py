@@ -2,7 +2,7 @@
 chosen by a look-ahead on the halves, whose chosen pair becomes the children with the bounds the
 look-ahead computed.
 
-With few boxes in the batch (at most ``lookahead_refined`` halves) every dimension's halves are
+With few boxes in the batch (at most ``lookahead_refined`` halves, none by default) every dimension's halves are
 bounded in full (:meth:`~robustkit.verification.box_search.BoxBounds.bound`); past that each half
 is bounded cheaply (the parent's affine bounds minimised over it, a symbolic pass and the rows'
 backward pass; ``lookahead_top`` dimensions that score best are then bounded in full). A half is
