@@ -2,9 +2,9 @@
 chosen by a look-ahead on the halves, whose chosen pair becomes the children with the bounds the
 look-ahead computed.
 
-With few boxes in the batch (at most ``lookahead_refined`` halves, none by default) every dimension's halves are
-bounded in full (:meth:`~robustkit.verification.box_search.BoxBounds.bound`); past that each half
-is bounded cheaply (the parent's affine bounds minimised over it, a symbolic pass and the rows'
+With few boxes in the batch (at most ``lookahead_refined`` halves: 40 by default) every
+dimension's halves are bounded in full (:meth:`~robustkit.verification.box_search.BoxBounds.bound`);
+past that each half is bounded cheaply (the parent's affine bounds minimised over it, a symbolic pass and the rows'
 backward pass; ``lookahead_top`` dimensions that score best are then bounded in full). A half is
 scored by the better of its own bound and the parent's linear bound minimised over it, the pair by
 its worse half (plus a thousandth of both), ties to the dimension widest relative to the input

@@ -91,11 +91,11 @@ class InputSplitConfig:
     keep_parent: bool = True
     shrink: bool = True
     lookahead: int = 8192
-    # 0: every look-ahead half bounded cheaply (the parent's affine bounds met in, a symbolic pass,
-    # the rows' backward pass); bounding the halves of small batches in full (128) led the search
-    # astray on ACAS Xu 3_9 and 4_9 property 1 (20,000 boxes, timeout at 20 s, against 603 boxes
-    # in 2.0 s and 5,103 in 7.8 s cheaply; in process, one thread) and decided nothing more
-    lookahead_refined: int = 0
+    # halves bounded in full while a batch has at most 40 of them (with 5 inputs: the first levels,
+    # at most 4 boxes), cheaply past that (ACAS Xu, in process, one thread, boxes to decide: 128 led
+    # 3_9 and 4_9 property 1 astray, 20,000 boxes and a timeout against 603 and 5,103 with 40; 0,
+    # cheap from the root, took 6,935 and 5,675 boxes on 2_1 and 3_2 property 3 against 133 and 45)
+    lookahead_refined: int = 40
     attack_every: int = 1
     attack_boxes: int = 64
     attack_steps: int = 8
