@@ -74,8 +74,8 @@ def _check_robustkit_lines(lines: list[str], where: str) -> None:
 def test_readme_and_guide_commands_exist() -> None:
     for doc in (REPO / "README.md", DOCS / "user-guide.md", REPO / "vnncomp" / "README.md", REPO / "models" / "README.md"):
         text = doc.read_text(encoding="utf-8")
-        blocks = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
-        lines = [ln.strip() for b in blocks for ln in b.splitlines()]
+        blocks = re.findall(r"```([a-z]*)\n(.*?)```", text, flags=re.S)
+        lines = [ln.strip() for lang, b in blocks if lang != "python" for ln in b.splitlines()]
         lines = [ln.split("&& ", 1)[1] if "&& robustkit" in ln else ln for ln in lines]
         lines = [ln[ln.index("robustkit "):] for ln in lines if "robustkit " in ln and not ln.startswith(("#", "error:"))
                  and not ln.startswith("pip") and "python " not in ln.split("robustkit ")[0]]
