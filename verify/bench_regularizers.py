@@ -109,14 +109,16 @@ def main() -> None:
         setups.append((label, passes, net, regs, opt))
 
     def step(net, regs, opt) -> None:  # noqa: ANN001
-        clean = forward_with_activations(net, x)
+        # as robustkit/training/loop.py: activations only for regularizers
+        clean = forward_with_activations(net, x) if any(getattr(r, "uses_activations", True) for r in regs) else None
+        logits = clean.logits if clean is not None else net(x)
         loss, replaced = torch.zeros(()), False
         for reg in regs:
             out = reg(net, x, y, state, clean)
             replaced |= out.replaces_clean_loss
             loss = loss + sum(out.terms.values(), torch.zeros(()))
         if not replaced:
-            loss = loss + F.cross_entropy(clean.logits, y)
+            loss = loss + F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -46,6 +46,8 @@ class Regularizer(ABC):
     * ``terms``: the names of the loss terms it returns (two regularizers may not share one);
     * ``config_cls``: a frozen dataclass of its options (``NAME=WEIGHT`` sets ``weight_field``);
     * ``replaces_clean_loss`` when it trains on another point instead of the clean one;
+    * ``uses_activations = False`` when it reads nothing of the clean pass (the trainer then runs
+      the module's own forward and keeps no activations);
 
     and implements ``__call__``. ``registry.register`` (which checks these declarations) then
     makes it a spec name, listed by ``robustkit regularizers``, with its options checked and
@@ -58,6 +60,7 @@ class Regularizer(ABC):
     config_cls: ClassVar[type]
     weight_field: ClassVar[str] = "weight"
     replaces_clean_loss: ClassVar[bool] = False
+    uses_activations: ClassVar[bool] = True
 
     def __init__(self, config: Any = None) -> None:
         self.config = self.config_cls() if config is None else config

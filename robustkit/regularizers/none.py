@@ -26,6 +26,7 @@ class NoRegularizer(Regularizer):
     summary = "plain cross-entropy, no extra term"
     terms = ()
     config_cls = NoneConfig
+    uses_activations = False
     config: NoneConfig
 
     def __call__(
@@ -34,6 +35,6 @@ class NoRegularizer(Regularizer):
         x: torch.Tensor,
         y: torch.Tensor,
         state: ScheduleState,
-        clean: Activations,
+        clean: Activations | None,
     ) -> RegOutput:
         return RegOutput()

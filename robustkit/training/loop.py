@@ -2,7 +2,8 @@
 checkpoints and resumption.
 
 Per batch: ``clean`` = the forward pass through the model's captured layers (the verifier's operator
-classes over the model's parameters, :mod:`robustkit.network.torch_capture`); the loss is the cross-entropy of
+classes over the model's parameters, :mod:`robustkit.network.torch_capture`; without regularizers,
+the module's own forward, which keeps no activations); the loss is the cross-entropy of
 ``clean.logits`` (unless a regularizer replaces it, e.g. adversarial training) plus the sum
 of all regularizer ``terms`` (see :mod:`robustkit.regularizers.base`). The learning rate and
 eps follow their schedules per batch (:mod:`robustkit.training.schedule`).
@@ -254,9 +255,14 @@ def _train_epoch(
                 epoch=frac, step=step, eps=eps, total_epochs=config.epochs,
                 input_range=data.info.value_range,
             )
-            clean = captured.forward_with_activations(x)
-            ce = F.cross_entropy(clean.logits, y)
-            outputs = [(reg.name, reg(model, x, y, state, clean)) for reg in regularizers]
+            if any(getattr(reg, "uses_activations", True) for reg in regularizers):
+                clean = captured.forward_with_activations(x)
+                logits = clean.logits
+                outputs = [(reg.name, reg(model, x, y, state, clean)) for reg in regularizers]
+            else:  # plain training keeps no activations: the module's own forward (the same values)
+                logits = model(x)
+                outputs = [(reg.name, reg(model, x, y, state, None)) for reg in regularizers]  # type: ignore[arg-type]
+            ce = F.cross_entropy(logits, y)
             replaced = any(out.replaces_clean_loss for _, out in outputs)
             loss = torch.zeros((), device=device) if replaced else ce
             for reg_name, out in outputs:
@@ -276,7 +282,7 @@ def _train_epoch(
             step += 1
             sums["loss"] += float(loss.detach()) * len(y)
             sums["ce"] += float(ce.detach()) * len(y)
-            correct += int((clean.logits.detach().argmax(1) == y).sum())
+            correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(y)
             progress.update(task, advance=1, status=f"loss {sums['loss'] / seen:.4f} acc {correct / seen:.3f}")
     return (
