@@ -42,12 +42,14 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from robustkit.onnx_export import IR_VERSION, OPSET
+from robustkit.onnx_export import OPSET
 from robustkit.network import Dense, Network, ReLU
 from robustkit.spec import InputBox, robustness_spec
 from robustkit.verification import ModelContext, VerifyConfig, verify_spec
 from robustkit.vnnlib.bench import load_benchmark
 from robustkit.vnnlib.instance import verify_instance
+
+IR_VERSION = 8  # readable by every onnxruntime robustkit supports (>= 1.17); robustkit.onnx_export no longer defines it
 
 ROOT = Path(__file__).resolve().parents[1]
 VNNCOMP = ROOT.parent / "shared" / "benchmarks" / "vnncomp"

@@ -85,6 +85,8 @@ def instances(args: argparse.Namespace, folder: Path) -> list[dict]:
     rng = np.random.default_rng(args.seed)
     out = []
     for kind in ("wide", "trained"):
+        if kind not in args.kinds:
+            continue
         for n_in, hidden in SHAPES:
             if kind == "wide":
                 sizes = (n_in, *hidden, 3)
@@ -108,7 +110,7 @@ def instances(args: argparse.Namespace, folder: Path) -> list[dict]:
                 prop.write_text(vnnlib_text(x0 - r, x0 + r, label, net.out_dim))
                 out.append({"name": name, "radius": f"{r:.4g} ({scale} r_s)", "onnx": str(folder / f"{name}.onnx"),
                             "vnnlib": str(prop), "relus": sum(hidden), "truth": None})
-    if args.acas and ACAS.is_dir():
+    if args.acas and ACAS.is_dir() and "acas" in args.kinds:
         for tag in args.acas.split():
             out.append({"name": f"ACAS Xu {tag}", "radius": "prop_1", "relus": 300, "truth": "unsat",
                         "onnx": str(ACAS / f"ACASXU_run2a_{tag}_batch_2000.onnx"), "vnnlib": str(ACAS / "prop_1.vnnlib")})
@@ -159,6 +161,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=15.0)
     ap.add_argument("--milp-max", type=int, default=500, help="MILP check for nets with at most this many ReLUs")
     ap.add_argument("--acas", default=ACAS_NETS, help="ACAS Xu nets for property 1 ('' for none)")
+    ap.add_argument("--kinds", nargs="+", default=["wide", "trained", "acas"], choices=["wide", "trained", "acas"],
+                    help="which instances (the module docstring)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="only the first K instances")
     ap.add_argument("--out", type=Path, default=ROOT / "verify" / "results" / "input_split_wide.md")
@@ -179,7 +183,8 @@ def main() -> int:
             rows.append((inst, before, after, milp))
             print(inst["name"], inst["radius"], "| before:", cell(before), "| after:", cell(after), "| milp:", cell(milp),
                   flush=True)
-    lines = [f"`OMP_NUM_THREADS=1 python verify/bench_input_split.py --before <worktree> --timeout {args.timeout:g}`"
+    kinds = "" if len(args.kinds) == 3 else " --kinds " + " ".join(args.kinds)
+    lines = [f"`OMP_NUM_THREADS=1 python verify/bench_input_split.py --before <worktree> --timeout {args.timeout:g}{kinds}`"
              f" (seed {args.seed}); before and after run one after the other per instance, one thread each, "
              "no attack, tighten=crown; MILP for nets of at most "
              f"{args.milp_max} ReLUs.", "",

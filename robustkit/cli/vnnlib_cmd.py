@@ -36,6 +36,7 @@ def vnnlib(
     result: Optional[Path] = opt(C, "result"),
     out: Optional[Path] = opt(C, "out"),
     check: bool = opt(C, "check"),
+    cores: int = opt(C, "cores"),
     config: Optional[Path] = opt(C, "config"),
     tighten: Optional[str] = alias(C, "--tighten"),
     started_at: Optional[float] = typer.Option(
@@ -61,7 +62,8 @@ def vnnlib(
     milp_dir(s["write_milp"])  # a folder that cannot be made fails here, before any sample runs
     folder: Path | None = s["out"]
     result_path = s["result"] if s["result"] is not None else (folder / "result.txt" if folder else None)
-    res = verify_instance(model_path, prop, cfg, result_path=result_path, started_at=started_at)
+    res = verify_instance(model_path, prop, cfg, result_path=result_path, started_at=started_at,
+                          cores=s["cores"])
     typer.echo(res.status)
     saved = None
     if folder is not None:

@@ -202,6 +202,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in [
     # -- execution ----------------------------------------------------------------------------------
     _o("workers", "run", ("--workers",), "int", 1, "Worker processes, each with a hard time limit (0: in this "
        "process, no hard limit).", minimum=0),
+    _o("cores", "run", ("--cores",), "int", 1, "A network of at most 10 inputs decided by branch and bound: "
+       "its input box searched in this many parts, one worker process each (the first sat ends the others).",
+       minimum=1),
     _o("order", "run", ("--order",), "choice", "hardest-first", "With several workers: hardest-first (most "
        "unstable ReLUs first) or index.", choices=ORDERS),
     _o("cluster", "run", ("--cluster",), "str", None, "Dask: local:N starts a LocalCluster.",
@@ -266,7 +269,7 @@ COMMANDS: dict[str, tuple[Use, ...]] = {
         _u("model"), _u("property"), *(_u(n) for n in _DECIDE),
         _u("result"), _u("out", help="Folder of the results: result.txt, run.json, the effective config.toml.",
                          default_text="none"),
-        _u("check"), _u("config"),
+        _u("check"), _u("cores"), _u("config"),
     ),
     "bench vnncomp": (
         _u("benchmark"), _u("filter"), _u("limit"), _u("timeout_scale"),

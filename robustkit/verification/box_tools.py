@@ -21,6 +21,14 @@ can violate.
 share of the box's width) on the violation measure ``max_k min_{rows of k} (d - C y)``, from a
 few starting points per box, the boxes chosen by the caller (the most promising by their bound).
 A point is only a candidate: the caller replays it in onnxruntime before any ``sat``.
+
+**Combined rows.** A disjunct of several rows (``C_r y <= d_r`` for every ``r``: ACAS Xu's "COC
+is minimal") is refuted on a box when some row fails at each point, which needs no row to fail on
+the whole box: for weights ``lambda_r >= 0``, ``sum_r lambda_r (C_r y - d_r) > 0`` everywhere
+refutes it. Any weights are sound (the caller bounds the combined row ``sum_r lambda_r C_r`` by
+its own backward pass); :func:`combine_weights` picks them where the rows' linear lower bounds
+``a_r . x + c_r`` combine best: it maximises ``min_box sum_r lambda_r (a_r . x + c_r - d_r)`` over
+the simplex, a concave function (exponentiated-gradient steps, batched over boxes).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import torch
 from robustkit.bounds.floaterr import U64, gamma
 from robustkit.verification.domains import violation_measure
 
-__all__ = ["shrink_boxes", "gradient_search"]
+__all__ = ["shrink_boxes", "gradient_search", "combine_weights"]
 
 
 def shrink_boxes(lo: torch.Tensor, hi: torch.Tensor, A: torch.Tensor, lb: torch.Tensor, d: torch.Tensor,
@@ -100,3 +108,41 @@ def gradient_search(module: torch.nn.Module, lo: torch.Tensor, hi: torch.Tensor,
             if it % 3 == 2:
                 size /= 2
     return torch.minimum(torch.maximum(best_x.double(), lo), hi), best_v
+
+
+def combine_weights(A: torch.Tensor, lb: torch.Tensor, d: torch.Tensor, groups: list[torch.Tensor],
+                    radius: torch.Tensor, steps: int = 24) -> torch.Tensor:
+    """Weights ``(B, K, m)`` (zero off each group's rows, each group's summing to 1) for the
+    groups of at least two rows (``K`` of them, in order), from the rows' linear lower bounds
+    (coefficients ``A`` ``(B, m, n)``, minimum over the box ``lb`` ``(B, m)``, thresholds ``d``
+    ``(m,)``) on boxes of half-widths ``radius`` ``(B, n)`` (module docstring). Heuristic: any
+    weights are sound."""
+    B, m, n = A.shape
+    multi = [g for g in groups if g.numel() >= 2]
+    out = torch.zeros(B, len(multi), m, dtype=A.dtype)
+    r = radius.unsqueeze(1)  # (B, 1, n)
+    for k, g in enumerate(multi):
+        a, gap = A[:, g], torch.nan_to_num(lb[:, g] - d[g], nan=-1e30, neginf=-1e30, posinf=1e30)  # (B, q, n), (B, q)
+        a = torch.nan_to_num(a)
+        q = g.numel()
+        lam = torch.full((B, q), 1.0 / q, dtype=A.dtype)
+
+        def value(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            comb = (lam.unsqueeze(-1) * a).sum(dim=1)  # (B, n)
+            gain = ((lam.unsqueeze(-1) * a.abs()).sum(dim=1) - comb.abs()) * radius
+            v = (lam * gap).sum(dim=1) + gain.sum(dim=1)
+            grad = gap + ((a.abs() - comb.sign().unsqueeze(1) * a) * r).sum(dim=2)
+            return v, grad
+
+        best_v, grad = value(lam)
+        best = lam
+        for _ in range(steps):
+            scale = grad.abs().amax(dim=1, keepdim=True).clamp(min=1e-300)
+            lam = lam * torch.exp(2.0 * grad / scale)
+            lam = lam / lam.sum(dim=1, keepdim=True)
+            v, grad = value(lam)
+            better = v > best_v
+            best = torch.where(better.unsqueeze(1), lam, best)
+            best_v = torch.where(better, v, best_v)
+        out[:, k, g] = torch.nan_to_num(best, nan=1.0 / q)
+    return out

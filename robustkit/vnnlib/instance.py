@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from robustkit.errors import InputError
-from robustkit.spec import Specification
+from robustkit.spec import InputBox, Specification
 from robustkit.verification.config import VerifyConfig
 from robustkit.verification.model import ModelContext
 from robustkit.vnnlib.parser import parse_vnnlib
@@ -46,6 +46,7 @@ __all__ = [
     "result_from_record",
     "run_instance_task",
     "soft_budget",
+    "spec_part",
     "verify_instance",
 ]
 
@@ -85,10 +86,37 @@ class InstanceTask:
     vnnlib: str
     cfg: VerifyConfig
     deadline: float | None = None
+    part: tuple[int, int] | None = None  # (index, count): search only that part of each input box
 
     def __post_init__(self) -> None:
         if self.deadline is not None and not math.isfinite(self.deadline):
             raise InputError(f"instance deadline must be finite, got {self.deadline}")
+        if self.part is not None and not 0 <= self.part[0] < self.part[1]:
+            raise InputError(f"part must be (index, count) with 0 <= index < count, got {self.part}")
+
+
+def spec_part(spec: Specification, index: int, count: int) -> Specification:
+    """Part ``index`` of ``count`` of every region's input box: the box cut into ``count`` equal
+    slices along its widest input (the slices share their cut faces, closed on both sides; the
+    box's own faces keep their strictness), with the region's output conditions. The parts
+    cover each box: the property holds iff it holds on every part, and a counterexample of a part
+    is one of the whole (each is also replayed against the whole property)."""
+    regions = []
+    for box, output in spec:
+        width = box.upper - box.lower
+        j = int(np.argmax(width))
+        cuts = box.lower[j] + width[j] * np.arange(count + 1) / count
+        cuts[0], cuts[-1] = box.lower[j], box.upper[j]
+        lo, hi = box.lower.copy(), box.upper.copy()
+        lo[j], hi[j] = cuts[index], cuts[index + 1]
+        ls = None if box.lower_strict is None else box.lower_strict.copy()
+        us = None if box.upper_strict is None else box.upper_strict.copy()
+        if ls is not None and index > 0:
+            ls[j] = False  # a cut face: closed
+        if us is not None and index < count - 1:
+            us[j] = False
+        regions.append((InputBox(lo, hi, ls, us), output))
+    return Specification(tuple(regions))
 
 
 def run_instance_task(task: InstanceTask) -> dict[str, Any]:
@@ -106,6 +134,8 @@ def run_instance_task(task: InstanceTask) -> dict[str, Any]:
     if deadline <= time.time():
         return {"status": "timeout", "stage": "none", "time": 0.0, "reason": "no time left to start"}
     ctx, spec = load_instance(task.onnx, task.vnnlib)
+    if task.part is not None:
+        spec = spec_part(spec, *task.part)
     t_load = time.perf_counter() - t0
     budget = soft_budget(deadline - time.time())
     if budget <= 0:
@@ -176,6 +206,47 @@ def replay_counterexample(onnx_path: str | os.PathLike[str], spec: Specification
     return Replay(y, exact, loose, gap)
 
 
+class _PartSat(Exception):
+    """A part answered ``sat``: the pool stops (its busy workers are killed)."""
+
+
+def combine_parts(records: list[dict[str, Any]], count: int) -> dict[str, Any]:
+    """One record from the parts' records: the first ``sat`` if any; ``unsat`` if all ``count``
+    parts are; else ``error`` if one failed, ``timeout`` if one ran out of time, ``unknown``."""
+    sat = [r for r in records if r.get("status") == "sat"]
+    if sat:
+        out = dict(sat[0])
+    else:
+        statuses = [r.get("status") for r in records]
+        status = "unsat" if len(records) == count and all(s == "unsat" for s in statuses) else \
+            next((s for s in ("error", "timeout", "unknown") if s in statuses), "timeout")
+        out = {"status": status, "stage": "parts"}
+        errors = [r.get("error") for r in records if r.get("status") == "error"]
+        if errors:
+            out["error"] = errors[0]
+    out["parts"] = [{k: r.get(k) for k in ("key", "status", "stage", "time")} for r in records]
+    out["time"] = max((float(r.get("time", 0.0)) for r in records), default=0.0)
+    return out
+
+
+def _run_parts(tasks: list[InstanceTask], workers: int, hard_timeout: float) -> dict[str, Any]:
+    """The parts' tasks on ``workers`` processes (0: in this one), stopped at the first ``sat``."""
+    from robustkit.runner.pool import run_pool
+
+    got: list[dict[str, Any]] = []
+
+    def on_result(record: dict[str, Any]) -> None:
+        got.append(record)
+        if record.get("status") == "sat":
+            raise _PartSat
+
+    try:
+        run_pool(tasks, run_instance_task, workers, hard_timeout, on_result)
+    except _PartSat:
+        pass
+    return combine_parts(got, len(tasks))
+
+
 @dataclass
 class InstanceResult:
     """The answer for one instance: ``status`` (one of :data:`INSTANCE_RESULTS`), the wall time
@@ -211,26 +282,36 @@ def verify_instance(
     result_path: str | os.PathLike[str] | None = None,
     started_at: float | None = None,
     in_process: bool = False,
+    cores: int = 1,
 ) -> InstanceResult:
     """Verify one instance within ``cfg.timeout`` seconds counted from ``started_at`` (wall clock,
     default now), write the VNN-COMP result file if ``result_path`` is given, and return the result.
 
     Bad input (missing files, malformed VNN-LIB, sizes that do not match the model, unsupported
     operators) raises :class:`InputError` before any solving. ``in_process`` skips the worker
-    process (no hard kill; for debugging).
+    process (no hard kill; for debugging). ``cores > 1``: a network of at most
+    :data:`~robustkit.verification.input_split.AUTO_MAX_DIM` inputs decided by branch and bound is
+    searched in ``cores`` parts of its input box (:func:`spec_part`), one worker process each, the
+    first ``sat`` ending the others (:func:`combine_parts`).
     """
     from robustkit.runner.pool import run_pool
+    from robustkit.verification.input_split import AUTO_MAX_DIM
 
     t_start = time.time() if started_at is None else float(started_at)
-    _, spec = load_instance(onnx_path, vnnlib_path)  # validate here: InputError -> exit 1
+    ctx, spec = load_instance(onnx_path, vnnlib_path)  # validate here: InputError -> exit 1
     deadline = t_start + cfg.timeout
-    task = InstanceTask("instance", str(onnx_path), str(vnnlib_path), cfg, deadline)
+    parts = cores if cores > 1 and cfg.method == "bab" and ctx.net.in_dim <= AUTO_MAX_DIM \
+        and any(float((box.upper - box.lower).max()) > 0 for box, _ in spec) else 1
+    tasks = [InstanceTask("instance", str(onnx_path), str(vnnlib_path), cfg, deadline)] if parts == 1 else \
+        [InstanceTask(f"part{i}", str(onnx_path), str(vnnlib_path), cfg, deadline, (i, parts)) for i in range(parts)]
     records: list[dict[str, Any]] = []
     left = deadline - time.time()
     if left <= 0:
-        records.append({"key": task.key, "status": "timeout", "time": 0.0, "reason": "no time left to start"})
+        records.append({"key": "instance", "status": "timeout", "time": 0.0, "reason": "no time left to start"})
+    elif parts == 1:
+        run_pool(tasks, run_instance_task, 0 if in_process else 1, left + KILL_GRACE, records.append)
     else:
-        run_pool([task], run_instance_task, 0 if in_process else 1, left + KILL_GRACE, records.append)
+        records.append(_run_parts(tasks, 0 if in_process else parts, left + KILL_GRACE))
     record = records[0]
     status, x, y = result_from_record(record)
     if status == "error":
