@@ -69,7 +69,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_API])
+    return sorted(["__version__", *_API, *(n for n in globals() if n.startswith("__"))])
 
 
 __all__ = ["__version__", *_API]

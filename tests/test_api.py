@@ -262,3 +262,11 @@ def test_drop_in_with_the_users_logits_runs_batchnorm_once() -> None:
     assert int(net.block.bn.num_batches_tracked) == before + 1 and torch.isfinite(out.loss)
     reg(net, x, y)  # without logits the captured forward runs the module (training statistics) itself
     assert int(net.block.bn.num_batches_tracked) == before + 2
+
+
+def test_the_public_namespace_is_the_api() -> None:
+    import robustkit as rk
+
+    public = {n for n in dir(rk) if not n.startswith("_")}
+    assert public == set(rk.__all__) - {"__version__"}
+    assert {"verify", "bounds", "attack", "stability", "export", "regularizer"} <= public
