@@ -10,10 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustkit.api.models import (
-    ArrayLike, ModelLike, as_tensor, check_eps, check_in_range, flat_samples, labels_of, model_context, model_name,
-    range_of,
-)
+from robustkit.api.models import ArrayLike, ModelLike, check_eps, labels_of, model_and_samples, model_name
 from robustkit.errors import InputError
 
 
@@ -74,11 +71,7 @@ def bounds(
 
     bound_method = BoundMethod.parse(method)
     e = check_eps(eps)
-    xt = as_tensor(x)
-    ctx = model_context(model, xt, value_range=value_range)
-    flat = flat_samples(xt, ctx)
-    lo_v, hi_v = range_of(ctx, value_range)
-    check_in_range(flat, (lo_v, hi_v))
+    ctx, _, flat, (lo_v, hi_v) = model_and_samples(model, x, value_range)
     net = ctx.net
     xd = torch.from_numpy(flat).double()
     C = None
@@ -138,11 +131,7 @@ def attack(
     from robustkit.attacks import PGD
 
     e = check_eps(eps)
-    xt = as_tensor(x)
-    ctx = model_context(model, xt, value_range=value_range)
-    flat = flat_samples(xt, ctx)
-    lo, hi = range_of(ctx, value_range)
-    check_in_range(flat, (lo, hi))
+    ctx, xt, flat, (lo, hi) = model_and_samples(model, x, value_range)
     labels = torch.from_numpy(labels_of(y, flat.shape[0], ctx.net.out_dim))
     pgd = PGD(norm=norm, steps=steps, restarts=restarts, loss=loss, seed=seed, device="cpu")  # type: ignore[arg-type]
     shaped = torch.from_numpy(flat).reshape(flat.shape[0], *ctx.net.sample_shape)
@@ -175,11 +164,7 @@ def stability(
     from robustkit.report.stats import StatsConfig, stability_statistics
 
     e = check_eps(eps)
-    xt = as_tensor(x)
-    ctx = model_context(model, xt, value_range=value_range)
-    flat = flat_samples(xt, ctx)
-    vr = range_of(ctx, value_range)
-    check_in_range(flat, vr)
+    ctx, _, flat, vr = model_and_samples(model, x, value_range)
     if y is None:
         labels = ctx.ort(flat).argmax(axis=1).astype(np.int64)
     else:

@@ -104,6 +104,18 @@ def check_in_range(x: np.ndarray, value_range: tuple[float, float], what: str = 
                          f"[{lo:g}, {hi:g}]; pass value_range=(lo, hi) to say the model takes other inputs")
 
 
+def model_and_samples(model: ModelLike, x: ArrayLike, value_range: tuple[float, float] | None
+                      ) -> tuple["ModelContext", torch.Tensor, np.ndarray, tuple[float, float]]:
+    """What every API function starts from: the model's context, ``x`` as a tensor, its flat
+    float32 samples (shape checked) and the valid input range (the samples checked inside it)."""
+    xt = as_tensor(x)
+    ctx = model_context(model, xt, value_range=value_range)
+    flat = flat_samples(xt, ctx)
+    vr = range_of(ctx, value_range)
+    check_in_range(flat, vr)
+    return ctx, xt, flat, vr
+
+
 def labels_of(y: ArrayLike | None, n: int, classes: int, what: str = "y") -> np.ndarray:
     """``y`` as int64 class indices ``(n,)``, each in ``0 .. classes - 1``."""
     if y is None:

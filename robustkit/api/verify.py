@@ -9,10 +9,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from robustkit.api.models import (
-    ArrayLike, ModelLike, as_tensor, check_eps, check_in_range, flat_samples, labels_of, model_context, model_name,
-    range_of,
-)
+from robustkit.api.models import ArrayLike, ModelLike, check_eps, labels_of, model_and_samples, model_name
 from robustkit.errors import InputError
 
 #: ``method="auto"``: the command line's default method (complete branch and bound).
@@ -141,11 +138,7 @@ def verify(
     cfg = VerifyConfig(eps=check_eps(eps), timeout=float(timeout), method=AUTO_METHOD if method == "auto" else method,
                        tighten=bounds, attack_steps=int(attack_steps), attack_restarts=int(attack_restarts),
                        seed=int(seed), **options)
-    xt = as_tensor(x)
-    ctx = model_context(model, xt, value_range=value_range)
-    flat = flat_samples(xt, ctx)
-    vr = range_of(ctx, value_range)
-    check_in_range(flat, vr)
+    ctx, xt, flat, vr = model_and_samples(model, x, value_range)
     labels = labels_of(y, flat.shape[0], ctx.net.out_dim)
     opts = RunOptions(workers=0 if workers == 1 else workers, quiet=quiet)
     store, records_path = None, None
